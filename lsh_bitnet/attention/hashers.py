@@ -1,0 +1,122 @@
+"""Hash functions over head-dim vectors: bit sampling and SimHash (docs/ATTENTION-API.md, "Hashers").
+
+Every (layer, KV head, table) gets its own functions, drawn from one CPU torch.Generator seeded from
+(hasher.seed, layer_idx), so a run is reproducible and does not depend on the device or on the
+global RNG. Query heads are hashed with the functions of the KV head that serves them (GQA).
+"""
+import hashlib
+from typing import Dict, Tuple
+
+import torch
+
+HASHERS = ("bit_sampling", "simhash")
+# Codes are packed into int64 and must stay non-negative (the forest compares XORs as integers).
+MAX_BITS = 62
+
+
+def layer_seed(seed: int, layer_idx: int) -> int:
+    """A 63-bit seed per (seed, layer): hashing the pair avoids collisions like (0, 1000) vs (1, 0)."""
+    digest = hashlib.sha256(f"lsh_bitnet:{int(seed)}:{int(layer_idx)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Hasher:
+    """Maps (B, Hkv, T, D) vectors to n_tables codes of n_bits bits each, per KV head."""
+
+    name = "base"
+
+    def __init__(self, n_bits: int, head_dim: int, n_kv_heads: int, n_tables: int, seed: int, layer_idx: int):
+        if not 0 <= n_bits <= MAX_BITS:
+            raise ValueError(f"hasher.n_bits must be in [0, {MAX_BITS}] (got {n_bits})")
+        if n_tables < 1:
+            raise ValueError(f"attention.n_tables must be >= 1 (got {n_tables}): set attention.n_tables=1 or more")
+        self.n_bits, self.head_dim, self.n_kv_heads, self.n_tables = n_bits, head_dim, n_kv_heads, n_tables
+        self.seed, self.layer_idx = seed, layer_idx
+        self.generator = torch.Generator().manual_seed(layer_seed(seed, layer_idx))
+        # bit b has weight 2**(n_bits-1-b): bit 0 is the most significant, i.e. the root of a forest tree
+        self.weights = 2 ** torch.arange(n_bits - 1, -1, -1, dtype=torch.int64)  # (n_bits,)
+        self._on_device: Dict[Tuple, torch.Tensor] = {}
+
+    @property
+    def ops_per_vector(self) -> int:
+        raise NotImplementedError
+
+    def _param(self, tensor: torch.Tensor, device: torch.device, dtype=None) -> torch.Tensor:
+        """The CPU master copy moved to `device` once and kept there."""
+        key = (id(tensor), str(device), dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+        return self._on_device[key]
+
+    def bits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, Hkv, T, D) -> (B, Hkv, T, n_tables, n_bits) bool."""
+        raise NotImplementedError
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, Hkv, T, D) -> (B, Hkv, T, n_tables) int64; n_bits=0 gives code 0 for everything."""
+        bits = self.bits(x)  # (B, Hkv, T, n_tables, n_bits)
+        return (bits.to(torch.int64) * self._param(self.weights, x.device)).sum(-1)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.n_kv_heads or x.shape[-1] != self.head_dim:
+            raise ValueError(f"{self.name} hasher expects (B, {self.n_kv_heads}, T, {self.head_dim}) vectors, "
+                             f"got {tuple(x.shape)}")
+
+
+class BitSamplingHasher(Hasher):
+    """bit = x[c] > 0 for n_bits distinct coordinates c per (KV head, table)."""
+
+    name = "bit_sampling"
+
+    def __init__(self, n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx):
+        super().__init__(n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)
+        if n_bits > head_dim:
+            raise ValueError(f"hasher.n_bits={n_bits} > head_dim={head_dim}: bit_sampling draws distinct "
+                             f"coordinates; set hasher.n_bits <= {head_dim} or use hasher=simhash")
+        coords = [torch.randperm(head_dim, generator=self.generator)[:n_bits]
+                  for _ in range(n_kv_heads * n_tables)]
+        self.coords = torch.stack(coords).view(n_kv_heads, n_tables, n_bits).long()  # (Hkv, n_tables, n_bits)
+
+    @property
+    def ops_per_vector(self) -> int:
+        # No multiply-adds, but one coordinate test per bit: counted so hashing is never free.
+        return self.n_bits * self.n_tables
+
+    def bits(self, x):
+        self._check(x)
+        B, H, T, _ = x.shape
+        idx = self._param(self.coords, x.device).view(1, H, 1, -1).expand(B, H, T, -1)  # (B, Hkv, T, tables*bits)
+        return (x.gather(-1, idx) > 0).view(B, H, T, self.n_tables, self.n_bits)
+
+
+class SimHashHasher(Hasher):
+    """bit = x . r > 0 for n_bits Gaussian hyperplanes r per (KV head, table)."""
+
+    name = "simhash"
+
+    def __init__(self, n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx):
+        super().__init__(n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)
+        self.planes = torch.randn(n_kv_heads, n_tables, head_dim, n_bits, generator=self.generator,
+                                  dtype=torch.float32)  # (Hkv, n_tables, D, n_bits)
+        # all tables in one matmul: column t * n_bits + b is plane (t, b)
+        self._flat_planes = self.planes.permute(0, 2, 1, 3).reshape(n_kv_heads, head_dim, n_tables * n_bits)
+
+    @property
+    def ops_per_vector(self) -> int:
+        return self.head_dim * self.n_bits * self.n_tables
+
+    def bits(self, x):
+        self._check(x)
+        B, H, T, D = x.shape
+        # float32 projections: in bf16 the sign of a near-zero x.r would depend on the rounding.
+        planes = self._param(self._flat_planes, x.device)  # (Hkv, D, tables*bits)
+        proj = torch.matmul(x.float(), planes.unsqueeze(0))  # (B, Hkv, T, tables*bits)
+        return (proj > 0).view(B, H, T, self.n_tables, self.n_bits)
+
+
+def build_hasher(name: str, n_bits: int, head_dim: int, n_kv_heads: int, n_tables: int, seed: int,
+                 layer_idx: int) -> Hasher:
+    classes = {"bit_sampling": BitSamplingHasher, "simhash": SimHashHasher}
+    if name not in classes:
+        raise ValueError(f"hasher.name={name!r} is not known: use hasher=bit_sampling or hasher=simhash")
+    return classes[name](n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)

@@ -1,0 +1,159 @@
+"""Chunked masked attention over candidate sets, with exact comparison counts (docs/ATTENTION-API.md).
+
+`sparse_attention` is the public, documented entry point (LayerCost holds Python ints);
+`sparse_attention_counts` is the hot path used inside the model: its counts stay an int64 device
+tensor so that no layer forces a host sync.
+"""
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from lsh_bitnet.attention.candidates import Candidates
+
+VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window")
+HASHED_VARIANTS = ("lsh", "lsh_forest")
+
+
+def _cfg_get(cfg: Any, key: str, default=None):
+    """Read a field from a DictConfig, a dataclass or a plain dict; absent keys give `default`."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    try:
+        return getattr(cfg, key, default)
+    except Exception:  # a struct DictConfig raises on unknown keys with some OmegaConf versions
+        return default
+
+
+@dataclass
+class SparseSpec:
+    variant: str = "full"
+    include_self: bool = True
+    sink_tokens: int = 0
+    local_window: int = 0
+    n_tables: int = 1
+    n_trees: int = 4
+    max_depth: int = 16
+    min_candidates: int = 64
+    k: Optional[int] = None
+    fraction: Optional[float] = None
+    query_chunk: int = 256
+
+    @classmethod
+    def from_config(cls, attention_cfg) -> "SparseSpec":
+        defaults = cls()
+        values = {f: _cfg_get(attention_cfg, f, getattr(defaults, f)) for f in cls.__dataclass_fields__
+                  if f != "variant"}
+        return cls(variant=str(_cfg_get(attention_cfg, "name", "full")), **values)
+
+    @property
+    def hashed(self) -> bool:
+        return self.variant in HASHED_VARIANTS
+
+
+@dataclass
+class LayerCost:
+    comparisons: int
+    full_comparisons: int
+    hash_ops: int
+
+
+def _sdpa(query, key, value, mask, scaling, is_causal=False):
+    """SDPA with KV heads shared by groups of query heads; query (B, Hq, Q, D), key/value (B, Hkv, K, D)."""
+    g = query.shape[1] // key.shape[1]
+    if g > 1 and mask is not None and query.device.type == "cuda":
+        # With a mask, CUDA's GQA path falls back to the math kernel: repeat KV as transformers does.
+        key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)
+        g = 1
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, is_causal=is_causal,
+                                          enable_gqa=g > 1)
+
+
+def _full_attention(query, key, value, key_valid, scaling, all_valid: Optional[bool]):
+    B, Hq, Q, _ = query.shape
+    K = key.shape[2]
+    if all_valid is None:
+        all_valid = bool(key_valid.all())
+    if all_valid and (Q == K or Q == 1):  # what stock SDPA does: no materialised mask, same kernel
+        return _sdpa(query, key, value, None, scaling, is_causal=Q > 1)
+    slots = torch.arange(K - Q, K, device=key.device)  # (Q,)
+    j = torch.arange(K, device=key.device)
+    q_valid = key_valid[:, K - Q:]  # (B, Q)
+    valid = key_valid[:, None, :] & (j[None, :] <= slots[:, None]) & q_valid[:, :, None]  # (B, Q, K)
+    # Padding queries have an empty V(i): give them their own slot so no row is fully masked, then zero them.
+    mask = valid | (~q_valid[:, :, None] & (j[None, :] == slots[:, None]))
+    out = _sdpa(query, key, value, mask[:, None], scaling)  # (B, Hq, Q, Dv)
+    return out.masked_fill(~q_valid[:, None, :, None], 0)
+
+
+def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor,
+                            *, spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
+                            all_valid: Optional[bool] = None,
+                            observe: Optional[Callable[[Candidates, float], None]] = None,
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops] (3,).
+
+    `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
+    host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
+    (retrieval diagnostics).
+    """
+    B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
+    Hkv, K, Dv = key.shape[1], key.shape[2], value.shape[-1]
+    if Hq % Hkv or key_valid.shape != (B, K) or Q > K:
+        raise ValueError(f"sparse_attention: bad shapes query {tuple(query.shape)}, key {tuple(key.shape)}, "
+                         f"key_valid {tuple(key_valid.shape)} (need Hq % Hkv == 0, key_valid (B, K), Q <= K)")
+    g = Hq // Hkv
+    scaling = D ** -0.5 if scaling is None else scaling
+    key_valid = key_valid.to(device=key.device, dtype=torch.bool)
+
+    q_valid = key_valid[:, K - Q:]  # (B, Q)
+    n_visible = key_valid.to(torch.int64).cumsum(-1)[:, K - Q:]  # (B, Q): |V(i)| for a valid query
+    full = (n_visible * q_valid).sum() * Hq
+    hash_ops = torch.zeros((), dtype=torch.int64, device=key.device)
+    if spec.hashed:
+        # Keys are hashed every call (cached keys included in decode): count what is computed.
+        hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid.sum() * Hkv)
+
+    if spec.variant == "full" and observe is None:
+        out = _full_attention(query, key, value, key_valid, scaling, all_valid)
+        return out, torch.stack([full, full, hash_ops])
+
+    cands = Candidates(query, key, key_valid, spec, hasher)
+    if observe is not None:
+        observe(cands, scaling)
+    if spec.variant == "full":
+        out = _full_attention(query, key, value, key_valid, scaling, all_valid)
+        return out, torch.stack([full, full, hash_ops])
+
+    chunk = max(1, int(spec.query_chunk))
+    comparisons = torch.zeros((), dtype=torch.int64, device=key.device)
+    outs = []
+    for a in range(0, Q, chunk):
+        e = min(Q, a + chunk)
+        qc, kc = e - a, K - Q + e  # keys past the chunk's last query are causally invisible
+        q_idx = torch.arange(a, e, device=key.device)
+        # Padding queries attend to their own slot only (never an empty softmax); zeroed and discounted below.
+        cand, _ = cands.mask(q_idx, kc, pad_self=True)  # (B, Hkv|1, g|1, qc, kc)
+        q_pad = ~q_valid[:, a:e]  # (B, qc)
+        heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
+        comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq
+        mask = cand.reshape(B, -1, qc, kc)  # (B, Hq|1, qc, kc)
+        if not spec.include_self:  # a valid query may have an empty C(i): attend to its own slot, zero it after
+            has = cand.any(-1, keepdim=True).reshape(B, -1, qc, 1)  # (B, Hq|1, qc, 1)
+            own = torch.arange(kc, device=key.device) == (q_idx + K - Q).unsqueeze(1)  # (qc, kc)
+            mask = mask | (~has & own)
+        o = _sdpa(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], mask, scaling)  # (B, Hq, qc, Dv)
+        o = o.masked_fill(q_pad[:, None, :, None], 0)
+        outs.append(o if spec.include_self else o.masked_fill(~has, 0))
+    return torch.cat(outs, dim=2), torch.stack([comparisons, full, hash_ops])
+
+
+def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor, *,
+                     spec: SparseSpec, hasher=None, scaling: Optional[float] = None) -> Tuple[torch.Tensor, LayerCost]:
+    """docs/ATTENTION-API.md: output (B, Hq, Q, Dv) and the exact LayerCost of this call."""
+    out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec, hasher=hasher, scaling=scaling)
+    return out, LayerCost(*(int(c) for c in counts.tolist()))
+

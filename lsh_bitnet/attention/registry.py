@@ -1,0 +1,121 @@
+"""The "lsh_bitnet" attention implementation, registered with transformers at import time.
+
+Two registrations under one name:
+- AttentionMaskInterface: the stock SDPA mask, but always materialised as a 4D bool (B, 1, Q, K)
+  causal+padding mask (no is_causal skip), so padding is never lost and key_valid can be read off it.
+- AttentionInterface: reads the per-module state set by patch.py (`module._lsh_bitnet_state`) and
+  runs `sparse_attention_counts`; a module without state gets full attention, uncounted.
+"""
+import weakref
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
+
+from lsh_bitnet.attention.cost import CostMeter
+from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention_counts
+
+IMPLEMENTATION = "lsh_bitnet"
+STATE_ATTR = "_lsh_bitnet_state"
+FULL_SPEC = SparseSpec(variant="full")
+
+
+@dataclass
+class LayerState:
+    layer_idx: int
+    spec: SparseSpec
+    hasher: Optional[object]  # Hasher for lsh / lsh_forest, else None
+    meter: CostMeter
+    patched: bool  # False: kept at full attention (attention.layers), still counted at full cost
+    diagnostics: Optional[object] = None  # DiagnosticsMeter when attention.diagnostics is true
+
+
+def lsh_bitnet_mask(**kwargs):
+    """sdpa_mask that never returns None: a 4D bool (B, 1, Q, K) mask, True = may attend."""
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(**kwargs)
+
+
+class _KeyValidCache:
+    """key_valid depends only on the mask, which every layer of one forward shares: derive it once."""
+
+    def __init__(self):
+        self.ref, self.key_valid, self.all_valid = None, None, None
+
+    def get(self, attention_mask: Optional[torch.Tensor], B: int, Q: int, K: int, device):
+        if attention_mask is None:  # no mask at all: nothing is padding
+            return torch.ones(B, K, dtype=torch.bool, device=device), True
+        if self.ref is not None and self.ref() is attention_mask:
+            return self.key_valid, self.all_valid
+        key_valid = key_valid_from_mask(attention_mask, B, Q, K)
+        self.ref, self.key_valid, self.all_valid = weakref.ref(attention_mask), key_valid, None
+        return key_valid, None
+
+    def set_all_valid(self, attention_mask, value: bool):
+        if self.ref is not None and self.ref() is attention_mask:
+            self.all_valid = value
+
+
+_CACHE = _KeyValidCache()
+
+
+def key_valid_from_mask(attention_mask: torch.Tensor, B: int, Q: int, K: int) -> torch.Tensor:
+    """(B, 1|H, Q, K) bool or additive float mask -> key_valid (B, K).
+
+    A real key slot j is visible to at least one real query (itself in a prefill, the new token in a
+    decode step); a padding slot is visible to none. Causality is re-applied by the kernel.
+    """
+    if attention_mask.dim() != 4:
+        raise ValueError(f"lsh_bitnet attention expects a 4D mask (B, 1, Q, K), got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask[..., -K:]
+    if mask.dtype != torch.bool:  # additive mask: 0 where allowed, a very negative number where not
+        mask = mask > torch.finfo(mask.dtype).min / 2
+    return mask.any(dim=2).any(dim=1).expand(B, K)  # (B, K)
+
+
+def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                         scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
+    """transformers attention function: query (B, Hq, Q, D), key/value (B, Hkv, K, D) -> ((B, Q, Hq, Dv), None)."""
+    if not getattr(module, "is_causal", True) or is_causal is False:
+        raise ValueError(f"attention implementation {IMPLEMENTATION!r} only supports causal self-attention; "
+                         f"{type(module).__name__} is not causal: leave this module unpatched")
+    for unsupported in ("sliding_window", "softcap"):
+        if kwargs.get(unsupported) is not None:
+            raise NotImplementedError(f"{type(module).__name__} uses {unsupported}={kwargs[unsupported]}, which "
+                                      f"attention implementation {IMPLEMENTATION!r} does not model")
+    if dropout and module.training:
+        raise NotImplementedError("lsh_bitnet attention is for evaluation: call model.eval() (attention dropout > 0)")
+    B, Hq, Q, _ = query.shape
+    K = key.shape[2]
+    groups = getattr(module, "num_key_value_groups", Hq // key.shape[1])
+    if Hq != groups * key.shape[1]:
+        raise ValueError(f"{type(module).__name__}: {Hq} query heads != num_key_value_groups={groups} x "
+                         f"{key.shape[1]} KV heads")
+
+    state: Optional[LayerState] = getattr(module, STATE_ATTR, None)
+    spec = state.spec if state is not None else FULL_SPEC
+    key_valid, all_valid = _CACHE.get(attention_mask, B, Q, K, key.device)
+    if spec.variant == "full" and all_valid is None:
+        all_valid = bool(key_valid.all())  # one host sync per forward (cached), lets full skip the mask
+        _CACHE.set_all_valid(attention_mask, all_valid)
+
+    observe = None
+    if state is not None and state.diagnostics is not None and state.patched:
+        observe = lambda cands, s: state.diagnostics.observe(state.layer_idx, cands, s)  # noqa: E731
+    out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec,
+                                          hasher=state.hasher if state is not None else None,
+                                          scaling=scaling, all_valid=all_valid, observe=observe)
+    if state is not None:
+        state.meter.add(state.layer_idx, counts)
+    return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights
+
+
+def register() -> None:
+    AttentionInterface.register(IMPLEMENTATION, lsh_bitnet_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, lsh_bitnet_mask)
+
+
+register()

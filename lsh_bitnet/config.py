@@ -1,0 +1,192 @@
+"""Typed schemas for every Hydra config group, registered in Hydra's ConfigStore.
+
+Each group option YAML under `conf/<group>/` starts with `defaults: [/schema/<group>@_here_: <schema>, _self_]`, so a
+mistyped key, a wrong type or a missing required value fails at composition time, before any model
+is loaded, with OmegaConf naming the full key. Values that the type system cannot check (allowed
+strings, ranges, cross-group constraints) are checked by `validate(cfg)` in `lsh_bitnet.validate`.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # option name: smollm2_135m | bitnet_b158_2b4t | tiny_bitnet | hf
+    # hub id, or local directory (HF format), or directory holding `gguf_file`
+    name_or_path: Optional[str] = None
+    gguf_file: Optional[str] = None  # file name inside name_or_path, for GGUF checkpoints
+    revision: Optional[str] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    trust_remote_code: bool = False
+    # tiny_bitnet only: shape of the randomly initialised model (2B4T ratios at toy size)
+    tiny_hidden_size: int = 128
+    tiny_layers: int = 2
+    tiny_heads: int = 8
+    tiny_kv_heads: int = 2
+    tiny_intermediate_size: int = 344
+    tiny_vocab_size: int = 512
+    tiny_seed: int = 0
+
+
+# ----------------------------------------------------------------------------- attention
+@dataclass
+class AttentionConfig:
+    name: str = MISSING  # full | lsh | lsh_forest | oracle_topk | window
+    # Always-attend sets (SPEC section 3), shared by every sparse variant; ignored by `full`.
+    include_self: bool = True
+    sink_tokens: int = 0
+    local_window: int = 0
+    # Layer indices to patch; null = all layers. Unpatched layers keep full attention.
+    layers: Optional[List[int]] = None
+    # Queries processed per chunk when building candidate masks: bounds peak memory at
+    # O(chunk x keys) per head instead of O(keys^2).
+    query_chunk: int = 256
+    # Retrieval diagnostics (recall of true top-k, softmax mass covered) on a sample of queries.
+    diagnostics: bool = False
+    diagnostics_k: int = 32
+    diagnostics_queries: int = 64
+
+
+@dataclass
+class FullAttentionConfig(AttentionConfig):
+    name: str = "full"
+
+
+@dataclass
+class LSHAttentionConfig(AttentionConfig):
+    name: str = "lsh"
+    n_tables: int = 1
+
+
+@dataclass
+class LSHForestAttentionConfig(AttentionConfig):
+    name: str = "lsh_forest"
+    n_trees: int = 4
+    max_depth: int = 16
+    min_candidates: int = 64
+
+
+@dataclass
+class OracleTopKAttentionConfig(AttentionConfig):
+    name: str = "oracle_topk"
+    k: Optional[int] = None  # exactly one of k / fraction is set
+    fraction: Optional[float] = None  # k = ceil(fraction * (i + 1)) per query
+
+
+@dataclass
+class WindowAttentionConfig(AttentionConfig):
+    name: str = "window"
+    sink_tokens: int = 4
+    local_window: int = 64
+
+
+# ----------------------------------------------------------------------------- hasher
+@dataclass
+class HasherConfig:
+    name: str = MISSING  # bit_sampling | simhash
+    n_bits: int = 8
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj
+    split: str = "test"  # train | validation | test
+    path: Optional[str] = None  # local file (text_file, enwik8) or directory (wikitext)
+    max_chars: Optional[int] = None  # truncate the text before tokenising (quick runs)
+
+
+@dataclass
+class HubTextDatasetConfig(DatasetConfig):
+    hub_id: str = "Salesforce/wikitext"
+    hub_config: str = MISSING  # e.g. wikitext-103-raw-v1
+
+
+@dataclass
+class Enwik8DatasetConfig(DatasetConfig):
+    name: str = "enwik8"
+    # The public zip; only fetched when `path` is null.
+    url: str = "http://mattmahoney.net/dc/enwik8.zip"
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    name: str = "synthetic_ny_adj"
+    split: str = "test"
+    n_samples: int = 100
+    mention: int = 2  # ask for the adjective before the N-th mention (1-based)
+    n_mentions: int = 4
+    filler_sentences: int = 4  # filler sentences between consecutive mentions (distance)
+    seed: int = 1234
+
+
+# ----------------------------------------------------------------------------- metric
+@dataclass
+class MetricConfig:
+    name: str = MISSING  # perplexity | synthetic_accuracy
+    max_new_tokens: int = 6  # synthetic_accuracy: greedy answer length
+
+
+# ----------------------------------------------------------------------------- top level
+@dataclass
+class EvalConfig:
+    seq_len: int = 1024
+    batch_size: int = 1
+    max_batches: Optional[int] = None  # null = every window / sample
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    attention: AttentionConfig = MISSING
+    hasher: HasherConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    metric: MetricConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    # Converted weights, tokenised streams and downloads; null = $LSH_BITNET_CACHE or ~/.cache/lsh_bitnet
+    cache_dir: Optional[str] = None
+    # Skip the job when its output dir already holds an `ok` results.json for the same config.
+    resume: bool = True
+    # Test hook: raise inside the job (after validation) to exercise failure handling.
+    fail_on_purpose: bool = False
+    extra: Any = None  # free-form notes copied into results.json
+
+
+SCHEMAS = {
+    "model": {"model": ModelConfig},
+    "attention": {
+        "full": FullAttentionConfig,
+        "lsh": LSHAttentionConfig,
+        "lsh_forest": LSHForestAttentionConfig,
+        "oracle_topk": OracleTopKAttentionConfig,
+        "window": WindowAttentionConfig,
+    },
+    "hasher": {"hasher": HasherConfig},
+    "dataset": {
+        "text": DatasetConfig,
+        "hub_text": HubTextDatasetConfig,
+        "enwik8": Enwik8DatasetConfig,
+        "synthetic": SyntheticDatasetConfig,
+    },
+    "metric": {"metric": MetricConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            # Under schema/<group>, so `attention=` lists only the real options in its error message.
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+register_configs()

@@ -1,0 +1,234 @@
+"""Raw text of a perplexity split: wikitext (hub or local copy), enwik8 (local or downloaded once), a file.
+
+`check_dataset_config` runs before any model or data is loaded; `load_text` returns the split as one
+string, documents joined as the dataset gives them (SPEC section 5).
+"""
+import os
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"valid": "validation"}  # wikitext's own file names say "valid"
+TEXT_FILE_SPLIT = "all"  # a single file has no split of its own
+TEXT_DATASETS = ("wikitext103", "wikitext2", "enwik8", "text_file")
+
+# Local wikitext layouts: the official zip (wiki.test.raw), or plain {split}.txt files.
+WIKITEXT_FILES = {
+    "train": ("wiki.train.raw", "train.txt"),
+    "validation": ("wiki.valid.raw", "valid.txt", "validation.txt"),
+    "test": ("wiki.test.raw", "test.txt"),
+}
+
+# The standard enwik8 split (Hutter prize file, used since Mahoney's benchmark): the first 90M bytes
+# train, the next 5M validation, the last 5M test.
+ENWIK8_BYTES = 100_000_000
+ENWIK8_BOUNDS = {"train": (0, 90_000_000), "validation": (90_000_000, 95_000_000),
+                 "test": (95_000_000, 100_000_000)}
+ENWIK8_MEMBER = "enwik8"  # the one file inside enwik8.zip
+DOWNLOAD_CHUNK = 1 << 20
+
+
+def _get(cfg, key: str, default=None):
+    """cfg.key, treating a missing (`???`) or absent value as `default`; works on DictConfig and objects."""
+    if isinstance(cfg, DictConfig):
+        if key not in cfg or OmegaConf.is_missing(cfg, key):
+            return default
+        return cfg[key]
+    return getattr(cfg, key, default)
+
+
+def canonical_split(dataset_cfg) -> str:
+    split = _get(dataset_cfg, "split", "test")
+    split = SPLIT_ALIASES.get(split, split)
+    if _get(dataset_cfg, "name") == "text_file":
+        if split != TEXT_FILE_SPLIT:
+            raise ValueError(f"dataset.split={split!r} is not allowed for dataset=text_file: a single file "
+                             f"has no splits, set dataset.split={TEXT_FILE_SPLIT} (or leave it at its default)")
+        return split
+    if split not in SPLITS:
+        raise ValueError(f"dataset.split={split!r} is not known: allowed {list(SPLITS)} "
+                         f"(and {list(SPLIT_ALIASES)} as an alias of validation)")
+    return split
+
+
+def _wikitext_file(path: Path, split: str) -> Path:
+    """The file holding `split` under a local wikitext copy: the path itself when it is a file."""
+    if path.is_file():
+        return path
+    for name in WIKITEXT_FILES[split]:
+        for candidate in (path / name, *sorted(path.glob(f"*/{name}"))):  # also one level down (zip layout)
+            if candidate.is_file():
+                return candidate
+    raise ValueError(f"dataset.path={str(path)!r} holds no file for split {split!r}: expected one of "
+                     f"{list(WIKITEXT_FILES[split])} in it (or pass the file itself as dataset.path)")
+
+
+def _enwik8_local(path: Path) -> Path:
+    """A local enwik8 raw file or zip: the path itself, or `enwik8` / `enwik8.zip` inside a directory."""
+    if path.is_file():
+        return path
+    for name in (ENWIK8_MEMBER, ENWIK8_MEMBER + ".zip"):
+        if (path / name).is_file():
+            return path / name
+    raise ValueError(f"dataset.path={str(path)!r} is neither an enwik8 file nor a directory holding "
+                     f"enwik8 or enwik8.zip: point dataset.path at the file, or set dataset.path=null to download it")
+
+
+def check_dataset_config(dataset_cfg) -> None:
+    """Cheap checks (no loading): split names, local paths, ranges; raises ValueError naming the key."""
+    name = _get(dataset_cfg, "name")
+    if name == "synthetic_ny_adj":
+        from lsh_bitnet.data.synthetic import check_synthetic_config
+
+        check_synthetic_config(dataset_cfg)
+        return
+    if name not in TEXT_DATASETS:
+        raise ValueError(f"dataset={name!r} is not known: allowed {[*TEXT_DATASETS, 'synthetic_ny_adj']}")
+    max_chars = _get(dataset_cfg, "max_chars")
+    if max_chars is not None and max_chars < 1:
+        raise ValueError(f"dataset.max_chars must be >= 1 or null for the whole split (got {max_chars})")
+    split = canonical_split(dataset_cfg)
+    path = _get(dataset_cfg, "path")
+    if name == "text_file":
+        if not path:
+            raise ValueError("dataset.path is required for dataset=text_file: pass dataset.path=/abs/file.txt")
+        if not Path(path).expanduser().is_file():
+            raise ValueError(f"dataset.path={path!r} is not an existing file: pass the absolute path "
+                             f"of a UTF-8 text file, e.g. dataset.path=/abs/file.txt")
+        return
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if not p.exists():
+        hint = ("a directory holding wiki.{train,valid,test}.raw or {train,valid,test}.txt"
+                if name != "enwik8" else "the enwik8 file or enwik8.zip, or null to download it")
+        raise ValueError(f"dataset.path={path!r} does not exist: point it at {hint}")
+    if name == "enwik8":
+        _enwik8_local(p)
+    else:
+        _wikitext_file(p, split)
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        # newline="" keeps the file's bytes as they are, so bits_per_byte counts what is on disk.
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"dataset.path={str(path)!r} is not UTF-8 text ({exc}): convert it, "
+                         f"e.g. iconv -f latin1 -t utf-8") from exc
+
+
+# ----------------------------------------------------------------------------- wikitext
+def _load_wikitext(dataset_cfg, split: str) -> str:
+    path = _get(dataset_cfg, "path")
+    if path is not None:
+        return read_text_file(_wikitext_file(Path(path).expanduser(), split))
+    hub_id, hub_config = _get(dataset_cfg, "hub_id"), _get(dataset_cfg, "hub_config")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_id, hub_config, split=split)
+    except Exception as exc:  # offline, firewall, hub outage: any of them needs the same advice
+        raise RuntimeError(
+            f"could not load {hub_id} ({hub_config}, split {split}) from the Hugging Face hub: "
+            f"{type(exc).__name__}: {exc}\nUse a local copy instead: download and unzip "
+            f"{hub_config}.zip (it holds wiki.train.raw, wiki.valid.raw, wiki.test.raw), or save the "
+            f"splits as train.txt / valid.txt / test.txt, then pass dataset.path=DIR") from exc
+    return "".join(ds["text"])  # each row already ends with its own newline
+
+
+# ----------------------------------------------------------------------------- enwik8
+def split_bytes(data: bytes, split: str, bounds=ENWIK8_BOUNDS) -> bytes:
+    start, end = bounds[split]
+    return data[start:end]
+
+
+def _utf8_lead_len(byte: int) -> int:
+    """Length of the UTF-8 sequence that `byte` starts; 0 for a continuation byte (10xxxxxx)."""
+    if byte < 0x80:
+        return 1
+    if byte < 0xC0:
+        return 0
+    return 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+
+
+def decode_cut(raw: bytes) -> str:
+    """UTF-8 decode of a slice cut out of a longer text: a character that a cut splits becomes one
+    U+FFFD at that end; the bytes in between are decoded as they are."""
+    head = 0
+    while head < min(3, len(raw)) and _utf8_lead_len(raw[head]) == 0:
+        head += 1
+    tail = len(raw)
+    # Walk back over at most 3 continuation bytes to the last lead byte; cut it if its sequence overruns.
+    i = len(raw) - 1
+    while i >= max(head, len(raw) - 4) and _utf8_lead_len(raw[i]) == 0:
+        i -= 1
+    if i >= head and i + _utf8_lead_len(raw[i]) > len(raw):
+        tail = i
+    body = raw[head:tail].decode("utf-8", errors="replace")
+    return ("\ufffd" if head else "") + body + ("\ufffd" if tail < len(raw) else "")
+
+
+def _download(url: str, dest: Path) -> Path:
+    from tqdm.auto import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url) as resp, open(tmp, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                while chunk := resp.read(DOWNLOAD_CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, dest)  # atomic: a killed download never leaves a truncated enwik8.zip
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download enwik8 from dataset.url={url!r}: {exc}\nDownload it by "
+                           f"hand and pass dataset.path=/abs/enwik8.zip (or the unzipped enwik8)") from exc
+    return dest
+
+
+def read_enwik8(path: Path) -> bytes:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            data = zf.read(ENWIK8_MEMBER)
+    else:
+        data = path.read_bytes()
+    if len(data) != ENWIK8_BYTES:
+        raise ValueError(f"dataset.path={str(path)!r} holds {len(data):,} bytes, enwik8 has "
+                         f"{ENWIK8_BYTES:,}: point dataset.path at the real enwik8 (or enwik8.zip)")
+    return data
+
+
+def _load_enwik8(dataset_cfg, split: str, cache_dir: Path) -> str:
+    path = _get(dataset_cfg, "path")
+    if path is not None:
+        source = _enwik8_local(Path(path).expanduser())
+    else:
+        source = Path(cache_dir) / "enwik8.zip"
+        if not source.is_file():
+            source = _download(_get(dataset_cfg, "url"), source)
+    return decode_cut(split_bytes(read_enwik8(source), split))
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_text(dataset_cfg, cache_dir: Path) -> str:
+    """The split's text as one string, truncated to dataset.max_chars when set."""
+    check_dataset_config(dataset_cfg)
+    name, split = _get(dataset_cfg, "name"), canonical_split(dataset_cfg)
+    if name == "text_file":
+        text = read_text_file(Path(_get(dataset_cfg, "path")).expanduser())
+    elif name == "enwik8":
+        text = _load_enwik8(dataset_cfg, split, cache_dir)
+    elif name in ("wikitext103", "wikitext2"):
+        text = _load_wikitext(dataset_cfg, split)
+    else:
+        raise ValueError(f"dataset={name!r} has no text to load: perplexity needs one of {list(TEXT_DATASETS)}")
+    max_chars: Optional[int] = _get(dataset_cfg, "max_chars")
+    return text[:max_chars] if max_chars else text

@@ -1,0 +1,126 @@
+"""Model loading: `load_model(cfg.model, cache_dir)` for every `model=` option, plus a per-process cache.
+
+    smollm2_135m / any gguf_file  -> models.gguf   (GGUF -> safetensors cache, "gguf-convert" / "converted-cache")
+    tiny_bitnet                   -> models.tiny   (seeded BitNet in 2B4T format, "tiny-build" / "tiny-cache")
+    bitnet_b158_2b4t / hf / other -> models.hub    (local dir or hub id, "local" / "hub")
+
+Every loaded model is in eval mode with requires_grad off, in the requested dtype and device, and its
+tokenizer has a pad token and pads on the left (generation appends on the right).
+Importing this package is cheap: transformers is imported only when a model is loaded.
+"""
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict
+
+from omegaconf import OmegaConf
+
+from lsh_bitnet.models.checks import TINY_NAME, as_config, check_model_config, resolve_device
+
+__all__ = ["LoadedModel", "load_model", "load_model_cached", "clear_model_cache", "check_model_config"]
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # PreTrainedModel, eval mode, requires_grad False
+    tokenizer: Any  # PreTrainedTokenizerBase, pad token set, padding_side "left"
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _finalize(model, tokenizer, dtype, device: str):
+    import torch
+
+    # Pre-quantized BitNet loads keep non-quantized tensors (norms, embeddings) in the checkpoint's dtype
+    # while the AutoBitLinear layers take the requested one, and the mix fails in the first matmul; a
+    # cast is exact for the ternary weights, so the layers stay as they are.
+    if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)
+    target, current = torch.device(device), next(model.parameters()).device
+    if current.type != target.type or (target.index is not None and current.index != target.index):
+        model.to(target)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token: use a model whose tokenizer defines eos")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right: pads must not sit between prompt and answer
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _info(cfg, model, source, loaded_from: str, load_s: float, cache_path) -> Dict[str, Any]:
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    param = next(model.parameters())
+    return {
+        "name": cfg.name, "name_or_path": str(source), "model_class": type(model).__name__,
+        "n_layers": config.num_hidden_layers, "n_heads": n_heads,
+        "n_kv_heads": getattr(config, "num_key_value_heads", None) or n_heads, "head_dim": head_dim,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_autobitlinear": sum(isinstance(m, AutoBitLinear) for m in model.modules()),
+        "dtype": str(param.dtype).replace("torch.", ""), "device": str(param.device),
+        "load_s": load_s, "loaded_from": loaded_from, "cache_path": str(cache_path) if cache_path else None,
+    }
+
+
+def load_model(model_cfg: Any, cache_dir: Path) -> LoadedModel:
+    """Load `cfg.model` (checked first); `cache_dir` holds converted GGUF and tiny models under models/."""
+    import torch
+
+    cfg = as_config(model_cfg)
+    check_model_config(cfg)
+    started = time.perf_counter()
+    dtype = getattr(torch, cfg.dtype)
+    device = resolve_device(str(cfg.device))
+    device_map = None if device == "cpu" else device  # load straight onto the GPU: 2B4T unpacked is ~5 GB
+    cache_path = None
+    if cfg.name == TINY_NAME:
+        from lsh_bitnet.models.tiny import load_tiny
+
+        model, tokenizer, loaded_from, cache_path = load_tiny(cfg, Path(cache_dir), dtype, device_map)
+        source = cache_path
+    elif cfg.get("gguf_file"):
+        from lsh_bitnet.models.checks import gguf_path
+        from lsh_bitnet.models.gguf import load_gguf
+
+        model, tokenizer, loaded_from, cache_path = load_gguf(cfg, Path(cache_dir), dtype, device_map)
+        source = gguf_path(cfg)
+    else:
+        from lsh_bitnet.models.hub import load_pretrained
+
+        model, tokenizer, loaded_from, source = load_pretrained(cfg, dtype, device_map)
+    _finalize(model, tokenizer, dtype, device)
+    info = _info(cfg, model, source, loaded_from, time.perf_counter() - started, cache_path)
+    if getattr(model.config, "model_type", None) == "bitnet" and info["n_autobitlinear"] == 0:
+        warnings.warn(f"model.name_or_path={cfg.name_or_path!r} is a BitNet model without AutoBitLinear layers "
+                      f"(no bitnet quantization_config): its linears run unquantised, unlike BitNet inference")
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+# One load per process and model config: an in-process sweep reuses the model (the runner patches
+# attention before a job and unpatches it after).
+_LOADED: Dict[str, LoadedModel] = {}
+
+
+def _cache_key(cfg, cache_dir: Path) -> str:
+    return json.dumps({"model": OmegaConf.to_container(cfg, resolve=True), "cache_dir": str(Path(cache_dir).expanduser().resolve())},
+                      sort_keys=True, default=str)
+
+
+def load_model_cached(model_cfg: Any, cache_dir: Path) -> LoadedModel:
+    cfg = as_config(model_cfg)
+    key = _cache_key(cfg, cache_dir)
+    if key not in _LOADED:
+        _LOADED[key] = load_model(cfg, cache_dir)
+    return _LOADED[key]
+
+
+def clear_model_cache() -> None:
+    """Forget the models held by load_model_cached (frees their memory once no caller holds them)."""
+    _LOADED.clear()

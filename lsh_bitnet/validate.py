@@ -1,0 +1,44 @@
+"""Checks that need no model: run before anything expensive, each error names the key and the fix.
+
+Types and unknown keys are already rejected by the ConfigStore schemas at composition time; this
+module checks values and the combinations of groups.
+"""
+from omegaconf import DictConfig
+
+METRIC_DATASETS = {
+    "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
+    "synthetic_accuracy": ("synthetic_ny_adj",),
+}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and how to fix it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    from lsh_bitnet.attention import validate_attention_config
+    from lsh_bitnet.data import check_dataset_config
+    from lsh_bitnet.models import check_model_config
+
+    metric, dataset = cfg.metric.name, cfg.dataset.name
+    _require(metric in METRIC_DATASETS,
+             f"metric={metric!r} is not known: allowed {sorted(METRIC_DATASETS)}")
+    _require(dataset in METRIC_DATASETS[metric],
+             f"metric={metric} cannot be computed on dataset={dataset}: use dataset= one of "
+             f"{list(METRIC_DATASETS[metric])}, or a metric that fits dataset={dataset} "
+             f"(metric={next(m for m, ds in METRIC_DATASETS.items() if dataset in ds)})"
+             if any(dataset in ds for ds in METRIC_DATASETS.values())
+             else f"dataset={dataset!r} is not known: allowed {sorted({d for ds in METRIC_DATASETS.values() for d in ds})}")
+    # Perplexity predicts seq_len - 1 tokens per window: a window of 1 token predicts nothing.
+    _require(cfg.eval.seq_len >= 2, f"eval.seq_len must be >= 2 (got {cfg.eval.seq_len})")
+    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
+    _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
+             f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
+    check_model_config(cfg.model)
+    check_dataset_config(cfg.dataset)
+    validate_attention_config(cfg.attention, cfg.hasher)

@@ -1,0 +1,99 @@
+"""Hashers: shapes, bit semantics, bit order of the packed codes, reproducibility, cost accounting."""
+import pytest
+import torch
+
+from lsh_bitnet.attention.hashers import BitSamplingHasher, SimHashHasher, build_hasher
+
+B, HKV, T, D = 2, 3, 5, 16
+
+
+@pytest.fixture
+def x():
+    return torch.randn(B, HKV, T, D, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", ["bit_sampling", "simhash"])
+def test_shapes_and_packing(name, x):
+    h = build_hasher(name, n_bits=6, head_dim=D, n_kv_heads=HKV, n_tables=4, seed=0, layer_idx=0)
+    bits, codes = h.bits(x), h.codes(x)
+    assert bits.shape == (B, HKV, T, 4, 6) and bits.dtype == torch.bool
+    assert codes.shape == (B, HKV, T, 4) and codes.dtype == torch.int64
+    # bit 0 is the most significant bit of the code (the root of a forest tree)
+    expected = sum(bits[..., b].long() << (6 - 1 - b) for b in range(6))
+    assert torch.equal(codes, expected)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 2 ** 6
+
+
+def test_bit_sampling_semantics(x):
+    h = build_hasher("bit_sampling", 5, D, HKV, 3, seed=7, layer_idx=2)
+    assert isinstance(h, BitSamplingHasher)
+    assert h.coords.shape == (HKV, 3, 5) and h.coords.dtype == torch.long
+    for hh in range(HKV):
+        for t in range(3):
+            c = h.coords[hh, t]
+            assert len(set(c.tolist())) == 5 and int(c.min()) >= 0 and int(c.max()) < D  # distinct coordinates
+            assert torch.equal(h.bits(x)[:, hh, :, t], x[:, hh][..., c] > 0)
+
+
+def test_simhash_semantics(x):
+    h = build_hasher("simhash", 4, D, HKV, 2, seed=3, layer_idx=1)
+    assert isinstance(h, SimHashHasher)
+    assert h.planes.shape == (HKV, 2, D, 4) and h.planes.dtype == torch.float32
+    for hh in range(HKV):
+        for t in range(2):
+            assert torch.equal(h.bits(x)[:, hh, :, t], (x[:, hh] @ h.planes[hh, t]) > 0)
+
+
+def test_known_code_by_hand():
+    # bit_sampling over coordinates (c0, c1, c2): x[c0] > 0 is the leading bit.
+    h = build_hasher("bit_sampling", 3, 4, 1, 1, seed=0, layer_idx=0)
+    c = h.coords[0, 0]
+    v = torch.full((1, 1, 1, 4), -1.0)
+    v[..., c[0]] = 1.0  # only the leading bit set -> 0b100
+    assert int(h.codes(v)) == 4
+    v[..., c[0]], v[..., c[2]] = -1.0, 1.0  # only the last bit -> 0b001
+    assert int(h.codes(v)) == 1
+
+
+@pytest.mark.parametrize("name", ["bit_sampling", "simhash"])
+def test_reproducible_and_independent(name):
+    params = lambda h: h.coords if name == "bit_sampling" else h.planes  # noqa: E731
+    a = build_hasher(name, 8, 64, 2, 2, seed=0, layer_idx=3)
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = build_hasher(name, 8, 64, 2, 2, seed=0, layer_idx=3)
+    assert torch.equal(params(a), params(b))
+    assert not torch.equal(params(a), params(build_hasher(name, 8, 64, 2, 2, seed=1, layer_idx=3)))
+    assert not torch.equal(params(a), params(build_hasher(name, 8, 64, 2, 2, seed=0, layer_idx=4)))
+    p = params(a)  # per KV head and per table, functions differ
+    assert not torch.equal(p[0, 0], p[1, 0]) and not torch.equal(p[0, 0], p[0, 1])
+
+
+@pytest.mark.parametrize("name", ["bit_sampling", "simhash"])
+def test_zero_bits_is_one_bucket(name, x):
+    h = build_hasher(name, 0, D, HKV, 2, seed=0, layer_idx=0)
+    assert h.bits(x).shape == (B, HKV, T, 2, 0)
+    codes = h.codes(x)
+    assert codes.shape == (B, HKV, T, 2) and not codes.any()
+
+
+def test_ops_per_vector():
+    assert build_hasher("simhash", 8, 64, 3, 2, 0, 0).ops_per_vector == 64 * 8 * 2
+    assert build_hasher("bit_sampling", 8, 64, 3, 2, 0, 0).ops_per_vector == 8 * 2  # coordinate tests, not free
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="hasher.n_bits"):
+        build_hasher("bit_sampling", 17, 16, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="attention.n_tables"):
+        build_hasher("simhash", 4, 16, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="bit_sampling or hasher=simhash"):
+        build_hasher("minhash", 4, 16, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="expects"):
+        build_hasher("simhash", 4, 16, 2, 1, 0, 0).codes(torch.randn(1, 3, 4, 16))  # wrong KV head count
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(dtype, x):
+    for name in ("bit_sampling", "simhash"):
+        h = build_hasher(name, 6, D, HKV, 2, 0, 0)
+        assert torch.equal(h.bits(x.to(dtype)), h.bits(x.to(dtype).float()))
