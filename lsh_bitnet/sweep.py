@@ -15,8 +15,8 @@ from typing import Any, List, Tuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-# Long override lists would exceed filesystem name limits (255 bytes); keep a readable head + hash.
-MAX_DIRNAME = 120
+# Long override lists would exceed the 255-byte file name limit: keep a readable head + hash.
+MAX_DIRNAME = 240
 RESOLVER = "job_dirname"
 
 

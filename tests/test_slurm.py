@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from conftest import CONF_DIR, REPO_ROOT
 START_HINT = "start a single-node cluster with `bash scripts/slurm/start.sh` (stop: scripts/slurm/stop.sh)"
 READY_STATES = {"idle", "mixed", "allocated", "completing"}  # a busy node still takes (queues) our jobs
 SWEEP_TIMEOUT_S = 300  # 3 tiny jobs take ~10 s; the rest is room for other users' jobs ahead in the queue
+ACTIVE_STATES = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING"}
+FINISH_GRACE_S = 30  # a task ends ~1 s after its result file is written; more on a loaded box
 TINY = ["model=tiny_bitnet", "dataset=synthetic_ny_adj", "metric=synthetic_accuracy", "dataset.n_samples=2",
         "attention=lsh", "eval.progress=false",
         "hydra.launcher.cpus_per_task=1"]  # fits any node; 2 jobs at once on the 2-CPU test box
@@ -38,7 +41,9 @@ def _slurm_env() -> dict:
     state = _state_dir()
     if (state / "bin" / "sacct").exists() and str(state / "bin") not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = f"{state / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    if "SLURM_CONF" not in env and (state / "slurm.conf").exists():
+    # Only while start.sh's controller runs (stop.sh removes its pid file): a conf naming a dead
+    # controller makes every client command hang instead of failing at once.
+    if "SLURM_CONF" not in env and (state / "slurm.conf").exists() and (state / "slurmctld.pid").exists():
         env["SLURM_CONF"] = str(state / "slurm.conf")
     return env
 
@@ -47,7 +52,7 @@ def _cluster_skip_reason(env: dict):
     if shutil.which("sbatch", path=env.get("PATH")) is None:
         return f"sbatch not found (SLURM is not installed): {START_HINT}"
     try:  # sinfo blocks for minutes when slurmctld is down: bound it
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=3)
     except subprocess.TimeoutExpired:
         return f"SLURM controller not answering (sinfo timed out): {START_HINT}"
     states = {s.strip().rstrip("*~#") for s in out.stdout.split()}
@@ -86,13 +91,22 @@ def _array_tasks(sweep: Path) -> dict:
 
 
 def _job_states(job_id: str, env: dict) -> dict:
-    """{ARRAYJOB_TASK: State} from the sacct stand-in of this repo (reads `scontrol -o show job`)."""
-    out = _run(["bash", str(REPO_ROOT / "scripts/slurm/sacct"), "-o", "JobID,State,NodeList", "--parsable2",
-                "-j", job_id], env, timeout=30)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == "JobID|State|NodeList", out.stdout
-    return {row.split("|")[0]: row.split("|")[1] for row in lines[1:]}
+    """{ARRAYJOB_TASK: State} from the sacct stand-in of this repo (reads `scontrol -o show job`).
+
+    Hydra returns as soon as every result file is written; the task itself is still RUNNING (or
+    COMPLETING) while its Python exits and srun cleans up, so poll until no task is left active.
+    """
+    deadline = time.monotonic() + FINISH_GRACE_S
+    while True:
+        out = _run(["bash", str(REPO_ROOT / "scripts/slurm/sacct"), "-o", "JobID,State,NodeList", "--parsable2",
+                    "-j", job_id], env, timeout=30)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "JobID|State|NodeList", out.stdout
+        states = {row.split("|")[0]: row.split("|")[1] for row in lines[1:]}
+        if not ACTIVE_STATES & set(states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 # ----------------------------------------------------------------------------- real SLURM

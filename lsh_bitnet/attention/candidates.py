@@ -5,7 +5,9 @@ bool candidate mask of any subset of queries against the first `kc` key slots, s
 O(len(q_idx) * kc) per head. The kernel feeds it contiguous query chunks; diagnostics feed it a sample.
 Masks that do not depend on the head (full, window) keep shape (B, 1, 1, Qc, kc) and broadcast.
 """
+import functools
 import math
+from fractions import Fraction
 from typing import Optional, Tuple
 
 import torch
@@ -13,6 +15,21 @@ import torch
 # Codes of up to 30 bits are compared as int32: half the memory traffic of int64 on these
 # (heads x queries x keys) tensors, and 2**30 thresholds still fit.
 INT32_BITS = 30
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_table(fraction: float, size: int) -> torch.Tensor:
+    frac = Fraction(repr(float(fraction)))
+    return torch.tensor([min(n, math.ceil(frac * n)) for n in range(size)], dtype=torch.int64)
+
+
+def fraction_budgets(fraction: float, n: int) -> torch.Tensor:
+    """Oracle budgets ceil(fraction * m) for m = 0..n (at least), exact for the decimal the user typed.
+
+    In float64, 0.07 * 100 = 7.000000000000001 would ceil to 8: the fraction is read as the decimal
+    repr(fraction) and multiplied exactly. Tables grow by powers of two, so decode steps hit the cache.
+    """
+    return _budget_table(float(fraction), 1 << max(n, 1).bit_length())
 
 
 def row_count(mask: torch.Tensor) -> torch.Tensor:
@@ -60,9 +77,11 @@ class Candidates:
                 raise ValueError(f"attention={spec.variant} needs a hasher (got None)")
             self.bits = hasher.n_bits
             code_dtype = torch.int32 if self.bits <= INT32_BITS else torch.int64
-            self.kcodes = hasher.codes(key).to(code_dtype)  # (B, Hkv, K, T)
+            # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
+            self.kcodes = hasher.codes(key).to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
             qflat = self.query.reshape(B, Hkv, self.g * Q, D)
-            self.qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, self.g, Q, -1)  # (B, Hkv, g, Q, T)
+            qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, self.g, Q, -1)
+            self.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)
 
     def scores(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
         """Unscaled q.k in float32 for the queries q_idx against key slots [0, kc): (B, Hkv, g, Qc, kc)."""
@@ -113,11 +132,11 @@ class Candidates:
 
     def _bucket_match(self, q_idx, kc):
         """Union over tables of equal codes: (B, Hkv, g, Qc, kc)."""
-        qc = self.qcodes.index_select(3, q_idx)  # (B, Hkv, g, Qc, T)
-        kcodes = self.kcodes[:, :, :kc]  # (B, Hkv, kc, T)
+        qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (T, B, Hkv, g, Qc, 1)
+        kcodes = self.kcodes[:, :, :, None, None, :kc]  # (T, B, Hkv, 1, 1, kc)
         match = None
-        for t in range(qc.shape[-1]):  # one pass per table keeps memory at one (Qc, kc) bool per head
-            eq = qc[..., t, None] == kcodes[:, :, None, None, :, t]
+        for t in range(qc.shape[0]):  # one pass per table keeps memory at one (Qc, kc) bool per head
+            eq = qc[t] == kcodes[t]
             match = eq if match is None else match.logical_or_(eq)
         return match
 
@@ -129,11 +148,11 @@ class Candidates:
         is found per query by binary search over [0, d]: ceil(log2(d + 1)) counting passes.
         """
         d, mc = self.bits, self.spec.min_candidates
-        qc = self.qcodes.index_select(3, q_idx)  # (B, Hkv, g, Qc, T)
-        kcodes = self.kcodes[:, :, :kc]
+        qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (T, B, Hkv, g, Qc, 1)
+        kcodes = self.kcodes[:, :, :, None, None, :kc]  # (T, B, Hkv, 1, 1, kc)
         minxor = None
-        for t in range(qc.shape[-1]):
-            x = torch.bitwise_xor(qc[..., t, None], kcodes[:, :, None, None, :, t])  # (B, Hkv, g, Qc, kc)
+        for t in range(qc.shape[0]):
+            x = torch.bitwise_xor(qc[t], kcodes[t])  # (B, Hkv, g, Qc, kc)
             minxor = x if minxor is None else torch.minimum(minxor, x, out=minxor)
         minxor.masked_fill_(~valid, 2 ** d)  # not below any threshold 2**(d - x): invalid keys never count
         # x = 0 always qualifies (|V| >= target), so lo starts there and the search only tests x >= 1.
@@ -155,8 +174,8 @@ class Candidates:
         n_valid = row_count(valid)  # (B, 1, 1, Qc)
         if spec.k is not None:
             k_i, k_max = n_valid.clamp(max=spec.k), min(spec.k, kc)
-        else:  # float64 product, as Python's math.ceil(fraction * n) computes it
-            k_i = torch.minimum(torch.ceil(n_valid.double() * spec.fraction).long(), n_valid)
-            k_max = min(math.ceil(spec.fraction * kc), kc)
+        else:
+            budgets = fraction_budgets(spec.fraction, kc).to(n_valid.device)  # (>= kc + 1,)
+            k_i, k_max = budgets[n_valid], int(budgets[kc])
         scores = self.scores(q_idx, kc)  # (B, Hkv, g, Qc, kc)
         return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max)

@@ -101,11 +101,10 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     (retrieval diagnostics).
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
-    Hkv, K, Dv = key.shape[1], key.shape[2], value.shape[-1]
+    Hkv, K = key.shape[1], key.shape[2]
     if Hq % Hkv or key_valid.shape != (B, K) or Q > K:
         raise ValueError(f"sparse_attention: bad shapes query {tuple(query.shape)}, key {tuple(key.shape)}, "
                          f"key_valid {tuple(key_valid.shape)} (need Hq % Hkv == 0, key_valid (B, K), Q <= K)")
-    g = Hq // Hkv
     scaling = D ** -0.5 if scaling is None else scaling
     key_valid = key_valid.to(device=key.device, dtype=torch.bool)
 

@@ -8,7 +8,7 @@ and its adjective fails, while the other adjectives in the text are plausible di
 import random
 import re
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 # Common adjectives that are a single token after a space for SmolLM2 / Llama-3 style BPE, so the
 # greedy answer is one step and choice scores compare like with like. None is a prefix of another
@@ -23,7 +23,8 @@ ADJECTIVES = (
 
 NAMES = ("Maya", "Tom", "Lena", "Omar", "Grace", "Ivan", "Nora", "Samir", "Clara", "Jonas")
 
-# Each puts the adjective right before "New York"; cycled in a per-sample random order.
+# Each puts the adjective right before "New York", in a per-sample random order. In the cued format
+# the words before the adjective identify the mention, so a sample uses each template at most once.
 MENTION_TEMPLATES = (
     "{name} woke up early in {adj} New York.",
     "By noon {name} was walking through {adj} New York.",
@@ -33,6 +34,10 @@ MENTION_TEMPLATES = (
     "From the ferry, {name} looked at {adj} New York.",
     "A postcard on the table showed {adj} New York.",
     "{name} took a photo of {adj} New York.",
+    "After lunch, {name} drove across {adj} New York.",
+    "A neighbour once painted {adj} New York for {name}.",
+    "That winter {name} dreamed of {adj} New York.",
+    "The radio host kept talking about {adj} New York.",
 )
 
 # Neutral sentences: no "New York", no word of ADJECTIVES (a test checks both).
@@ -81,20 +86,25 @@ FILLERS = (
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
-# The chosen prompt format (see PROMPT_FORMATS): the one where full-attention SmolLM2-135M-Instruct
-# scored best among those tried, reported in docs. The prompt ends where the answer word (after a
-# space) should come, so choice scoring appends " " + adjective and generation starts right there.
-PROMPT_FORMAT = "plain"
+# Prompt formats. Both end where the answer word (after a space) comes, so choice scoring appends
+# " " + adjective and generation starts right there.
+# - plain: the story, then the question; the model must count mentions to find the answer.
+# - cued: the same, and the answer opens by quoting the start of the sentence that holds the asked
+#   mention ("... is in \"From the ferry, Tom looked at"), so the model must retrieve the adjective
+#   that followed those words far back in the text: a long-range lookup, not counting.
+# Measured with full attention on SmolLM2-135M-Instruct (mention 2 of 4, 4 fillers, 40 samples):
+# plain (and chat-template or few-shot variants of it) sits at chance (choice_accuracy ~0.25, the
+# model cannot count mentions), cued reaches ~1.0; so cued is the default: it is the one whose drop
+# under sparse attention measures lost retrieval rather than noise. Pick plain for models that can
+# count (dataset.prompt_format=plain, when the config schema has the field).
+PROMPT_FORMATS = ("plain", "cued")
+PROMPT_FORMAT = "cued"
 INSTRUCTION = "Read the story, then answer the question."
 QUESTION = "Question: Which adjective came right before the {ordinal} mention of New York?"
-ANSWER_LEAD = "Answer: The adjective right before the {ordinal} mention of New York was"
-# A worked example about another city, so the prompt holds exactly n_mentions "New York"s (plus the
-# question's) and the example's adjectives are outside ADJECTIVES.
-EXAMPLE = ("Story: Ben arrived in muddy Paris. The shops were closing. Later he crossed elegant Paris "
-           "on foot. A waiter swept the terrace. At dawn he left shiny Paris.\n\n"
-           "Question: Which adjective came right before the second mention of Paris?\n"
-           "Answer: The adjective right before the second mention of Paris was elegant.\n\n")
-PROMPT_FORMATS = ("plain", "one_shot")
+ANSWER_LEAD = {
+    "plain": "Answer: The adjective right before the {ordinal} mention of New York was",
+    "cued": 'Answer: The {ordinal} mention of New York is in the sentence "{cue}',
+}
 
 
 @dataclass
@@ -115,7 +125,16 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def check_synthetic_config(cfg) -> None:
+def _format(cfg, prompt_format: Optional[str] = None) -> str:
+    """The argument, else cfg.prompt_format where the schema has that field, else PROMPT_FORMAT."""
+    fmt = prompt_format or (cfg.get("prompt_format") if hasattr(cfg, "get") else getattr(cfg, "prompt_format", None))
+    fmt = fmt or PROMPT_FORMAT
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"dataset.prompt_format={fmt!r} is not known: allowed {list(PROMPT_FORMATS)}")
+    return fmt
+
+
+def check_synthetic_config(cfg, prompt_format: Optional[str] = None) -> None:
     """Range checks for dataset=synthetic_ny_adj; each error names the key and the fix."""
     n_samples, mention, n_mentions, filler = cfg.n_samples, cfg.mention, cfg.n_mentions, cfg.filler_sentences
     if n_samples < 1:
@@ -128,6 +147,10 @@ def check_synthetic_config(cfg) -> None:
                          f"it is the 1-based mention whose adjective is asked for")
     if filler < 0:
         raise ValueError(f"dataset.filler_sentences must be >= 0 (got {filler})")
+    if _format(cfg, prompt_format) == "cued" and n_mentions > len(MENTION_TEMPLATES):
+        raise ValueError(f"dataset.n_mentions must be <= {len(MENTION_TEMPLATES)} with the cued prompt format "
+                         f"(got {n_mentions}): each mention needs its own sentence to be quoted; lower it "
+                         f"or set dataset.prompt_format=plain")
 
 
 def _fillers(rng: random.Random, k: int) -> List[str]:
@@ -142,6 +165,8 @@ def _fillers(rng: random.Random, k: int) -> List[str]:
 
 def make_sample(seed: int, index: int, mention: int, n_mentions: int, filler_sentences: int,
                 prompt_format: str = PROMPT_FORMAT) -> SyntheticSample:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"dataset.prompt_format={prompt_format!r} is not known: allowed {list(PROMPT_FORMATS)}")
     # Seeded by strings (stable across processes): each sample, and each gap within it, has its own
     # stream, so a sample does not depend on n_samples and more filler only appends sentences.
     rng = random.Random(f"synthetic_ny_adj/{seed}/{index}")
@@ -150,29 +175,30 @@ def make_sample(seed: int, index: int, mention: int, n_mentions: int, filler_sen
     rng.shuffle(templates)
     name = rng.choice(NAMES)
 
+    head = f"{INSTRUCTION}\n\nStory: "
     story = f"This is a story about {name}."
-    answer_pos = -1
+    answer_pos, cue = -1, ""
     for m, adj in enumerate(adjectives):
-        sentence = templates[m % len(templates)].format(name=name, adj=adj)
+        template = templates[m % len(templates)]
+        sentence = template.format(name=name, adj=adj)
         if m == mention - 1:
-            answer_pos = len(story) + 1 + sentence.index(f"{adj} New York")
+            answer_pos = len(head) + len(story) + 1 + sentence.index(f"{adj} New York")
+            cue = template.split("{adj}")[0].format(name=name).rstrip()
         gap_rng = random.Random(f"synthetic_ny_adj/{seed}/{index}/gap{m}")
         story = " ".join([story, sentence, *_fillers(gap_rng, filler_sentences)])
 
     nth = ordinal(mention)
-    head = f"{INSTRUCTION}\n\n" + (EXAMPLE if prompt_format == "one_shot" else "") + "Story: "
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"prompt_format={prompt_format!r} is not known: allowed {list(PROMPT_FORMATS)}")
-    prompt = f"{head}{story}\n\n{QUESTION.format(ordinal=nth)}\n{ANSWER_LEAD.format(ordinal=nth)}"
+    prompt = f"{head}{story}\n\n{QUESTION.format(ordinal=nth)}\n{ANSWER_LEAD[prompt_format].format(ordinal=nth, cue=cue)}"
     return SyntheticSample(prompt=prompt, answer=adjectives[mention - 1], choices=adjectives, mention=mention,
                            n_mentions=n_mentions, filler_sentences=filler_sentences,
-                           distance_chars=len(prompt) - (len(head) + answer_pos))
+                           distance_chars=len(prompt) - answer_pos)
 
 
-def make_samples(cfg, prompt_format: str = PROMPT_FORMAT) -> List[SyntheticSample]:
+def make_samples(cfg, prompt_format: Optional[str] = None) -> List[SyntheticSample]:
     """cfg.n_samples samples, deterministic in cfg.seed; the first k are the same for any n_samples >= k."""
-    check_synthetic_config(cfg)
-    return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, prompt_format)
+    check_synthetic_config(cfg, prompt_format)
+    fmt = _format(cfg, prompt_format)
+    return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, fmt)
             for i in range(cfg.n_samples)]
 
 

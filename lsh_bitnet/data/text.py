@@ -143,8 +143,8 @@ def _load_wikitext(dataset_cfg, split: str) -> str:
 
 
 # ----------------------------------------------------------------------------- enwik8
-def split_bytes(data: bytes, split: str, bounds=ENWIK8_BOUNDS) -> bytes:
-    start, end = bounds[split]
+def split_bytes(data: bytes, split: str, bounds=None) -> bytes:
+    start, end = (bounds or ENWIK8_BOUNDS)[split]
     return data[start:end]
 
 

@@ -7,7 +7,6 @@ goes through the model's (possibly patched) attention, cache included.
 """
 import copy
 import inspect
-import time
 from typing import Any, Dict, List, Sequence
 
 import torch
@@ -89,7 +88,6 @@ def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], met
                                use_cache=True, eos_token_id=eos or None, pad_token_id=pad,
                                return_dict_in_generate=True, output_logits=True)
 
-    started = time.perf_counter()
     rows = []
     bar = tqdm(samples, desc="synthetic", unit="sample", disable=not eval_cfg.get("progress", True))
     for sample in bar:
@@ -107,6 +105,5 @@ def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], met
         "chance_choice_accuracy": sum(1 / len(s.choices) for s in samples) / n,
         # A few raw answers so a surprising number can be read against what the model said.
         "examples": [{k: r[k] for k in ("answer", "generated", "choice")} for r in rows[:5]],
-        "seconds": time.perf_counter() - started,
     }
 

@@ -41,7 +41,7 @@ def _require(condition: bool, message: str) -> None:
 
 def looks_like_path(name_or_path: str) -> bool:
     """True when the user clearly meant a local directory, not a hub id."""
-    return (os.path.isabs(name_or_path) or name_or_path.startswith(("~", "./", "../", "."))
+    return (os.path.isabs(name_or_path) or name_or_path.startswith(("~", "."))
             or "\\" in name_or_path or name_or_path.count("/") > 1)
 
 

@@ -11,7 +11,7 @@
 # directory, $LSH_BITNET_SLURM_DIR or /tmp/lsh-bitnet-slurm. The only things outside it: the Debian
 # packages, munge's own key/socket, and /etc/slurm/slurm.conf as a symlink to our file (so plain
 # `sinfo`/`sbatch` work in every shell) when no real slurm.conf is there already.
-# Facts behind each setting: docs/SLURM.md ("How the local cluster is built").
+# Why each setting: docs/SLURM.md ("A single-node cluster on this machine").
 set -euo pipefail
 
 STATE_DIR="${LSH_BITNET_SLURM_DIR:-/tmp/lsh-bitnet-slurm}"

@@ -1,0 +1,221 @@
+"""Naive reference of the sparse attention semantics (SPEC sections 3-4, docs/ATTENTION-API.md).
+
+Written as plain Python loops over rows, heads, queries and keys in float64 so that it shares no code
+(and no vectorisation bugs) with lsh_bitnet/attention. The only thing it takes from the implementation
+is the drawn hash parameters (`Hasher.coords` / `Hasher.planes`); the bits are recomputed here.
+"""
+import math
+from fractions import Fraction
+
+import torch
+
+HASHED = ("lsh", "lsh_forest")
+VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window")
+
+
+def hash_kind(hasher_params):
+    """-> ("bit_sampling", coords[h][t][b]) or ("simhash", planes[h][t][d][b]) as nested Python lists.
+
+    Accepts a Hasher (reads .coords / .planes) or a dict with one of those keys."""
+    get = hasher_params.get if isinstance(hasher_params, dict) else (lambda n: getattr(hasher_params, n, None))
+    if get("coords") is not None:
+        return "bit_sampling", torch.as_tensor(get("coords")).long().tolist()
+    if get("planes") is not None:
+        return "simhash", torch.as_tensor(get("planes")).double().tolist()
+    raise ValueError("hasher_params needs .coords (bit_sampling) or .planes (simhash)")
+
+
+def table_shape(hasher_params):
+    """-> (n_kv_heads, n_tables, n_bits) of the drawn parameters."""
+    get = hasher_params.get if isinstance(hasher_params, dict) else (lambda n: getattr(hasher_params, n, None))
+    coords = get("coords")
+    if coords is not None:
+        return tuple(torch.as_tensor(coords).shape)
+    planes = torch.as_tensor(get("planes"))  # (Hkv, n_tables, D, n_bits)
+    return planes.shape[0], planes.shape[1], planes.shape[3]
+
+
+def naive_projection(vec, kind, params, h, t, b):
+    """The number whose sign is bit b of table t of KV head h: x[c] or x . r (float64, exact sum)."""
+    if kind == "bit_sampling":
+        return vec[params[h][t][b]]
+    return math.fsum(vec[d] * params[h][t][d][b] for d in range(len(vec)))
+
+
+def naive_hash_bits(x, hasher_params, kv_head_of=None):
+    """x (B, H, T, D) -> bits[b][h][t][table] = tuple of n_bits bools, bit 0 first (most significant).
+
+    bit_sampling: bit = x[c] > 0 (strict: a zero coordinate gives 0); simhash: bit = x . r > 0.
+    Head h is hashed with the functions of KV head kv_head_of(h) (identity for keys; h // g for queries).
+    """
+    kind, params = hash_kind(hasher_params)
+    _, n_tables, n_bits = table_shape(hasher_params)
+    kv_head_of = kv_head_of or (lambda h: h)
+    xs = x.double().tolist()
+    out = []
+    for row in xs:
+        out_row = []
+        for h, head in enumerate(row):
+            hk = kv_head_of(h)
+            out_head = []
+            for vec in head:
+                out_head.append([tuple(naive_projection(vec, kind, params, hk, t, b) > 0 for b in range(n_bits))
+                                 for t in range(n_tables)])
+            out_row.append(out_head)
+        out.append(out_row)
+    return out
+
+
+def naive_min_margin(x, hasher_params, kv_head_of=None):
+    """Smallest |projection| over all vectors/tables/bits: a float32 hasher may flip a bit below ~1e-5."""
+    kind, params = hash_kind(hasher_params)
+    _, n_tables, n_bits = table_shape(hasher_params)
+    kv_head_of = kv_head_of or (lambda h: h)
+    best = math.inf
+    for row in x.double().tolist():
+        for h, head in enumerate(row):
+            for vec in head:
+                for t in range(n_tables):
+                    for b in range(n_bits):
+                        best = min(best, abs(naive_projection(vec, kind, params, kv_head_of(h), t, b)))
+    return best
+
+
+def lcp(a, b):
+    """Number of leading agreeing bits of two bit tuples."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))  # float64: ~1e-16 relative, far below the 1e-5 tolerance
+
+
+def oracle_budget(n_valid, k, fraction):
+    """k_i = min(k, |V(i)|) or ceil(fraction * |V(i)|), the fraction read as the decimal the user typed."""
+    if k is not None:
+        return min(int(k), n_valid)
+    return min(n_valid, math.ceil(Fraction(repr(float(fraction))) * n_valid))
+
+
+def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_tokens=0, local_window=0,
+                     n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None, fraction=None,
+                     hasher_params=None):
+    """-> (C, V): C[b][h][i] / V[b][h][i] sorted lists of key slots, None for a padding query slot.
+
+    query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K) bool. Query i sits at slot K - Q + i.
+    """
+    assert variant in VARIANTS, variant
+    B, Hq, Q, D = query.shape
+    _, Hkv, K, _ = key.shape
+    assert Hq % Hkv == 0 and Q <= K
+    g = Hq // Hkv
+    valid = [[bool(v) for v in row] for row in key_valid.tolist()]
+    qs, ks = query.double().tolist(), key.double().tolist()
+    if variant in HASHED:
+        p_heads, p_tables, p_bits = table_shape(hasher_params)
+        want = (n_tables, None) if variant == "lsh" else (n_trees, max_depth)
+        assert p_heads == Hkv and p_tables == want[0] and (want[1] is None or p_bits == want[1]), \
+            f"hasher params {(p_heads, p_tables, p_bits)} do not fit variant={variant} Hkv={Hkv} {want}"
+        qbits = naive_hash_bits(query, hasher_params, kv_head_of=lambda h: h // g)
+        kbits = naive_hash_bits(key, hasher_params)
+    C = [[[None] * Q for _ in range(Hq)] for _ in range(B)]
+    V = [[[None] * Q for _ in range(Hq)] for _ in range(B)]
+    for b in range(B):
+        pos, n = [], 0  # p(b, j): number of valid slots before j
+        for j in range(K):
+            pos.append(n)
+            n += valid[b][j]
+        for h in range(Hq):
+            hk = h // g
+            for i in range(Q):
+                s = K - Q + i
+                if not valid[b][s]:
+                    continue
+                v_set = [j for j in range(s + 1) if valid[b][j]]
+                always = set()
+                for j in v_set:
+                    if include_self and j == s:
+                        always.add(j)
+                    if pos[j] < sink_tokens:
+                        always.add(j)
+                    if pos[s] - pos[j] < local_window:
+                        always.add(j)
+                if variant == "full":
+                    base = set(v_set)
+                elif variant == "window":
+                    base = set()
+                elif variant == "lsh":
+                    base = {j for j in v_set
+                            if any(qbits[b][h][i][t] == kbits[b][hk][j][t] for t in range(n_tables))}
+                elif variant == "oracle_topk":
+                    scores = [(-dot(qs[b][h][i], ks[b][hk][j]), j) for j in v_set]
+                    base = {j for _, j in sorted(scores)[:oracle_budget(len(v_set), k, fraction)]}
+                else:  # lsh_forest: deepest depth x whose prefix matches still hold min(min_candidates, |V|)
+                    depth = {j: max(lcp(qbits[b][h][i][t], kbits[b][hk][j][t]) for t in range(n_trees))
+                             for j in v_set}
+                    need = min(min_candidates, len(v_set))
+                    x_star = 0
+                    for x in range(max_depth + 1):
+                        if sum(1 for j in v_set if depth[j] >= x) >= need:
+                            x_star = x
+                    base = {j for j in v_set if depth[j] >= x_star}
+                C[b][h][i] = sorted(base | always)
+                V[b][h][i] = v_set
+    return C, V
+
+
+def naive_sparse_attention(query, key, value, key_valid, *, variant, include_self=True, sink_tokens=0,
+                           local_window=0, n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None,
+                           fraction=None, hasher_params=None, scaling=None):
+    """-> (out (B, Hq, Q, Dv) float64, comparisons, full_comparisons); padding query rows are zeros."""
+    C, V = naive_candidates(query, key, key_valid, variant=variant, include_self=include_self,
+                            sink_tokens=sink_tokens, local_window=local_window, n_tables=n_tables,
+                            n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates, k=k,
+                            fraction=fraction, hasher_params=hasher_params)
+    B, Hq, Q, D = query.shape
+    Hkv, Dv = key.shape[1], value.shape[-1]
+    g = Hq // Hkv
+    scaling = D ** -0.5 if scaling is None else scaling
+    qs, ks, vs = query.double().tolist(), key.double().tolist(), value.double().tolist()
+    out = [[[[0.0] * Dv for _ in range(Q)] for _ in range(Hq)] for _ in range(B)]
+    comparisons = full_comparisons = 0
+    for b in range(B):
+        for h in range(Hq):
+            hk = h // g
+            for i in range(Q):
+                cands = C[b][h][i]
+                if cands is None:  # padding query: ignored and not counted
+                    continue
+                comparisons += len(cands)
+                full_comparisons += len(V[b][h][i])
+                if not cands:  # empty C(i): zero output
+                    continue
+                logits = [scaling * dot(qs[b][h][i], ks[b][hk][j]) for j in cands]
+                top = max(logits)
+                weights = [math.exp(x - top) for x in logits]
+                total = math.fsum(weights)
+                out[b][h][i] = [math.fsum(w * vs[b][hk][j][d] for w, j in zip(weights, cands)) / total
+                                for d in range(Dv)]
+    return torch.tensor(out, dtype=torch.float64).view(B, Hq, Q, Dv), comparisons, full_comparisons
+
+
+def naive_hash_ops(query, key, key_valid, *, variant, hasher_params=None):
+    """ops_per_vector * (valid query vectors over Hq heads + valid key vectors over Hkv heads); 0 unhashed.
+
+    simhash: D * n_bits * n_tables multiply-adds per vector; bit_sampling: n_bits * n_tables tests."""
+    if variant not in HASHED:
+        return 0
+    kind, _ = hash_kind(hasher_params)
+    _, n_tables, n_bits = table_shape(hasher_params)
+    B, Hq, Q, D = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    per_vector = n_bits * n_tables * (D if kind == "simhash" else 1)
+    valid = key_valid.tolist()
+    n_q = sum(1 for b in range(B) for i in range(Q) if valid[b][K - Q + i])
+    n_k = sum(1 for b in range(B) for j in range(K) if valid[b][j])
+    return per_vector * (n_q * Hq + n_k * Hkv)
