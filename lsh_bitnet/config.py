@@ -124,6 +124,10 @@ class SyntheticDatasetConfig(DatasetConfig):
     n_mentions: int = 4
     filler_sentences: int = 4  # filler sentences between consecutive mentions (distance)
     seed: int = 1234
+    # cued: the answer quotes the start of the asked mention's sentence, so the model must copy the
+    # adjective from far back (SmolLM2-135M scores 1.0 with full attention); plain: only the ordinal
+    # is given, which needs counting mentions (SmolLM2-135M is at chance even with full attention).
+    prompt_format: str = "cued"
 
 
 # ----------------------------------------------------------------------------- metric

