@@ -9,7 +9,9 @@ from typing import Dict, Tuple
 
 import torch
 
-HASHERS = ("bit_sampling", "simhash")
+# name -> Hasher subclass. A new hasher (e.g. Reformer's cross-polytope) is one module with a
+# `@register_hasher("name")` class implementing `bits` and `ops_per_vector`, plus conf/hasher/<name>.yaml.
+HASHERS: Dict[str, type] = {}
 # Codes are packed into int64 and must stay non-negative (the forest compares XORs as integers).
 MAX_BITS = 62
 
@@ -18,6 +20,14 @@ def layer_seed(seed: int, layer_idx: int) -> int:
     """A 63-bit seed per (seed, layer): hashing the pair avoids collisions like (0, 1000) vs (1, 0)."""
     digest = hashlib.sha256(f"lsh_bitnet:{int(seed)}:{int(layer_idx)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def register_hasher(name: str):
+    def decorate(cls):
+        cls.name = name
+        HASHERS[name] = cls
+        return cls
+    return decorate
 
 
 class Hasher:
@@ -63,10 +73,10 @@ class Hasher:
                              f"got {tuple(x.shape)}")
 
 
+@register_hasher("bit_sampling")
 class BitSamplingHasher(Hasher):
     """bit = x[c] > 0 for n_bits distinct coordinates c per (KV head, table)."""
 
-    name = "bit_sampling"
 
     def __init__(self, n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx):
         super().__init__(n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)
@@ -89,10 +99,10 @@ class BitSamplingHasher(Hasher):
         return (x.gather(-1, idx) > 0).view(B, H, T, self.n_tables, self.n_bits)
 
 
+@register_hasher("simhash")
 class SimHashHasher(Hasher):
     """bit = x . r > 0 for n_bits Gaussian hyperplanes r per (KV head, table)."""
 
-    name = "simhash"
 
     def __init__(self, n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx):
         super().__init__(n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)
@@ -116,7 +126,6 @@ class SimHashHasher(Hasher):
 
 def build_hasher(name: str, n_bits: int, head_dim: int, n_kv_heads: int, n_tables: int, seed: int,
                  layer_idx: int) -> Hasher:
-    classes = {"bit_sampling": BitSamplingHasher, "simhash": SimHashHasher}
-    if name not in classes:
-        raise ValueError(f"hasher.name={name!r} is not known: use hasher=bit_sampling or hasher=simhash")
-    return classes[name](n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)
+    if name not in HASHERS:
+        raise ValueError(f"hasher.name={name!r} is not known: allowed {sorted(HASHERS)}")
+    return HASHERS[name](n_bits, head_dim, n_kv_heads, n_tables, seed, layer_idx)

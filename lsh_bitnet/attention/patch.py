@@ -51,11 +51,11 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
 
     name, n_bits = _cfg_get(hasher_cfg, "name"), _cfg_get(hasher_cfg, "n_bits", 8)
     if hasher_cfg is not None:  # checked for every variant: a bad hasher group is a bad config either way
-        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {list(HASHERS)}")
+        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {sorted(HASHERS)}")
         _require(0 <= n_bits <= MAX_BITS, f"hasher.n_bits must be in [0, {MAX_BITS}] (got {n_bits}): codes are "
                  "packed into int64")
     if variant in ("lsh", "lsh_forest"):
-        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {list(HASHERS)}")
+        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {sorted(HASHERS)}")
         if variant == "lsh":
             bits, bits_key = n_bits, "hasher.n_bits"
             _require(a("n_tables", 1) >= 1,
