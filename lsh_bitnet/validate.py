@@ -28,12 +28,12 @@ def validate_config(cfg: DictConfig) -> None:
     metric, dataset = cfg.metric.name, cfg.dataset.name
     _require(metric in METRIC_DATASETS,
              f"metric={metric!r} is not known: allowed {sorted(METRIC_DATASETS)}")
+    fitting_metrics = [m for m, datasets in METRIC_DATASETS.items() if dataset in datasets]
+    _require(bool(fitting_metrics), f"dataset={dataset!r} is not known: allowed "
+                                    f"{sorted(d for ds in METRIC_DATASETS.values() for d in ds)}")
     _require(dataset in METRIC_DATASETS[metric],
-             f"metric={metric} cannot be computed on dataset={dataset}: use dataset= one of "
-             f"{list(METRIC_DATASETS[metric])}, or a metric that fits dataset={dataset} "
-             f"(metric={next(m for m, ds in METRIC_DATASETS.items() if dataset in ds)})"
-             if any(dataset in ds for ds in METRIC_DATASETS.values())
-             else f"dataset={dataset!r} is not known: allowed {sorted({d for ds in METRIC_DATASETS.values() for d in ds})}")
+             f"metric={metric} cannot be computed on dataset={dataset}: set dataset= one of "
+             f"{list(METRIC_DATASETS[metric])}, or metric={fitting_metrics[0]}")
     # Perplexity predicts seq_len - 1 tokens per window: a window of 1 token predicts nothing.
     _require(cfg.eval.seq_len >= 2, f"eval.seq_len must be >= 2 (got {cfg.eval.seq_len})")
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
