@@ -5,6 +5,7 @@
 import argparse
 import json
 import re
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -311,8 +312,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2
-    print(written["summary.md"].read_text())
-    print(f"wrote {len(written)} files to {written['summary.md'].parent}: {', '.join(sorted(written))}")
+    try:
+        print(written["summary.md"].read_text())
+        print(f"wrote {len(written)} files to {written['summary.md'].parent}: {', '.join(sorted(written))}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lsh-bitnet-collect DIR | head`: the files are written, the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

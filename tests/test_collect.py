@@ -189,3 +189,17 @@ def test_settings_get_their_own_frontier(tmp_path):
     assert ok["setting"].nunique() == 2 and "eval.seq_len" in ok.attrs["swept"]
     written = write_summary(root)
     assert pd.read_csv(written["summary.csv"])["pareto"].all()
+
+
+def test_cli_output_cut_short_by_a_pipe_is_not_an_error(tree, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is printed, as with `| head` on a long table
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lsh_bitnet.collect", str(tree), "--no-plot"],
+                              stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+    assert (tree / "summary.csv").exists()
