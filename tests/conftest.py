@@ -11,7 +11,7 @@ CONF_DIR = REPO_ROOT / "conf"
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def compose_config(overrides=(), cache_dir=None):
+def compose_config(overrides=(), cache_dir=None, return_hydra_config=False):
     from lsh_bitnet import config as _schemas  # noqa: F401  (ConfigStore schemas)
     from lsh_bitnet.sweep import register_resolvers
 
@@ -21,7 +21,7 @@ def compose_config(overrides=(), cache_dir=None):
         overrides = list(overrides)
         if cache_dir is not None:
             overrides.append(f"cache_dir={cache_dir}")
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,17 @@ def test_cli_missing_path_fails_fast_with_key(tmp_path):
     assert out.returncode != 0
     assert time.perf_counter() - start < 30
     assert "dataset.path" in out.stderr
+
+
+@pytest.mark.parametrize("experiment, sweep_dir, dataset", [
+    ("quickstart", "multirun/quickstart", "synthetic_ny_adj"),
+    ("bucket_simhash", "multirun/bucket_simhash", "wikitext2"),
+    ("bucket_bit_sampling", "multirun/bucket_bit_sampling", "wikitext2"),
+    ("forest", "multirun/forest_simhash", "wikitext2"),
+    ("baselines", "multirun/baselines", "wikitext2"),
+])
+def test_experiment_presets_win_over_the_primary_config(experiment, sweep_dir, dataset):
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.sweep.dir == sweep_dir  # not the primary config's dated default
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweeper.params
+    assert cfg.dataset.name == dataset
