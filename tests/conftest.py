@@ -28,3 +28,17 @@ def compose_config(overrides=(), cache_dir=None, return_hydra_config=False):
 def cache_dir(tmp_path_factory):
     """One cache per test session: tiny models and token streams are built once."""
     return tmp_path_factory.mktemp("lsh_bitnet_cache")
+
+
+def byte_level_bpe(texts, vocab_size):
+    """A small byte-level BPE tokenizer trained on `texts` (no hub), with an <eos> token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")

@@ -4,8 +4,8 @@ import zipfile
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+
+from conftest import byte_level_bpe
 
 from lsh_bitnet.config import DatasetConfig, Enwik8DatasetConfig, HubTextDatasetConfig
 from lsh_bitnet.data import check_dataset_config, load_text, text as T, tokens as K
@@ -157,13 +157,7 @@ def test_enwik8_downloads_once_into_cache(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- token streams
 @pytest.fixture(scope="module")
 def byte_bpe():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog. " * 20, NON_ASCII * 5])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return byte_level_bpe(["the quick brown fox jumps over the lazy dog. " * 20, NON_ASCII * 5], vocab_size=400)
 
 
 def test_attribute_bytes_gaps_and_overlaps():

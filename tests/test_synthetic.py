@@ -5,8 +5,9 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import byte_level_bpe
 
 from lsh_bitnet.config import SyntheticDatasetConfig
 from lsh_bitnet.data import check_dataset_config
@@ -105,13 +106,7 @@ def test_normalize_answer():
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
     # A small byte-level BPE: many adjectives come out as several tokens, exercising multi-token scoring.
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([s.prompt for s in S.make_samples(cfg(n_samples=30))], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return byte_level_bpe([s.prompt for s in S.make_samples(cfg(n_samples=30))], vocab_size=320)
 
 
 def tiny_llama(tokenizer, cls=LlamaForCausalLM):
