@@ -5,14 +5,12 @@ module checks values and the combinations of groups.
 """
 from omegaconf import DictConfig
 
+from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
+
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
     "synthetic_accuracy": ("synthetic_ny_adj",),
 }
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and how to fix it."""
 
 
 def _require(condition: bool, message: str) -> None:

@@ -59,6 +59,7 @@ class LayerCost:
     comparisons: int
     full_comparisons: int
     hash_ops: int
+    selection_ops: int = 0
 
 
 def _sdpa(query, key, value, mask, scaling, is_causal=False):
@@ -94,7 +95,7 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops] (3,).
+    """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
@@ -112,20 +113,21 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     n_visible = key_valid.to(torch.int64).cumsum(-1)[:, K - Q:]  # (B, Q): |V(i)| for a valid query
     full = (n_visible * q_valid).sum() * Hq
     hash_ops = torch.zeros((), dtype=torch.int64, device=key.device)
+    selection_ops = torch.zeros((), dtype=torch.int64, device=key.device)  # set by the rules that select
     if spec.hashed:
         # Keys are hashed every call (cached keys included in decode): count what is computed.
         hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid.sum() * Hkv)
 
     if spec.variant == "full" and observe is None:
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
-        return out, torch.stack([full, full, hash_ops])
+        return out, torch.stack([full, full, hash_ops, selection_ops])
 
     cands = Candidates(query, key, key_valid, spec, hasher)
     if observe is not None:
         observe(cands, scaling)
     if spec.variant == "full":
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
-        return out, torch.stack([full, full, hash_ops])
+        return out, torch.stack([full, full, hash_ops, selection_ops])
 
     chunk = max(1, int(spec.query_chunk))
     comparisons = torch.zeros((), dtype=torch.int64, device=key.device)
@@ -147,7 +149,7 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         o = _sdpa(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], mask, scaling)  # (B, Hq, qc, Dv)
         o = o.masked_fill(q_pad[:, None, :, None], 0)
         outs.append(o if spec.include_self else o.masked_fill(~has, 0))
-    return torch.cat(outs, dim=2), torch.stack([comparisons, full, hash_ops])
+    return torch.cat(outs, dim=2), torch.stack([comparisons, full, hash_ops, selection_ops])
 
 
 def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor, *,

@@ -16,11 +16,7 @@ from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
 from lsh_bitnet.attention.kernel import VARIANTS, SparseSpec, _cfg_get
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
 
-try:  # the runner's error type, so its handler sees one class for every config error
-    from lsh_bitnet.validate import ConfigError
-except ImportError:  # pragma: no cover - validate.py is optional for this package
-    class ConfigError(ValueError):
-        pass
+from lsh_bitnet.errors import ConfigError
 
 
 def _require(condition: bool, message: str) -> None:

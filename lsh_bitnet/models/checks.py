@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsh_bitnet.validate import ConfigError
+from lsh_bitnet.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
