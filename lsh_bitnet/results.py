@@ -1,7 +1,12 @@
-"""results.json: atomic writing, provenance (lm-evaluation-harness style) and the config hash used by resume."""
+"""results.json: atomic strict-JSON writing, provenance (lm-evaluation-harness style) and the resume key.
+
+Importing this module (and writing a record) imports no torch: a config error must be reported in
+well under the ~2-5 s that importing torch and transformers costs.
+"""
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -36,31 +41,53 @@ def config_hash(config: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str, strip: bool = True) -> Optional[str]:
     try:
         out = subprocess.run(["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
 
 
 _PROVENANCE_CACHE: Dict[str, Any] = {}
+_CODE_VERSION: Dict[str, Optional[str]] = {}
+
+
+def _dist_version(name: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def versions() -> Dict[str, Optional[str]]:
-    import hydra
-    import torch
-    import transformers
-
+    """Installed versions, read from package metadata: importing torch just to print its version
+    would cost seconds before a config error could be reported."""
     from lsh_bitnet import __version__
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "hydra": hydra.__version__,
+        "torch": _dist_version("torch"),
+        "transformers": _dist_version("transformers"),
+        "hydra": _dist_version("hydra-core"),
         "lsh_bitnet": __version__,
     }
+
+
+def code_version() -> Optional[str]:
+    """`<commit>` for a clean checkout, `<commit>+dirty.<hash of the diff>` otherwise (tracked files
+    only, against HEAD), None outside git. Part of the resume key: an edited kernel must rerun."""
+    if "value" not in _CODE_VERSION:  # once per process: a sweep does not change its own code
+        commit = _git("rev-parse", "HEAD")
+        diff = _git("diff", "HEAD", "--binary", strip=False) if commit else None
+        if commit and diff:
+            commit = f"{commit}+dirty.{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+        _CODE_VERSION["value"] = commit
+    return _CODE_VERSION["value"]
 
 
 def provenance() -> Dict[str, Any]:
@@ -86,13 +113,48 @@ def error_record(exc: BaseException) -> Dict[str, str]:
     }
 
 
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict(value: Any) -> Any:
+    """A copy with every non-finite float replaced by the string "NaN" / "Infinity" / "-Infinity":
+    bare NaN is not JSON and strict parsers (jq, JavaScript, pandas' engine='ujson') reject the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NONFINITE[repr(value)]
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def nonfinite_paths(value: Any, prefix: str = "") -> list:
+    """Dotted paths of the non-finite floats in a nested dict/list (e.g. ['perplexity', 'nll'])."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [prefix or "<value>"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in nonfinite_paths(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in nonfinite_paths(v, f"{prefix}[{i}]")]
+    return []
+
+
+def file_mode() -> int:
+    """0666 minus the umask (0644 under the usual 022): mkstemp's 0600 hid results from teammates."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: Path, payload: Dict[str, Any]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+    """Write strict JSON to a temp file in the same directory, fsync, then rename: readers never see
+    half a file, and the file has the umask's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
+            json.dump(strict(payload), f, indent=2, default=str, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,16 +1,54 @@
-"""`run(cfg) -> dict`: one evaluation, from a composed config to results.json. Tests call it directly."""
+"""`run(cfg) -> dict`: one evaluation, from a composed config to results.json. Tests call it directly.
+
+Nothing wrong is ever reported as ok. The steps, each leaving a results.json that says how far it got:
+ 1. config-only checks, torch not imported yet (a bad value fails in well under 2 s);
+ 2. the job lock: a second sweep into the same directory skips a job another process is running;
+ 3. resume: skip only when config, code version, data content and weights fingerprint all match an
+    `ok` record, else rerun and say which differed;
+ 4. data (exists, UTF-8, non-empty, long enough) and model geometry (config.json / GGUF metadata)
+    checks, before any weights load;
+ 5. weights, patch, evaluate; a non-finite metric or non-finite logits make the run `failed`.
+SIGTERM / SIGINT make it `interrupted` (signal named) before the process exits; SIGUSR2 (SLURM's
+time-limit warning through submitit) is noted so that the SIGTERM at the limit is named as such.
+If the final write fails, the record goes to stderr and the log, and the run raises (exit code != 0).
+"""
+import json
+import logging
 import os
 import resource
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, error_record, provenance,
-                                read_results, utc_now, versions, write_json_atomic)
-from lsh_bitnet.validate import validate_config
+from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
+                                nonfinite_paths, provenance, read_results, strict, utc_now, versions,
+                                write_json_atomic)
+from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.validate import check_data_text, check_model_fit, validate_fast
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal stopped the run; KeyboardInterrupt so that `except Exception` never swallows it."""
+
+    def __init__(self, signum: int, cause: str):
+        self.signum, self.cause = signum, cause
+        super().__init__(f"{signal.Signals(signum).name} received ({cause}): the run stopped before it finished")
+
+
+class NonFiniteMetricError(RuntimeError):
+    """A metric (or the logits behind it) is NaN or infinite."""
+
+
+class ResultsWriteError(OSError):
+    """results.json could not be written; the record went to stderr and the log instead."""
 
 
 def default_cache_dir(cfg: DictConfig) -> Path:
@@ -19,15 +57,23 @@ def default_cache_dir(cfg: DictConfig) -> Path:
     return Path(os.environ.get("LSH_BITNET_CACHE", "~/.cache/lsh_bitnet")).expanduser()
 
 
-def _job_info(output_dir: Path) -> Dict[str, Any]:
+def _hydra():
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        hc = HydraConfig.get()
-        return {"name": hc.job.name, "num": hc.job.get("num"), "override_dirname": hc.job.override_dirname,
-                "overrides": list(hc.overrides.task), "output_dir": str(output_dir)}
+        return HydraConfig.get()
     except ValueError:  # not under Hydra (tests calling run() directly)
-        return {"name": "run", "num": None, "override_dirname": "", "overrides": [], "output_dir": str(output_dir)}
+        return None
+
+
+def _job_info(output_dir: Path) -> Dict[str, Any]:
+    hc = _hydra()
+    if hc is None:
+        return {"name": "run", "num": None, "override_dirname": "", "overrides": [], "output_dir": str(output_dir),
+                "sweep_id": None}
+    return {"name": hc.job.name, "num": hc.job.get("num"), "override_dirname": hc.job.override_dirname,
+            "overrides": list(hc.overrides.task), "output_dir": str(output_dir),
+            "sweep_id": os.environ.get("LSH_BITNET_SWEEP_ID")}
 
 
 def hydra_output_dir() -> Path:
@@ -36,53 +82,163 @@ def hydra_output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _own_process_job() -> bool:
+    """True for a sweep job that runs in a process of its own (submitit: SLURM or local): an
+    interrupted job there returns its record so the sweep can print its summary; in an in-process
+    sweep a signal must stop the whole sweep instead."""
+    hc = _hydra()
+    try:
+        return hc is not None and "submitit" in str(hc.launcher.get("_target_", "")) and hc.mode.name == "MULTIRUN"
+    except Exception:
+        return False
+
+
 def _peak_rss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS; process-wide peak (a sweep in one process only grows).
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+@contextmanager
+def _signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
+    """SIGTERM / SIGINT raise RunInterrupted; SIGUSR2 (submitit's "time limit in signal_delay_s") is noted."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        if signum == signal.SIGINT:
+            cause = "Ctrl-C or kill -INT"
+        elif state.get("time_limit_warned"):
+            cause = "the SLURM time limit was reached (hydra.launcher.timeout_min)"
+        else:
+            cause = "scancel, preemption, a scheduler's stop or kill -TERM"
+        raise RunInterrupted(signum, cause)
+
+    def warn(signum, frame):
+        state["time_limit_warned"] = utc_now()
+        print(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
+              f"(and recorded interrupted) when it is reached", file=sys.stderr, flush=True)
+
+    wanted = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGUSR2: warn}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _write_final(path: Path, record: Dict[str, Any]) -> None:
+    try:
+        write_json_atomic(path, record)
+    except OSError as exc:
+        dump = json.dumps(strict(record), default=str, allow_nan=False)
+        message = (f"[lsh-bitnet] could not write {path} ({type(exc).__name__}: {exc}); status "
+                   f"{record['status']}, the finished record follows:\n{dump}")
+        print(message, file=sys.stderr, flush=True)
+        log.error(message)
+        raise ResultsWriteError(exc.errno, f"could not write {path}: {exc} (the record is on stderr)") from exc
+
+
 def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Validate, load, patch, evaluate; always leave a results.json (ok or failed) in output_dir."""
+    """Validate, load, patch, evaluate; always leave a results.json (ok, failed or interrupted) in output_dir."""
     started = time.perf_counter()
     output_dir = Path(output_dir) if output_dir is not None else hydra_output_dir()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    chash = config_hash(resolved)
     record: Dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
-        "job": _job_info(output_dir), "config": resolved, "config_hash": chash,
+        "schema_version": SCHEMA_VERSION, "status": "running", "error": None, "warnings": [],
+        "job": _job_info(output_dir), "config": resolved, "config_hash": config_hash(resolved), "resume_key": None,
         "metrics": None, "cost": None, "diagnostics": None, "timing": None, "memory": None,
-        "versions": versions(), "provenance": {**provenance(), "started_at": utc_now(), "finished_at": None},
+        "versions": versions(),
+        "provenance": {**provenance(), "code_version": code_version(), "started_at": utc_now(), "finished_at": None},
     }
     results_path = output_dir / RESULTS_FILE
+    state: Dict[str, Any] = {"sink": None}  # HOOK(data branch): state["sink"] = the run's SampleLog
 
-    previous = read_results(output_dir)
-    if cfg.get("resume", True) and previous and previous.get("status") == "ok" and previous.get("config_hash") == chash:
-        print(f"[lsh-bitnet] resume: {results_path} is ok for this config, skipping", flush=True)
-        return {**previous, "resumed": True}
-
-    write_json_atomic(results_path, record)
     try:
-        validate_config(cfg)  # cheap checks before anything expensive
-        if cfg.get("fail_on_purpose"):
-            raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
-        record.update(_evaluate(cfg, default_cache_dir(cfg)))
-        record["status"] = "ok"
-    except BaseException as exc:  # KeyboardInterrupt too: the file must say what happened
-        record["status"] = "failed"
-        record["error"] = error_record(exc)
+        record["warnings"] = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
+    except Exception as exc:
+        record.update(status="failed", error=error_record(exc))
+        _finish(record, results_path, started)
         raise
-    finally:
-        record["provenance"]["finished_at"] = utc_now()
-        timing = record.get("timing") or {}
-        timing["wall_s"] = time.perf_counter() - started
-        record["timing"] = timing
-        record["memory"] = {**(record.get("memory") or {}), "peak_rss_bytes": _peak_rss_bytes()}
+
+    with job_lock(output_dir) as holder:
+        if holder is not None:  # another process runs this job now: computing it twice helps nobody
+            print(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice", flush=True)
+            return {"status": "locked", "locked_by": holder, "job": record["job"]}
+        cache_dir = default_cache_dir(cfg)
+        record["resume_key"] = resume_key(cfg, record, cache_dir)
+        previous = read_results(output_dir)
+        if cfg.get("resume", True) and previous and previous.get("status") == "ok":
+            differed = resume_mismatch(previous.get("resume_key"), record["resume_key"])
+            if not differed:
+                print(f"[lsh-bitnet] resume: {results_path} is ok for this config, code, data and weights, skipping",
+                      flush=True)
+                return {**previous, "resumed": True}
+            print(f"[lsh-bitnet] resume: rerunning {output_dir}: {differed} differ from its ok results.json",
+                  flush=True)
+
         write_json_atomic(results_path, record)
+        with _signals_recorded(state):
+            try:
+                if cfg.get("fail_on_purpose"):
+                    raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
+                _evaluate(cfg, cache_dir, record, state)
+                record["status"] = "ok"
+            except RunInterrupted as exc:
+                record.update(status="interrupted", error={**error_record(exc), "signal": signal.Signals(exc.signum).name,
+                                                           "cause": exc.cause})
+                sink = state.get("sink")
+                if sink is not None and hasattr(sink, "partial_metrics"):  # HOOK: metrics over the samples done
+                    record["metrics"] = sink.partial_metrics()
+                _finish(record, results_path, started)
+                if _own_process_job():  # a submitit job: return, so the sweep prints its summary
+                    print(f"[lsh-bitnet] job interrupted: {exc}", file=sys.stderr, flush=True)
+                    return record
+                if exc.signum == signal.SIGTERM:
+                    raise SystemExit(128 + signal.SIGTERM) from exc
+                raise
+            except BaseException as exc:
+                record.update(status="failed", error=error_record(exc))
+                _finish(record, results_path, started)
+                raise
+        _finish(record, results_path, started)
     return record
 
 
-def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
+def _finish(record: Dict[str, Any], results_path: Path, started: float) -> None:
+    record["provenance"]["finished_at"] = utc_now()
+    timing = record.get("timing") or {}
+    timing["wall_s"] = time.perf_counter() - started
+    record["timing"] = timing
+    record["memory"] = {**(record.get("memory") or {}), "peak_rss_bytes": _peak_rss_bytes()}
+    _write_final(results_path, record)
+
+
+class _LogitWatch:
+    """Counts forward passes whose logits hold NaN/inf (greedy accuracy on NaN logits is 0.0, not NaN)."""
+
+    def __init__(self, model):
+        self.calls = self.bad = 0
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.handle = head.register_forward_hook(self) if head is not None else None
+
+    def __call__(self, module, inputs, output) -> None:
+        import torch
+
+        self.calls += 1
+        self.bad += int(not torch.isfinite(output).all())
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
+    text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
+    record["warnings"] += check_model_fit(cfg)  # config.json / GGUF metadata, before the weights
+
     import torch
 
     from lsh_bitnet.attention import patch_model
@@ -91,34 +247,43 @@ def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
+    record["model_info"] = loaded.info
     accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
     if accelerator:
         torch.cuda.reset_peak_memory_stats()
 
     patch = patch_model(model, cfg.attention, cfg.hasher)
+    watch = _LogitWatch(model)
     try:
         eval_start = time.perf_counter()
-        metrics = _run_metric(cfg, model, tokenizer, cache_dir)
+        metrics = _run_metric(cfg, model, tokenizer, cache_dir, text, state)
         eval_s = time.perf_counter() - eval_start
-        cost, diagnostics = patch.cost_summary(), patch.diagnostics_summary()
+        record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
     finally:
+        watch.remove()
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
-    return {
-        "metrics": metrics, "cost": cost, "diagnostics": diagnostics, "model_info": loaded.info,
-        "timing": {"load_s": loaded.info.get("load_s"), "eval_s": eval_s,
-                   "tokens_per_s": tokens / eval_s if eval_s > 0 else None},
-        "memory": {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None},
-    }
+    record["metrics"] = metrics
+    record["timing"] = {"load_s": loaded.info.get("load_s"), "eval_s": eval_s,
+                        "tokens_per_s": tokens / eval_s if eval_s > 0 else None}
+    record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
+    bad = nonfinite_paths(metrics)
+    if bad or watch.bad:
+        where = f"metrics {', '.join(bad)} not finite" if bad else "metrics finite"
+        raise NonFiniteMetricError(
+            f"{where}; {watch.bad} of {watch.calls} forward passes gave NaN/inf logits. Likely causes: damaged "
+            f"weights (model cache {loaded.info.get('cache_path') or cfg.model.name_or_path}: delete it to "
+            f"rebuild), float16 overflow (model.dtype={cfg.model.dtype}: try bfloat16 or float32), or a bug in "
+            f"attention={cfg.attention.name} (compare with attention=full)")
 
 
-def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path) -> Dict[str, Any]:
+def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, text: Optional[str], state) -> Dict[str, Any]:
     if cfg.metric.name == "perplexity":
-        from lsh_bitnet.data import load_text, token_stream
+        from lsh_bitnet.data import token_stream
         from lsh_bitnet.metrics.perplexity import evaluate_perplexity
 
-        text = load_text(cfg.dataset, cache_dir)
-        stream = token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name))
+        stream = token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
+                              max_tokens=_needed_tokens(cfg.eval))
         return evaluate_perplexity(model, stream, cfg.eval)
     if cfg.metric.name == "synthetic_accuracy":
         from lsh_bitnet.data.synthetic import make_samples
@@ -126,3 +291,10 @@ def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path) -> Dict[str,
 
         return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset), cfg.metric, cfg.eval)
     raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity or metric=synthetic_accuracy")
+
+
+def _needed_tokens(eval_cfg) -> Optional[int]:
+    """Tokens perplexity reads with eval.max_batches set (None = the whole text): windows x seq_len."""
+    if eval_cfg.max_batches is None:
+        return None
+    return eval_cfg.max_batches * eval_cfg.batch_size * eval_cfg.seq_len

@@ -1,15 +1,31 @@
-"""Checks that need no model: run before anything expensive, each error names the key and the fix.
+"""Checks before anything expensive; each error names the key and the fix.
 
-Types and unknown keys are already rejected by the ConfigStore schemas at composition time; this
-module checks values and the combinations of groups.
+Three stages, cheapest first (the runner calls them in this order):
+- `validate_fast(cfg)`: the config alone, torch NOT imported (< 2 s for any value error). Includes
+  keys added with `+` that no schema declares (Hydra accepts them: `+` bypasses struct mode).
+- `check_data_text(cfg, cache_dir)`: the data (exists, UTF-8, non-empty, long enough), before the model.
+- `check_model_fit(cfg)`: the model's config.json / GGUF metadata (layers, head dim, max positions)
+  against the attention and eval settings, before the weights load.
+`validate_config(cfg)` runs every config-only check, the attention group's included.
 """
-from omegaconf import DictConfig
+import dataclasses
+import difflib
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
 
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
     "synthetic_accuracy": ("synthetic_ny_adj",),
+}
+# Free-form nodes: any content is allowed below these keys (documented in config.py).
+FREE_FORM = ("extra",)
+# Config fields each metric never reads: set away from their default, they are recorded as warnings.
+IGNORED_BY_METRIC = {
+    "synthetic_accuracy": ("eval.seq_len", "dataset.max_chars"),
+    "perplexity": ("metric.max_new_tokens",),
 }
 
 
@@ -18,11 +34,77 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    from lsh_bitnet.attention import validate_attention_config
-    from lsh_bitnet.data import check_dataset_config
-    from lsh_bitnet.models import check_model_config
+# ----------------------------------------------------------------------------- unknown keys
+def _schema_alternatives(group: str, key: str) -> List[str]:
+    """Options of `group` whose schema declares `key` (e.g. n_trees -> lsh_forest)."""
+    from lsh_bitnet import config as schemas
 
+    return sorted(name for name, cls in schemas.SCHEMAS.get(group, {}).items()
+                  if key in {f.name for f in dataclasses.fields(cls)})
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
+    """Messages for keys no schema declares, walking every node typed by a dataclass schema: the
+    allow-list is the schema's own fields, so a field another branch adds is allowed with no edit here."""
+    problems = []
+    schema = OmegaConf.get_type(cfg)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        key = str(key)
+        full = f"{prefix}{key}"
+        if key == "hydra" or full in FREE_FORM:
+            continue
+        if fields is not None and key not in fields:
+            group = prefix.rstrip(".")
+            msg = f"unknown key {full}: {group or 'the top level'} has no field {key!r}"
+            close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {' or '.join(f'{prefix}{c}' for c in close)}?"
+            elsewhere = _schema_alternatives(group, key) if group else []
+            if elsewhere:
+                msg += f" ({key} belongs to {group}={'/'.join(elsewhere)})"
+            msg += f" Valid keys: {sorted(fields)}"
+            problems.append(msg)
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            continue
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            problems += unknown_keys(child, f"{full}.")
+    return problems
+
+
+# ----------------------------------------------------------------------------- stage 1: config only
+def _default(dotted: str) -> Any:
+    """The schema default of `group.field` (None when it has none)."""
+    from lsh_bitnet import config as schemas
+
+    group, leaf = dotted.split(".")
+    node_type = {f.name: f for f in dataclasses.fields(schemas.Config)}[group]
+    cls = node_type.default_factory if node_type.default_factory is not dataclasses.MISSING else node_type.type
+    for f in dataclasses.fields(cls):
+        if f.name == leaf:
+            return f.default
+    return None
+
+
+def ignored_field_warnings(cfg: DictConfig) -> List[str]:
+    warnings = []
+    for dotted in IGNORED_BY_METRIC.get(cfg.metric.name, ()):
+        value = OmegaConf.select(cfg, dotted)
+        if value is not None and value != _default(dotted):
+            warnings.append(f"{dotted}={value} is ignored by metric={cfg.metric.name}: it does not change this run "
+                            f"(results with different {dotted} are the same measurement)")
+    return warnings
+
+
+def validate_fast(cfg: DictConfig) -> List[str]:
+    """Every check that needs only the config; imports no torch. Returns warnings (recorded in results.json)."""
+    from lsh_bitnet.data.text import check_dataset_config
+    from lsh_bitnet.models.checks import check_model_config
+
+    problems = unknown_keys(cfg)
+    _require(not problems, "; ".join(problems))
     metric, dataset = cfg.metric.name, cfg.dataset.name
     _require(metric in METRIC_DATASETS,
              f"metric={metric!r} is not known: allowed {sorted(METRIC_DATASETS)}")
@@ -37,6 +119,64 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
+    if metric == "synthetic_accuracy":
+        _require(cfg.metric.max_new_tokens >= 1,
+                 f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
+    layers = cfg.attention.get("layers")
+    _require(layers is None or len(layers) > 0 or cfg.attention.name == "full",
+             f"attention.layers=[] patches no layer: the run would be full attention labelled "
+             f"attention={cfg.attention.name}; set attention.layers=null (all layers) or list layer indices")
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
+    return ignored_field_warnings(cfg)
+
+
+def validate_config(cfg: DictConfig) -> List[str]:
+    """Every config-only check, the attention group's included (which imports torch)."""
+    from lsh_bitnet.attention import validate_attention_config
+
+    warnings = validate_fast(cfg)
     validate_attention_config(cfg.attention, cfg.hasher)
+    return warnings
+
+
+# ----------------------------------------------------------------------------- stage 2: data
+def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
+    """The perplexity text, read and checked before any model loads (None for generated datasets)."""
+    if cfg.metric.name != "perplexity":
+        return None
+    from lsh_bitnet.data.text import load_text
+
+    text = load_text(cfg.dataset, cache_dir)
+    where = f"dataset={cfg.dataset.name}" + (f" (dataset.path={cfg.dataset.path})" if cfg.dataset.get("path") else "")
+    _require(bool(text.strip()), f"{where} holds no text (empty or whitespace only): point dataset.path at a "
+                                 f"non-empty UTF-8 file" + (" or raise dataset.max_chars" if cfg.dataset.get("max_chars") else ""))
+    # A token covers at least one byte: fewer bytes than eval.seq_len can never fill one window.
+    n_bytes = len(text.encode())
+    _require(n_bytes >= cfg.eval.seq_len,
+             f"{where} has {n_bytes} bytes, fewer than one window of eval.seq_len={cfg.eval.seq_len} tokens: lower "
+             f"eval.seq_len or use a longer text")
+    return text
+
+
+# ----------------------------------------------------------------------------- stage 3: model geometry
+def check_model_fit(cfg: DictConfig) -> List[str]:
+    """Checks against the model's shape, read from config.json / GGUF metadata (no weights)."""
+    from lsh_bitnet.attention import validate_attention_config
+    from lsh_bitnet.models.checks import model_geometry
+
+    geometry = model_geometry(cfg.model)
+    warnings = []
+    if geometry is None:
+        validate_attention_config(cfg.attention, cfg.hasher)
+        return [f"model={cfg.model.name}: no local config.json to check the attention and eval settings against "
+                f"before loading; they are checked after the weights load"]
+    validate_attention_config(cfg.attention, cfg.hasher, head_dim=geometry.get("head_dim"),
+                              n_layers=geometry.get("n_layers"))
+    max_pos = geometry.get("max_positions")
+    if cfg.metric.name == "perplexity" and max_pos:
+        _require(cfg.eval.seq_len <= max_pos,
+                 f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_pos} positions "
+                 f"(max_position_embeddings of {cfg.model.name}): beyond them RoPE extrapolates and perplexity "
+                 f"measures that, not attention; set eval.seq_len <= {max_pos}")
+    return warnings

@@ -217,6 +217,37 @@ def _load_enwik8(dataset_cfg, split: str, cache_dir: Path) -> str:
     return decode_cut(split_bytes(read_enwik8(source), split))
 
 
+# ----------------------------------------------------------------------------- fingerprint (resume)
+def data_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
+    """The local file a text dataset reads (None for hub-only or generated data)."""
+    name, path = _get(dataset_cfg, "name"), _get(dataset_cfg, "path")
+    if name == "text_file":
+        return Path(path).expanduser()
+    if name == "enwik8":
+        return _enwik8_local(Path(path).expanduser()) if path is not None else Path(cache_dir) / "enwik8.zip"
+    if name in ("wikitext103", "wikitext2") and path is not None:
+        return _wikitext_file(Path(path).expanduser(), canonical_split(dataset_cfg))
+    return None
+
+
+def data_fingerprint(dataset_cfg, cache_dir: Path) -> dict:
+    """Content hash of the file behind the dataset (part of the resume key): editing or replacing the
+    file behind dataset.path reruns the job. Hub data is named by id (its cached copy is immutable);
+    generated data by its config (in the config hash) and code (in the code version)."""
+    name = _get(dataset_cfg, "name")
+    if name not in TEXT_DATASETS:
+        return {"generated": name}
+    source = data_source(dataset_cfg, cache_dir)
+    if source is None:
+        return {"hub": _get(dataset_cfg, "hub_id"), "config": _get(dataset_cfg, "hub_config"),
+                "split": canonical_split(dataset_cfg)}
+    if not source.is_file():
+        return {"file": str(source), "missing": True}
+    from lsh_bitnet.models.cache import content_hash
+
+    return {"file": str(source.resolve()), "size": source.stat().st_size, "hash": content_hash(source)}
+
+
 # ----------------------------------------------------------------------------- entry point
 def load_text(dataset_cfg, cache_dir: Path) -> str:
     """The split's text as one string, truncated to dataset.max_chars when set."""

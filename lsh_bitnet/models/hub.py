@@ -7,8 +7,6 @@ A hub id with no network costs ~25 s of retries inside huggingface_hub before it
 probe of the endpoint (a few ms when DNS fails) decides instead, and an unreachable hub then loads
 from the local HF cache only (`local_files_only`) or fails at once with how to get a local copy.
 """
-import functools
-import os
 from pathlib import Path
 from typing import Tuple
 
@@ -16,31 +14,11 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-# Long enough for a slow but working connection to answer a HEAD, short enough that a black-holed
-# network (firewall dropping packets) costs seconds, not the minutes of retries.
-HUB_PROBE_TIMEOUT_S = 5.0
-TRUTHY = ("1", "true", "yes", "on")
+from lsh_bitnet.models.checks import hub_offline_by_env, hub_reachable  # noqa: F401  (torch-free probe)
 
 
 class ModelLoadError(OSError):
     """A model that cannot be loaded here; the message names model.name_or_path and the fix."""
-
-
-def hub_offline_by_env() -> bool:
-    return any(os.environ.get(var, "").lower() in TRUTHY for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable() -> bool:
-    """One HEAD to the hub endpoint (through the proxies huggingface_hub itself uses); any HTTP answer counts."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
-        return True
-    except Exception:  # connection refused, DNS failure, timeout, offline mode: all mean "not now"
-        return False
 
 
 def hub_cached(repo_id: str, revision) -> bool:

@@ -14,13 +14,13 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from lsh_bitnet.models import cache
-from lsh_bitnet.models.checks import TINY_SPECIALS
+from lsh_bitnet.models.checks import TINY_MAX_POSITIONS, TINY_SPECIALS
 
 TINY_CACHE_FORMAT = 1  # bumped when the stored model or tokenizer changes
 # 2B4T values that do not scale with model size.
 ROPE_THETA = 500000.0
 RMS_NORM_EPS = 1e-5
-MAX_POSITIONS = 4096
+MAX_POSITIONS = TINY_MAX_POSITIONS
 BITNET_QUANT_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
 # absmean scale floor, as in transformers' WeightQuant: an all-zero matrix must not divide by zero.
 MIN_SCALE = 1e-5
@@ -120,7 +120,7 @@ def load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, device_map):
 
     entry = tiny_cache_entry(cfg, cache_dir)
     loaded_from = "tiny-cache"
-    if not cache.is_complete(entry):
+    if not cache.check_or_discard(entry):
         build_tiny(cfg, entry)
         loaded_from = "tiny-build"
     tokenizer = AutoTokenizer.from_pretrained(entry)

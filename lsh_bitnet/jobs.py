@@ -1,0 +1,59 @@
+"""Per-job bookkeeping around results.json: the job lock and the resume key.
+
+- `job_lock(dir)`: an exclusive, non-blocking flock on `<job dir>/.lsh_bitnet.lock`. Two sweeps into one
+  directory would otherwise compute every job twice (and race on results.json); the second skips the
+  job with one line naming the holder. The kernel drops the lock when its process dies, so a killed
+  run never leaves a stale lock.
+- `resume_key(...)`: config hash, code version (commit + hash of the diff when dirty), data content
+  hash and weights fingerprint. Resume skips a job only when all four match its `ok` record.
+"""
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+LOCK_FILE = ".lsh_bitnet.lock"
+RESUME_PARTS = {"config_hash": "config", "code_version": "code version", "data": "data content",
+                "weights": "weights"}
+
+
+@contextmanager
+def job_lock(job_dir: Path) -> Iterator[Optional[str]]:
+    """Yields None when this process holds the job's lock, else a description of the holder."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            yield holder
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield None
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def resume_key(cfg, record: Dict[str, Any], cache_dir: Path) -> Dict[str, Any]:
+    from lsh_bitnet.data.text import data_fingerprint
+    from lsh_bitnet.models.checks import weights_fingerprint
+
+    return {"config_hash": record["config_hash"], "code_version": record["provenance"]["code_version"],
+            "data": data_fingerprint(cfg.dataset, cache_dir), "weights": weights_fingerprint(cfg.model)}
+
+
+def resume_mismatch(previous: Optional[Dict[str, Any]], current: Dict[str, Any]) -> Optional[str]:
+    """None when an ok record may be reused; else which parts differ ("code version, data content")."""
+    if not previous:
+        return "the resume key (not recorded: an older results.json)"
+    differed = [label for key, label in RESUME_PARTS.items() if previous.get(key) != current.get(key)]
+    return ", ".join(differed) or None
