@@ -6,10 +6,41 @@ is loaded, with OmegaConf naming the full key. Values that the type system canno
 strings, ranges, cross-group constraints) are checked by `validate(cfg)` in `lsh_bitnet.validate`.
 """
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+# ----------------------------------------------------------------------------- closed value sets
+# StrEnum fields: Hydra rejects any other value at composition (< 1 s, listing the allowed ones), and
+# a member is its string everywhere else (comparisons, JSON, getattr(torch, dtype), f-strings).
+class StrEnum(str, Enum):  # enum.StrEnum is Python 3.11+; we support 3.10
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Split(StrEnum):
+    train = "train"
+    validation = "validation"
+    valid = "valid"  # wikitext's own file names say "valid": an alias of validation
+    test = "test"
+    all = "all"  # dataset=text_file: a single file has no splits
+
+
+class PromptFormat(StrEnum):
+    cued = "cued"
+    plain = "plain"
 
 
 # ----------------------------------------------------------------------------- model
@@ -20,7 +51,7 @@ class ModelConfig:
     name_or_path: Optional[str] = None
     gguf_file: Optional[str] = None  # file name inside name_or_path, for GGUF checkpoints
     revision: Optional[str] = None
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: DType = DType.float32
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     trust_remote_code: bool = False
     # tiny_bitnet only: shape of the randomly initialised model (2B4T ratios at toy size)
@@ -97,7 +128,7 @@ class HasherConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj
-    split: str = "test"  # train | validation | test
+    split: Split = Split.test
     path: Optional[str] = None  # local file (text_file, enwik8) or directory (wikitext)
     max_chars: Optional[int] = None  # truncate the text before tokenising (quick runs)
 
@@ -118,7 +149,7 @@ class Enwik8DatasetConfig(DatasetConfig):
 @dataclass
 class SyntheticDatasetConfig(DatasetConfig):
     name: str = "synthetic_ny_adj"
-    split: str = "test"
+    split: Split = Split.test
     n_samples: int = 100
     mention: int = 2  # ask for the adjective before the N-th mention (1-based)
     n_mentions: int = 4
@@ -127,7 +158,7 @@ class SyntheticDatasetConfig(DatasetConfig):
     # cued: the answer quotes the start of the asked mention's sentence, so the model must copy the
     # adjective from far back (SmolLM2-135M scores 1.0 with full attention); plain: only the ordinal
     # is given, which needs counting mentions (SmolLM2-135M is at chance even with full attention).
-    prompt_format: str = "cued"
+    prompt_format: PromptFormat = PromptFormat.cued
 
 
 # ----------------------------------------------------------------------------- metric

@@ -43,6 +43,22 @@ def job_lock(job_dir: Path) -> Iterator[Optional[str]]:
         os.close(fd)
 
 
+def job_busy(job_dir: Path) -> bool:
+    """True while another process holds the job's lock (it is running that job now)."""
+    path = Path(job_dir) / LOCK_FILE
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def resume_key(cfg, record: Dict[str, Any], cache_dir: Path) -> Dict[str, Any]:
     from lsh_bitnet.data.text import data_fingerprint
     from lsh_bitnet.models.checks import weights_fingerprint

@@ -30,6 +30,7 @@ from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, conf
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
 from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, validate_fast
 
 log = logging.getLogger(__name__)
@@ -156,19 +157,27 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     results_path = output_dir / RESULTS_FILE
     state: Dict[str, Any] = {"sink": None}  # HOOK(data branch): state["sink"] = the run's SampleLog
 
+    register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
         record["warnings"] = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
     except Exception as exc:
         record.update(status="failed", error=error_record(exc))
         _finish(record, results_path, started)
         raise
+    for warning in record["warnings"]:
+        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
 
     with job_lock(output_dir) as holder:
         if holder is not None:  # another process runs this job now: computing it twice helps nobody
             print(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice", flush=True)
             return {"status": "locked", "locked_by": holder, "job": record["job"]}
         cache_dir = default_cache_dir(cfg)
-        record["resume_key"] = resume_key(cfg, record, cache_dir)
+        try:
+            record["resume_key"] = resume_key(cfg, record, cache_dir)
+        except Exception as exc:  # an unreadable data file, say: recorded like any failure
+            record.update(status="failed", error=error_record(exc))
+            _finish(record, results_path, started)
+            raise
         previous = read_results(output_dir)
         if cfg.get("resume", True) and previous and previous.get("status") == "ok":
             differed = resume_mismatch(previous.get("resume_key"), record["resume_key"])

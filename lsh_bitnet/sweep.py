@@ -7,10 +7,13 @@ and exits non-zero if any job failed.
 """
 import hashlib
 import json
+import os
 import re
 import sys
+import uuid
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 # Long override lists would exceed the 255-byte file name limit: keep a readable head + hash.
 MAX_DIRNAME = 240
 RESOLVER = "job_dirname"
+# This sweep's id, set at its start and inherited by its jobs (in-process, local or SLURM), which
+# register their directory under <sweep dir>/MEMBERS_DIR/<id>/: the summary and exit code then cover
+# this sweep's jobs only, not an older failed job left in a reused sweep dir.
+SWEEP_ID_ENV = "LSH_BITNET_SWEEP_ID"
+MEMBERS_DIR = ".lsh_bitnet_sweeps"
+# submitit asks SLURM for its timeout signal (SIGUSR2) signal_delay_s before the limit; a job needs
+# this long after it to start Python and write its record, or the signal lands before it runs.
+MIN_JOB_S_AFTER_SIGNAL = 60
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -39,9 +50,40 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(RESOLVER, job_dirname)
 
 
-def sweep_status(sweep_dir: Path) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+def register_job(output_dir: Path) -> None:
+    """Called by the runner: mark `output_dir` as a job of the current sweep (one file per job: safe
+    on a shared filesystem where appends from several nodes are not atomic)."""
+    sweep_id = os.environ.get(SWEEP_ID_ENV)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if not sweep_id or hc.mode.name != "MULTIRUN":
+            return
+        members = Path(hc.sweep.dir) / MEMBERS_DIR / sweep_id
+    except (ValueError, AttributeError):
+        return
+    members.mkdir(parents=True, exist_ok=True)
+    (members / hashlib.sha1(str(output_dir).encode()).hexdigest()[:16]).write_text(str(output_dir))
+
+
+def sweep_jobs(sweep_dir: Path, sweep_id: Optional[str]) -> Optional[List[Path]]:
+    """The job dirs registered by sweep `sweep_id` (None when unknown: then every job in the dir counts)."""
+    members = Path(sweep_dir) / MEMBERS_DIR / str(sweep_id)
+    if not sweep_id or not members.is_dir():
+        return None
+    return sorted({Path(p.read_text()) for p in members.iterdir() if p.is_file()})
+
+
+def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None) -> Tuple[List[Path], List[Tuple[Path, str]]]:
     ok, failed = [], []
-    for path in sorted(Path(sweep_dir).rglob("results.json")):
+    jobs = sweep_jobs(sweep_dir, sweep_id)
+    paths = sorted(Path(sweep_dir).rglob("results.json")) if jobs is None else [j / "results.json" for j in jobs]
+    from lsh_bitnet.jobs import job_busy
+
+    for path in paths:
+        if jobs is not None and job_busy(path.parent):
+            continue  # another sweep is running this job now: not this sweep's result to count
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -55,10 +97,32 @@ def sweep_status(sweep_dir: Path) -> Tuple[List[Path], List[Tuple[Path, str]]]:
     return ok, failed
 
 
+def check_launcher(launcher: DictConfig) -> None:
+    """Reject submitit time limits it cannot honour, before anything is submitted."""
+    if launcher is None or "submitit" not in str(launcher.get("_target_", "")):
+        return
+    from lsh_bitnet.errors import ConfigError
+
+    timeout_min, delay = launcher.get("timeout_min"), launcher.get("signal_delay_s") or 0
+    if timeout_min is None or timeout_min < 1:
+        raise ConfigError(f"hydra.launcher.timeout_min={timeout_min}: SLURM time limits are whole minutes >= 1")
+    if timeout_min * 60 < delay + MIN_JOB_S_AFTER_SIGNAL:
+        need = -(-(delay + MIN_JOB_S_AFTER_SIGNAL) // 60)
+        raise ConfigError(
+            f"hydra.launcher.timeout_min={timeout_min} with hydra.launcher.signal_delay_s={delay}: submitit asks "
+            f"SLURM for its timeout signal {delay} s before the limit, which leaves the job under "
+            f"{MIN_JOB_S_AFTER_SIGNAL} s (it would be stopped as 'timed-out' almost at once); set "
+            f"hydra.launcher.timeout_min>={need} or lower hydra.launcher.signal_delay_s")
+
+
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_launcher(config.hydra.get("launcher"))
+        os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex[:12]
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        ok, failed = sweep_status(sweep_dir)
+        ok, failed = sweep_status(sweep_dir, os.environ.get(SWEEP_ID_ENV))
         line = f"[lsh-bitnet] sweep {sweep_dir}: {len(ok)} ok, {len(failed)} failed"
         if failed:
             line += ": " + "; ".join(f"{p.name} ({err})" for p, err in failed)
@@ -66,3 +130,54 @@ class SweepSummary(Callback):
         if failed:
             # SystemExit passes through Hydra's run_and_report, which only catches Exception.
             sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- validate before launching
+def _grouped(errors: List[Tuple[str, str]]) -> str:
+    by_message = defaultdict(list)
+    for job, message in errors:
+        by_message[message].append(job)
+    lines = []
+    for message, jobs in by_message.items():
+        shown = ", ".join(jobs[:3]) + (f", ... ({len(jobs) - 3} more)" if len(jobs) > 3 else "")
+        lines.append(f"  {len(jobs)} job(s): {message}  [{shown}]")
+    return "\n".join(lines)
+
+
+def _make_validating_sweeper():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    class ValidatingSweeper(BasicSweeper):
+        """Hydra's basic sweeper, plus our config-only checks on every job before the first starts:
+        identical errors are printed once with their count; if no job is valid nothing is launched.
+        Jobs that fail here still run (and fail in < 2 s) so that each leaves its failed results.json."""
+
+        def validate_batch_is_legal(self, batch) -> None:
+            super().validate_batch_is_legal(batch)
+            from lsh_bitnet.validate import validate_fast
+
+            loader = self.hydra_context.config_loader
+            errors = []
+            for overrides in batch:
+                cfg = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+                try:
+                    with_hydra_removed = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+                    validate_fast(with_hydra_removed)
+                except Exception as exc:  # noqa: BLE001  (any config error is reported, none stops the check)
+                    errors.append((",".join(overrides) or "default", f"{type(exc).__name__}: {exc}"))
+            if errors:
+                print(f"[lsh-bitnet] sweep: {len(errors)} of {len(batch)} jobs have config errors:\n"
+                      f"{_grouped(errors)}", file=sys.stderr, flush=True)
+            if errors and len(errors) == len(batch):
+                from lsh_bitnet.errors import ConfigError
+
+                raise ConfigError(f"every job of the sweep has a config error (listed above); nothing was launched")
+
+    return ValidatingSweeper
+
+
+def __getattr__(name: str):
+    # Built on first use: importing Hydra's internal sweeper is only needed when a sweep starts.
+    if name == "ValidatingSweeper":
+        return _make_validating_sweeper()
+    raise AttributeError(name)

@@ -129,17 +129,36 @@ def _load_wikitext(dataset_cfg, split: str) -> str:
     if path is not None:
         return read_text_file(_wikitext_file(Path(path).expanduser(), split))
     hub_id, hub_config = _get(dataset_cfg, "hub_id"), _get(dataset_cfg, "hub_config")
+    local_fix = (f"Use a local copy instead: download and unzip {hub_config}.zip (it holds wiki.train.raw, "
+                 f"wiki.valid.raw, wiki.test.raw), or save the splits as train.txt / valid.txt / test.txt, then "
+                 f"pass dataset.path=DIR")
+    from lsh_bitnet.models.checks import hub_reachable
+
+    # Offline, `datasets` retries for 40-60 s before failing: probe once (ms when DNS fails, at most
+    # HUB_PROBE_TIMEOUT_S) and then read only its local cache.
+    online = hub_reachable()
     try:
         import datasets
 
-        ds = datasets.load_dataset(hub_id, hub_config, split=split)
+        if online:
+            ds = datasets.load_dataset(hub_id, hub_config, split=split)
+        else:
+            ds = _load_cached_dataset(datasets, hub_id, hub_config, split)
     except Exception as exc:  # offline, firewall, hub outage: any of them needs the same advice
-        raise RuntimeError(
-            f"could not load {hub_id} ({hub_config}, split {split}) from the Hugging Face hub: "
-            f"{type(exc).__name__}: {exc}\nUse a local copy instead: download and unzip "
-            f"{hub_config}.zip (it holds wiki.train.raw, wiki.valid.raw, wiki.test.raw), or save the "
-            f"splits as train.txt / valid.txt / test.txt, then pass dataset.path=DIR") from exc
+        why = "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and it is not in the local cache" \
+            if not online else f"{type(exc).__name__}: {exc}"
+        raise RuntimeError(f"could not load {hub_id} ({hub_config}, split {split}): {why}.\n{local_fix}") from exc
     return "".join(ds["text"])  # each row already ends with its own newline
+
+
+def _load_cached_dataset(datasets, hub_id: str, hub_config: str, split: str):
+    """load_dataset from the local cache only (no request, no retries)."""
+    previous = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(hub_id, hub_config, split=split)
+    finally:
+        datasets.config.HF_HUB_OFFLINE = previous
 
 
 # ----------------------------------------------------------------------------- enwik8
