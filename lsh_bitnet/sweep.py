@@ -144,40 +144,22 @@ def _grouped(errors: List[Tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _make_validating_sweeper():
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def check_jobs(loader, master_config: DictConfig, batch) -> None:
+    """Our config-only checks on every job of a batch, before any starts: identical errors are printed
+    once with their count; if no job is valid nothing is launched. Jobs that fail here still run (and
+    fail in < 2 s without loading anything) so that each leaves its failed results.json."""
+    from lsh_bitnet.errors import ConfigError
+    from lsh_bitnet.validate import validate_fast
 
-    class ValidatingSweeper(BasicSweeper):
-        """Hydra's basic sweeper, plus our config-only checks on every job before the first starts:
-        identical errors are printed once with their count; if no job is valid nothing is launched.
-        Jobs that fail here still run (and fail in < 2 s) so that each leaves its failed results.json."""
-
-        def validate_batch_is_legal(self, batch) -> None:
-            super().validate_batch_is_legal(batch)
-            from lsh_bitnet.validate import validate_fast
-
-            loader = self.hydra_context.config_loader
-            errors = []
-            for overrides in batch:
-                cfg = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
-                try:
-                    with_hydra_removed = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-                    validate_fast(with_hydra_removed)
-                except Exception as exc:  # noqa: BLE001  (any config error is reported, none stops the check)
-                    errors.append((",".join(overrides) or "default", f"{type(exc).__name__}: {exc}"))
-            if errors:
-                print(f"[lsh-bitnet] sweep: {len(errors)} of {len(batch)} jobs have config errors:\n"
-                      f"{_grouped(errors)}", file=sys.stderr, flush=True)
-            if errors and len(errors) == len(batch):
-                from lsh_bitnet.errors import ConfigError
-
-                raise ConfigError(f"every job of the sweep has a config error (listed above); nothing was launched")
-
-    return ValidatingSweeper
-
-
-def __getattr__(name: str):
-    # Built on first use: importing Hydra's internal sweeper is only needed when a sweep starts.
-    if name == "ValidatingSweeper":
-        return _make_validating_sweeper()
-    raise AttributeError(name)
+    errors = []
+    for overrides in batch:
+        cfg = loader.load_sweep_config(master_config=master_config, sweep_overrides=list(overrides))
+        try:
+            validate_fast(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        except Exception as exc:  # noqa: BLE001  (any config error is reported, none stops the check)
+            errors.append((",".join(overrides) or "default", f"{type(exc).__name__}: {exc}"))
+    if errors:
+        print(f"[lsh-bitnet] sweep: {len(errors)} of {len(batch)} jobs have config errors:\n{_grouped(errors)}",
+              file=sys.stderr, flush=True)
+    if errors and len(errors) == len(batch):
+        raise ConfigError("every job of the sweep has a config error (listed above); nothing was launched")
