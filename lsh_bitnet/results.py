@@ -100,6 +100,7 @@ def provenance() -> Dict[str, Any]:
             argv=list(sys.argv),
         )
     return {**_PROVENANCE_CACHE, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
             "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID")}
 
 

@@ -34,6 +34,11 @@ from lsh_bitnet.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, validate_fast
 
 log = logging.getLogger(__name__)
+# When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
+# tells a SIGTERM at the SLURM time limit from a scancel when no SIGUSR2 warning came first.
+PROCESS_START = time.time()
+# SLURM enforces limits on a ~30 s tick; a SIGTERM this close to (or after) the limit is the limit.
+TIME_LIMIT_SLACK_S = 15
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -94,6 +99,15 @@ def _own_process_job() -> bool:
         return False
 
 
+def _time_limit_reached() -> bool:
+    hc = _hydra()
+    try:
+        timeout_min = hc.launcher.get("timeout_min") if hc is not None and _own_process_job() else None
+    except Exception:
+        timeout_min = None
+    return bool(timeout_min) and time.time() - PROCESS_START >= timeout_min * 60 - TIME_LIMIT_SLACK_S
+
+
 def _peak_rss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS; process-wide peak (a sweep in one process only grows).
     scale = 1 if sys.platform == "darwin" else 1024
@@ -110,7 +124,7 @@ def _signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
     def stop(signum, frame):
         if signum == signal.SIGINT:
             cause = "Ctrl-C or kill -INT"
-        elif state.get("time_limit_warned"):
+        elif state.get("time_limit_warned") or _time_limit_reached():
             cause = "the SLURM time limit was reached (hydra.launcher.timeout_min)"
         else:
             cause = "scancel, preemption, a scheduler's stop or kill -TERM"

@@ -12,6 +12,7 @@ import re
 import sys
 import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -163,3 +164,70 @@ def check_jobs(loader, master_config: DictConfig, batch) -> None:
               file=sys.stderr, flush=True)
     if errors and len(errors) == len(batch):
         raise ConfigError("every job of the sweep has a config error (listed above); nothing was launched")
+
+
+# ----------------------------------------------------------------------------- jobs that die without a result
+INTERRUPTED_STATES = ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE")
+
+
+def _slurm_id(record: dict) -> Optional[str]:
+    prov = record.get("provenance") or {}
+    if prov.get("slurm_array_job_id") and prov.get("slurm_array_task_id") is not None:
+        return f"{prov['slurm_array_job_id']}_{prov['slurm_array_task_id']}"
+    return prov.get("slurm_job_id")
+
+
+def record_dead_job(sweep_dir: Path, job, exc: BaseException) -> dict:
+    """A submitit job that ended without a result (scancel, time limit, OOM kill, node failure): mark its
+    results.json (found by SLURM job id) if it still says running, and say so in one line."""
+    from lsh_bitnet.results import error_record, utc_now, write_json_atomic
+
+    state = str(getattr(job, "state", "UNKNOWN"))
+    status = "interrupted" if state.split()[0] in INTERRUPTED_STATES else "failed"
+    log_path = getattr(getattr(job, "paths", None), "stderr", None)
+    message = (f"the SLURM job {job.job_id} ended {state} before the run finished (scancel, the time limit "
+               f"hydra.launcher.timeout_min, an out-of-memory kill or a node failure); its log: {log_path}")
+    found = None
+    for path in Path(sweep_dir).rglob("results.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _slurm_id(record) == str(job.job_id):
+            found = path
+            if record.get("status") == "running":
+                record.update(status=status, error={**error_record(RuntimeError(message)), "slurm_state": state})
+                record.setdefault("provenance", {})["finished_at"] = utc_now()
+                write_json_atomic(path, record)
+            break
+    print(f"[lsh-bitnet] job {job.job_id} {status}: {message}; results: {found or 'none written'}",
+          file=sys.stderr, flush=True)
+    return {"status": status, "error": message, "results": str(found) if found else None}
+
+
+@contextmanager
+def dead_jobs_recorded(config: DictConfig):
+    """While a submitit launcher collects its jobs' results, turn a job's UncompletedJobError into a
+    recorded failure instead of an exception that ends the sweep before its summary."""
+    import submitit
+    from hydra.core.utils import JobReturn, JobStatus
+
+    original = submitit.Job.results
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def results(job):
+        try:
+            return original(job)
+        except submitit.core.utils.UncompletedJobError as exc:
+            try:
+                overrides = list(job.submission().args[0])
+            except Exception:  # noqa: BLE001  (the overrides only label the job)
+                overrides = []
+            value = record_dead_job(sweep_dir, job, exc)
+            return [JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)]
+
+    submitit.Job.results = results
+    try:
+        yield
+    finally:
+        submitit.Job.results = original

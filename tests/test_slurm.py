@@ -162,6 +162,69 @@ def test_failing_job_is_recorded_failed_while_slurm_says_completed(slurm_env, tm
     assert set(_job_states(array_id, slurm_env).values()) == {"COMPLETED"}
 
 
+def _wait_running(sweep: Path, proc, n_samples: int, timeout: float = 180) -> dict:
+    """The results.json of the job with dataset.n_samples == n_samples, once it says running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        for record in _results(sweep).values():
+            if record["config"]["dataset"]["n_samples"] == n_samples and record["status"] == "running":
+                return record
+        time.sleep(0.5)
+    raise AssertionError(f"no running job with n_samples={n_samples} after {timeout} s")
+
+
+LONG = 100000  # tiny-model samples: hours of work, so only a signal ends the job
+
+
+@pytest.mark.slurm
+def test_scancel_of_one_task_is_recorded_interrupted_and_the_sweep_summarises(slurm_env, tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "launch.py", "-m", "launcher=slurm", *TINY, f"dataset.n_samples=2,{LONG}",
+                             f"cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"], cwd=REPO_ROOT, env=slurm_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        record = _wait_running(sweep, proc, LONG)
+        time.sleep(3)  # well into the evaluation
+        prov = record["provenance"]
+        task = f"{prov['slurm_array_job_id']}_{prov['slurm_array_task_id']}"
+        subprocess.run(["scancel", task], env=slurm_env, check=True, timeout=30)
+        out, err = proc.communicate(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-2000:] + err[-2000:]
+    assert "1 ok, 1 failed" in out, out[-2000:] + err[-3000:]  # the summary line, not a traceback
+    assert "Traceback" not in err, err[-3000:]
+    records = {r["config"]["dataset"]["n_samples"]: r for r in _results(sweep).values()}
+    assert records[2]["status"] == "ok"
+    cancelled = records[LONG]
+    assert cancelled["status"] == "interrupted", cancelled["error"]
+    assert cancelled["error"].get("signal") == "SIGTERM" or "CANCELLED" in cancelled["error"].get("slurm_state", "")
+    collected = _run([sys.executable, "-m", "lsh_bitnet.collect", str(sweep), "--no-plot"], slurm_env, timeout=120)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+    assert f"n_samples={LONG}" in (sweep / "failed.csv").read_text()
+
+
+@pytest.mark.slurm
+def test_time_limit_is_recorded_interrupted_naming_the_limit(slurm_env, tmp_path, cache_dir):
+    # The shortest limit SLURM has (1 minute; signal_delay_s=0 so the check accepts it): the job is
+    # stopped by SLURM's SIGTERM at the limit, within its ~30 s enforcement tick.
+    sweep = tmp_path / "sweep"
+    started = time.monotonic()
+    out = _run([sys.executable, "launch.py", "-m", "launcher=slurm", *TINY, f"dataset.n_samples={LONG}",
+                "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0", f"cache_dir={cache_dir}",
+                f"hydra.sweep.dir={sweep}"], slurm_env)
+    elapsed = time.monotonic() - started
+    assert out.returncode != 0
+    assert "0 ok, 1 failed" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    (record,) = _results(sweep).values()
+    assert record["status"] == "interrupted", record["error"]
+    error = record["error"]
+    assert "time limit" in error.get("cause", "") or "TIMEOUT" in error.get("slurm_state", ""), error
+    assert elapsed >= 60, f"a 1-minute limit must give the job its minute (ended after {elapsed:.0f} s)"
+
+
 DYING_APP = '''
 import os
 import hydra
@@ -207,7 +270,7 @@ def _hydra_launcher(overrides):
 def test_slurm_preset_composes_with_its_documented_fields():
     launcher = _hydra_launcher(["launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=3"])
     assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.partition == "gpu" and launcher.timeout_min >= 3  # < 3: timeout signal at once
+    assert launcher.partition == "gpu" and launcher.timeout_min * 60 >= launcher.signal_delay_s + 60
     assert launcher.mem_gb and launcher.array_parallelism >= 1 and launcher.gpus_per_node is None
     assert launcher.setup == ["export OMP_NUM_THREADS=3"]  # follows cpus_per_task
     assert launcher.submitit_folder.endswith("/.submitit/%j")
@@ -215,7 +278,7 @@ def test_slurm_preset_composes_with_its_documented_fields():
 
 def test_local_preset_and_plugin_presets_compose():
     local = _hydra_launcher(["launcher=local"])
-    assert local._target_.endswith("LocalLauncher") and local.timeout_min >= 3
+    assert local._target_.endswith("LocalLauncher") and local.timeout_min >= 1
     plugin = _hydra_launcher(["hydra/launcher=submitit_slurm"])
     assert plugin._target_.endswith("SlurmLauncher")
     assert _hydra_launcher([]).get("_target_", "").endswith("BasicLauncher")  # no launcher: in-process
