@@ -94,7 +94,7 @@ def _own_process_job() -> bool:
     sweep a signal must stop the whole sweep instead."""
     hc = _hydra()
     try:
-        return hc is not None and "submitit" in str(hc.launcher.get("_target_", "")) and hc.mode.name == "MULTIRUN"
+        return hc is not None and bool(os.environ.get("SUBMITIT_EXECUTOR")) and hc.mode.name == "MULTIRUN"
     except Exception:
         return False
 

@@ -100,7 +100,7 @@ def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None) -> Tuple[List[
 
 def check_launcher(launcher: DictConfig) -> None:
     """Reject submitit time limits it cannot honour, before anything is submitted."""
-    if launcher is None or "submitit" not in str(launcher.get("_target_", "")):
+    if launcher is None or "timeout_min" not in launcher:  # the basic (in-process) launcher has no limit
         return
     from lsh_bitnet.errors import ConfigError
 

@@ -339,8 +339,10 @@ def test_submitit_time_limit_it_cannot_honour_is_rejected():
     with pytest.raises(ConfigError, match="timeout_min>=3"):
         check_launcher(OmegaConf.create({"_target_": slurm, "timeout_min": 1, "signal_delay_s": 120}))
     check_launcher(OmegaConf.create({"_target_": slurm, "timeout_min": 3, "signal_delay_s": 120}))
-    launcher = compose_config(["launcher=slurm", "hydra.launcher.timeout_min=2"], return_hydra_config=True).hydra.launcher
-    check_launcher(launcher)  # the preset's signal delay leaves a 2-minute job its time
+    preset = compose_config(["launcher=slurm", "hydra.launcher.timeout_min=2"], return_hydra_config=True).hydra.launcher
+    check_launcher(preset)  # the preset's signal delay leaves a 2-minute job its time
+    with pytest.raises(ConfigError, match="timeout_min>=2"):
+        check_launcher({**preset, "timeout_min": 1})
 
 
 # ----------------------------------------------------------------------------- item 8: checks before loading
