@@ -31,7 +31,7 @@ from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, conf
                                 write_json_atomic)
 from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
 from lsh_bitnet.sweep import register_job
-from lsh_bitnet.validate import check_data_text, check_model_fit, validate_fast
+from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
 # When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
@@ -260,7 +260,7 @@ class _LogitWatch:
 
 def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
     text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
-    record["warnings"] += check_model_fit(cfg)  # config.json / GGUF metadata, before the weights
+    checked = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
 
     import torch
 
@@ -271,6 +271,13 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     record["model_info"] = loaded.info
+    if not checked:  # no config.json was on disk before the load: the same checks, now from the model
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        from lsh_bitnet.attention import validate_attention_config
+
+        validate_attention_config(cfg.attention, cfg.hasher, head_dim=loaded.info.get("head_dim"),
+                                  n_layers=loaded.info.get("n_layers"))
+        check_seq_len(cfg, getattr(text_config, "max_position_embeddings", None), cfg.model.name)
     accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
     if accelerator:
         torch.cuda.reset_peak_memory_stats()

@@ -36,11 +36,15 @@ def _require(condition: bool, message: str) -> None:
 
 # ----------------------------------------------------------------------------- unknown keys
 def _schema_alternatives(group: str, key: str) -> List[str]:
-    """Options of `group` whose schema declares `key` (e.g. n_trees -> lsh_forest)."""
+    """`option.field` of the other options of `group` whose schema declares `key` or a close spelling
+    of it (e.g. n_trees -> lsh_forest.n_trees; n_table -> lsh.n_tables)."""
     from lsh_bitnet import config as schemas
 
-    return sorted(name for name, cls in schemas.SCHEMAS.get(group, {}).items()
-                  if key in {f.name for f in dataclasses.fields(cls)})
+    found = []
+    for name, cls in schemas.SCHEMAS.get(group, {}).items():
+        fields = sorted(f.name for f in dataclasses.fields(cls))
+        found += [f"{name}.{f}" for f in ([key] if key in fields else difflib.get_close_matches(key, fields, 1, 0.8))]
+    return sorted(set(found))
 
 
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
@@ -60,9 +64,12 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
             close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.6)
             if close:
                 msg += f"; did you mean {' or '.join(f'{prefix}{c}' for c in close)}?"
-            elsewhere = _schema_alternatives(group, key) if group else []
+            elsewhere = [alt for alt in (_schema_alternatives(group, key) if group else [])
+                         if alt.split(".")[1] not in fields]
             if elsewhere:
-                msg += f" ({key} belongs to {group}={'/'.join(elsewhere)})"
+                msg += "; " + ", ".join(f"{group}.{alt.split('.')[1]} exists with {group}={alt.split('.')[0]}"
+                                        for alt in elsewhere)
+                msg += "."
             msg += f" Valid keys: {sorted(fields)}"
             problems.append(msg)
             continue
@@ -160,23 +167,26 @@ def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- stage 3: model geometry
-def check_model_fit(cfg: DictConfig) -> List[str]:
-    """Checks against the model's shape, read from config.json / GGUF metadata (no weights)."""
+def check_seq_len(cfg: DictConfig, max_positions: Optional[int], model_name: str) -> None:
+    if cfg.metric.name == "perplexity" and max_positions:
+        _require(cfg.eval.seq_len <= max_positions,
+                 f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_positions} positions "
+                 f"(max_position_embeddings of {model_name}): beyond them RoPE extrapolates and perplexity "
+                 f"measures that, not attention; set eval.seq_len <= {max_positions}")
+
+
+def check_model_fit(cfg: DictConfig, cache_dir=None) -> bool:
+    """Checks against the model's shape, read from config.json / GGUF cache metadata (no weights).
+    False when no config.json is on disk yet (first GGUF conversion, uncached hub id): the runner
+    then repeats the shape checks after the load."""
     from lsh_bitnet.attention import validate_attention_config
     from lsh_bitnet.models.checks import model_geometry
 
-    geometry = model_geometry(cfg.model)
-    warnings = []
+    geometry = model_geometry(cfg.model, cache_dir)
     if geometry is None:
         validate_attention_config(cfg.attention, cfg.hasher)
-        return [f"model={cfg.model.name}: no local config.json to check the attention and eval settings against "
-                f"before loading; they are checked after the weights load"]
+        return False
     validate_attention_config(cfg.attention, cfg.hasher, head_dim=geometry.get("head_dim"),
                               n_layers=geometry.get("n_layers"))
-    max_pos = geometry.get("max_positions")
-    if cfg.metric.name == "perplexity" and max_pos:
-        _require(cfg.eval.seq_len <= max_pos,
-                 f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_pos} positions "
-                 f"(max_position_embeddings of {cfg.model.name}): beyond them RoPE extrapolates and perplexity "
-                 f"measures that, not attention; set eval.seq_len <= {max_pos}")
-    return warnings
+    check_seq_len(cfg, geometry.get("max_positions"), cfg.model.name)
+    return True

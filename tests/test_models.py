@@ -130,7 +130,6 @@ def test_hub_id_without_network_or_cache_fails_fast_with_download_hint(offline_e
 
 
 @pytest.mark.parametrize("fields, key", [
-    (dict(name="tiny_bitnet", dtype="float64"), "model.dtype"),
     (dict(name="tiny_bitnet", device="gpu"), "model.device"),
     (dict(name="tiny_bitnet", device="cuda:x"), "model.device"),
     (dict(name="tiny_bitnet", tiny_heads=8, tiny_kv_heads=3), "model.tiny_heads"),
@@ -142,6 +141,14 @@ def test_hub_id_without_network_or_cache_fails_fast_with_download_hint(offline_e
 def test_check_model_config_rejects_bad_values_naming_the_key(fields, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         check_model_config(_cfg(**fields))
+
+
+def test_bad_dtype_is_rejected_by_the_schema_listing_the_allowed_values():
+    # model.dtype is an Enum field: composition itself refuses other values (issue 11 item 5).
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=r"(?s)'float64', expected one of \[float32, bfloat16, float16\].*dtype"):
+        _cfg(name="tiny_bitnet", dtype="float64")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")

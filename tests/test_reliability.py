@@ -188,8 +188,10 @@ def test_unknown_key_added_with_plus_is_rejected_with_suggestion(override, valid
 
 
 def test_unknown_key_of_another_option_names_that_option():
-    with pytest.raises(ConfigError, match="n_trees belongs to attention=lsh_forest"):
+    with pytest.raises(ConfigError, match="attention.n_trees exists with attention=lsh_forest"):
         validate_fast(compose_config(["attention=lsh", "+attention.n_trees=3"]))
+    with pytest.raises(ConfigError, match="attention.n_tables exists with attention=lsh"):
+        validate_fast(compose_config(["+attention.n_table=4"]))  # default attention=full has no n_tables
 
 
 def test_free_form_extra_and_declared_keys_pass():

@@ -42,7 +42,7 @@ def _get(cfg, key: str, default=None):
 
 
 def canonical_split(dataset_cfg) -> str:
-    split = _get(dataset_cfg, "split", "test")
+    split = str(_get(dataset_cfg, "split", "test"))  # a Split enum member is its string
     split = SPLIT_ALIASES.get(split, split)
     if _get(dataset_cfg, "name") == "text_file":
         if split != TEXT_FILE_SPLIT:
@@ -145,8 +145,8 @@ def _load_wikitext(dataset_cfg, split: str) -> str:
         else:
             ds = _load_cached_dataset(datasets, hub_id, hub_config, split)
     except Exception as exc:  # offline, firewall, hub outage: any of them needs the same advice
-        why = "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and it is not in the local cache" \
-            if not online else f"{type(exc).__name__}: {exc}"
+        why = (f"the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and it is not in the local "
+               f"cache ({type(exc).__name__}: {exc})") if not online else f"{type(exc).__name__}: {exc}"
         raise RuntimeError(f"could not load {hub_id} ({hub_config}, split {split}): {why}.\n{local_fix}") from exc
     return "".join(ds["text"])  # each row already ends with its own newline
 
