@@ -169,7 +169,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         "provenance": {**provenance(), "code_version": code_version(), "started_at": utc_now(), "finished_at": None},
     }
     results_path = output_dir / RESULTS_FILE
-    state: Dict[str, Any] = {"sink": None}  # HOOK(data branch): state["sink"] = the run's SampleLog
+    # HOOK(data branch): _run_metric sets state["sink"] to the run's SampleLog (samples.jsonl in
+    # state["output_dir"]); on SIGTERM/SIGINT its .partial_metrics() become the record's metrics.
+    state: Dict[str, Any] = {"sink": None, "output_dir": output_dir}
 
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
@@ -308,6 +310,8 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
 
 
 def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, text: Optional[str], state) -> Dict[str, Any]:
+    # HOOK(data branch): create the SampleLog here, e.g. state["sink"] = SampleLog(state["output_dir"]),
+    # and pass sink=state["sink"] to evaluate_perplexity / evaluate_synthetic.
     if cfg.metric.name == "perplexity":
         from lsh_bitnet.data import token_stream
         from lsh_bitnet.metrics.perplexity import evaluate_perplexity

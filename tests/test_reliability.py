@@ -17,7 +17,7 @@ from lsh_bitnet.errors import ConfigError
 from lsh_bitnet.runner import NonFiniteMetricError, ResultsWriteError, run
 from lsh_bitnet.validate import validate_fast
 
-TEXT = "The quick brown fox jumps over the lazy dog near the river bank. " * 60
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank. " * 120  # 7.8 KB: > 4096 bytes
 TINY_PPL = ["model=tiny_bitnet", "dataset=text_file", "metric=perplexity", "eval.seq_len=32", "eval.max_batches=2",
             "eval.progress=false"]
 TINY_SYN = ["model=tiny_bitnet", "dataset.n_samples=2", "metric.max_new_tokens=2", "eval.progress=false"]
@@ -198,18 +198,24 @@ def test_free_form_extra_and_declared_keys_pass():
     assert validate_fast(compose_config(["attention=lsh", "extra={note: hi, any: {nested: 1}}"])) == []
 
 
-def test_cli_plus_typo_fails_before_loading_without_torch(tmp_path):
+@pytest.mark.parametrize("args, message, recorded", [
+    (["attention=lsh", "+attention.n_table=4"], "did you mean attention.n_tables?", True),
+    (["eval.seq_len=1"], "eval.seq_len must be >= 2", True),
+    (["attention=lsh", "attention.layers=[]"], "attention.layers=[] patches no layer", True),
+    (["model.dtype=fp16"], "expected one of [float32, bfloat16, float16]", False),  # refused at composition
+], ids=["plus-typo", "seq_len", "layers", "dtype"])
+def test_cli_value_error_fails_fast_without_importing_torch(args, message, recorded, tmp_path):
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-X", "importtime", "launch.py", "attention=lsh", "+attention.n_table=4",
-                          f"hydra.run.dir={tmp_path}/run", f"cache_dir={tmp_path}/cache"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-X", "importtime", "launch.py", *args, f"hydra.run.dir={tmp_path}/run",
+                          f"cache_dir={tmp_path}/cache"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - start
     assert out.returncode != 0
-    assert "did you mean attention.n_tables?" in out.stderr
+    assert message in out.stderr, out.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported and "transformers" not in imported, "config errors must not import torch"
-    assert elapsed < 10, elapsed  # ~1 s on an idle machine; the bound leaves room for a loaded CI box
-    assert _strict_load(tmp_path / "run" / "results.json")["status"] == "failed"
+    assert elapsed < 10, elapsed  # 1-1.5 s measured (load 9 on 2 cores); room for a loaded CI box
+    if recorded:
+        assert _strict_load(tmp_path / "run" / "results.json")["status"] == "failed"
 
 
 # ----------------------------------------------------------------------------- item 4: lost writes, signals
@@ -411,9 +417,9 @@ def test_max_batches_tokenises_only_a_prefix_equal_to_the_full_streams_start(tmp
     line = "Some words of a long document, then a newline.\n"
     text = line * 40_000  # ~2 MB
     prefix = K.token_stream(text, tok, tmp_path, "t", max_tokens=256)
-    assert 256 <= len(prefix) < 60_000  # one modest piece, not the ~500k tokens of the whole text
     assert not (tmp_path / "tokens").exists()  # prefixes are not written to the disk cache
     full = K._tokenize(text, tok)
+    assert 256 <= len(prefix) <= len(full) / 10  # one modest piece, not the whole text
     assert prefix.ids[:256].tolist() == full.ids[:256].tolist()
     assert prefix.byte_len[:256].tolist() == full.byte_len[:256].tolist()
     assert math.isclose(len(full), len(text) / len(line) * len(tok(line.strip()).input_ids), rel_tol=0.2)
