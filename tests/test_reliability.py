@@ -423,3 +423,73 @@ def test_max_batches_tokenises_only_a_prefix_equal_to_the_full_streams_start(tmp
     assert prefix.ids[:256].tolist() == full.ids[:256].tolist()
     assert prefix.byte_len[:256].tolist() == full.byte_len[:256].tolist()
     assert math.isclose(len(full), len(text) / len(line) * len(tok(line.strip()).input_ids), rel_tol=0.2)
+
+
+# ----------------------------------------------------------------------------- item 7 without a cluster
+class _FakeJob:
+    def __init__(self, job_id, state, tmp_path, fail=True):
+        from types import SimpleNamespace
+
+        self.job_id, self.state, self.fail = job_id, state, fail
+        self.paths = SimpleNamespace(stderr=tmp_path / f"{job_id}_0_log.err")
+
+    def fake_results(self):  # what submitit's Job.results does for a job that died / finished
+        import submitit
+
+        if self.fail:
+            raise submitit.core.utils.UncompletedJobError(f"Job {self.job_id} has not produced any output")
+        return ["fine"]
+
+    def submission(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(args=(["hasher.n_bits=4"],))
+
+
+@pytest.mark.parametrize("state, status", [("OUT_OF_MEMORY", "failed"), ("CANCELLED by 0", "interrupted"),
+                                           ("TIMEOUT", "interrupted")])
+def test_job_dead_without_result_is_recorded_and_does_not_end_the_sweep(state, status, tmp_path, capsys, monkeypatch):
+    import submitit
+    from omegaconf import OmegaConf
+
+    from lsh_bitnet.sweep import dead_jobs_recorded
+
+    monkeypatch.setattr(submitit.Job, "results", lambda job: job.fake_results())
+
+    job_dir = tmp_path / "hasher.n_bits=4"
+    job_dir.mkdir()
+    running = {"status": "running", "error": None,
+               "provenance": {"slurm_job_id": "12", "slurm_array_job_id": "7", "slurm_array_task_id": "1"}}
+    R.write_json_atomic(job_dir / "results.json", running)
+    other = tmp_path / "other"
+    other.mkdir()
+    R.write_json_atomic(other / "results.json", {**running, "provenance": {"slurm_array_job_id": "7",
+                                                                             "slurm_array_task_id": "0"}})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with dead_jobs_recorded(config):
+        (dead,) = submitit.Job.results(_FakeJob("7_1", state, tmp_path))
+        assert submitit.Job.results(_FakeJob("7_0", "COMPLETED", tmp_path, fail=False)) == ["fine"]
+    assert dead.return_value["status"] == status  # COMPLETED for Hydra: the sweep goes on to its summary
+    record = _strict_load(job_dir / "results.json")
+    assert record["status"] == status and record["error"]["slurm_state"] == state
+    assert "7_1" in record["error"]["message"] and "log" in record["error"]["message"]
+    assert _strict_load(other / "results.json")["status"] == "running"  # another task: untouched
+    assert f"job 7_1 {status}" in capsys.readouterr().err
+    with pytest.raises(submitit.core.utils.UncompletedJobError):  # restored outside the launcher
+        submitit.Job.results(_FakeJob("7_1", state, tmp_path))
+
+
+def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path):
+    from lsh_bitnet.sweep import MEMBERS_DIR, sweep_status
+
+    for name, status in (("old", "failed"), ("a", "ok"), ("b", "ok")):
+        (tmp_path / name).mkdir()
+        R.write_json_atomic(tmp_path / name / "results.json", {"status": status, "error": None})
+    members = tmp_path / MEMBERS_DIR / "s1"
+    members.mkdir(parents=True)
+    for i, name in enumerate(("a", "b")):
+        (members / str(i)).write_text(str(tmp_path / name))
+    ok, failed = sweep_status(tmp_path, "s1")
+    assert sorted(p.name for p in ok) == ["a", "b"] and failed == []
+    ok, failed = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
+    assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"]
