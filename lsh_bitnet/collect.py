@@ -376,6 +376,7 @@ METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
 TAIL = ["comparison_ratio", "mac_ratio", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 HIDDEN = ("_group", "_seeds")
+RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -422,8 +423,11 @@ def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str
         if col in view:
             view = view.assign(**{col: _with_interval(table, col)})
     view = view.dropna(axis=1, how="all")
-    # Hydra names a job dir `<num>_<overrides>`; the overrides are the columns beside it, so keep the number.
-    return view.assign(run_dir=view["run_dir"].str.replace(r"(^|/)(\d+)_[^/]*=[^/]*", r"\1\2_…", regex=True))
+    # Hydra names a job dir `<num>_<overrides>` (or, with job_dirname, just the overrides); the overrides
+    # are the columns beside it, so keep the number, or the head and tail of a long name.
+    run_dir = view["run_dir"].str.replace(r"(^|/)(\d+)_[^/]*=[^/]*", r"\1\2_…", regex=True)
+    run_dir = run_dir.map(lambda d: d if len(d) <= RUN_DIR_CHARS else f"{d[:RUN_DIR_CHARS - 14]}…{d[-13:]}")
+    return view.assign(run_dir=run_dir)
 
 
 def _cell(value: Any) -> str:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, error_record, provenance,
                                 read_results, utc_now, versions, write_json_atomic)
 from lsh_bitnet.validate import validate_config
+from lsh_bitnet.console import report_job  # [publish branch] the job's closing line
 
 
 def default_cache_dir(cfg: DictConfig) -> Path:
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         record["timing"] = timing
         record["memory"] = {**(record.get("memory") or {}), "peak_rss_bytes": _peak_rss_bytes()}
         write_json_atomic(results_path, record)
+        report_job(record, results_path)  # [publish branch] one log line: metric, interval, ratio, wall, path
     return record
 
 

@@ -1,0 +1,139 @@
+"""Console output: the closing line of a job, progress off a terminal, a sweep's summary of its own jobs."""
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from lsh_bitnet import console
+from lsh_bitnet.sweep import sweep_status
+
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank.\n" * 120
+
+
+def _record(status="ok", **extra):
+    rec = {"status": status, "config": {"metric": {"name": "perplexity"}},
+           "metrics": {"perplexity": 24.126, "perplexity_ci_low": 22.01, "perplexity_ci_high": 26.35, "n": 8},
+           "cost": {"comparison_ratio": 0.3125, "mac_ratio": 0.47}, "timing": {"wall_s": 31.24}, "error": None}
+    rec.update(extra)
+    return rec
+
+
+def test_job_line_names_metric_interval_ratios_wall_and_path(tmp_path):
+    line = console.job_line(_record(), tmp_path / "results.json")
+    assert line == (f"[lsh-bitnet] ok | perplexity 24.13 [22.01, 26.35] (n=8) | comparison_ratio 0.3125, "
+                    f"mac_ratio 0.47 | wall 31.2 s | {tmp_path / 'results.json'}")
+    synthetic = _record(config={"metric": {"name": "synthetic_accuracy"}},
+                        metrics={"accuracy": 23 / 30, "n_samples": 30}, cost={"comparison_ratio": 1.0})
+    assert "| accuracy 0.7667 (n=30) | comparison_ratio 1 |" in console.job_line(synthetic, "r.json")
+    huge = _record("failed", error={"summary": "ValueError: " + "x" * 8000})
+    line = console.job_line(huge, "r.json")
+    assert line.startswith("[lsh-bitnet] failed | ValueError: xxx") and len(line) < 320 and "\n" not in line
+
+
+def test_report_job_logs_at_error_for_failures(caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger="lsh_bitnet"):
+        console.report_job(_record("interrupted", error={"summary": "KeyboardInterrupt: SIGINT"}), tmp_path / "r")
+    assert caplog.records[-1].levelno == logging.ERROR and "interrupted | KeyboardInterrupt" in caplog.text
+
+
+def test_log_progress_writes_quarter_lines_with_postfix(caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # not a terminal
+    with caplog.at_level(logging.INFO, logger="lsh_bitnet"):
+        bar = console.progress(range(8), desc="perplexity", unit="batch")
+        assert isinstance(bar, console.LogProgress)
+        for i in bar:
+            bar.set_postfix(ppl=f"{10 + i:.2f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" in ")[0] for line in lines] == [
+        "perplexity: 2/8 batch (25%)", "perplexity: 4/8 batch (50%)", "perplexity: 6/8 batch (75%)",
+        "perplexity: 8/8 batch (100%)"]
+    assert lines[-1].endswith("ppl=17.00") and not any("\r" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lsh_bitnet"):
+        list(console.progress(range(5), desc="quiet", disable=True))
+    assert caplog.records == []
+
+
+def test_failures_are_grouped_by_identical_error():
+    failed = [(f"job{i}", "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB") for i in range(24)]
+    failed += [("jobx", "ValueError: attention.k must be >= 1 (got 0)"), ("joby", "status 'running'")]
+    lines = console.group_failures(failed)
+    assert lines[0] == ("24 x RuntimeError: CUDA out of memory. Tried to allocate 2 GiB  "
+                        "[job0, job1, job2, +21 more]")
+    assert len(lines) == 3 and sum(len(line) for line in lines) < 400
+
+
+def _job(root, name, status, age_s=0.0):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    error = None if status == "ok" else {"summary": "RuntimeError: boom"}
+    (job / "results.json").write_text(json.dumps({"status": status, "error": error}))
+    stamp = time.time() - age_s
+    for path in (job / ".hydra" / "overrides.yaml", job / "results.json"):
+        os.utime(path, (stamp, stamp))
+
+
+def test_sweep_status_counts_this_sweeps_jobs_only(tmp_path):
+    _job(tmp_path, "old_failed", "failed", age_s=3600)  # left by an earlier sweep into the same dir
+    _job(tmp_path, "old_ok", "ok", age_s=3600)
+    started = time.time() - 1
+    _job(tmp_path, "new_ok", "ok")
+    _job(tmp_path, "new_failed", "failed")
+    (tmp_path / "died" / ".hydra").mkdir(parents=True)
+    (tmp_path / "died" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    ok, failed, older = sweep_status(tmp_path, since=started)
+    assert [p.name for p in ok] == ["new_ok"] and older == 2
+    assert [(p.name, e.split(":")[0]) for p, e in failed] == [("died", "no results.json"), ("new_failed", "RuntimeError")]
+    ok, failed, older = sweep_status(tmp_path)  # no start time: the whole dir
+    assert len(ok) == 2 and len(failed) == 3 and older == 0
+
+
+def _launch(args, cwd=REPO_ROOT, timeout=300):
+    # Pipes, not a terminal: what SLURM, nohup and `> file` give a job.
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_returns(tmp_path, cache_dir):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    run_dir = tmp_path / "run"
+    out = _launch(["model=tiny_bitnet", "dataset=text_file", f"dataset.path={text}", "metric=perplexity",
+                   "eval.seq_len=32", "eval.max_batches=4", "attention=lsh", f"hydra.run.dir={run_dir}",
+                   f"cache_dir={cache_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    both = out.stdout + out.stderr
+    assert "\r" not in both
+    assert "perplexity: 1/4 batch (25%)" in both and "perplexity: 4/4 batch (100%)" in both
+    closing = f"| wall "
+    launch_log = (run_dir / "launch.log").read_text()
+    last = launch_log.strip().splitlines()[-1]
+    assert "[lsh-bitnet] ok | perplexity " in last and closing in last and last.endswith(str(run_dir / "results.json"))
+    assert last.split(" - ", 1)[1] in out.stdout
+
+
+def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    stale = sweep / "old_job"
+    stale.mkdir(parents=True)
+    (stale / "results.json").write_text(json.dumps({"status": "failed", "error": {"summary": "OldError: x"}}))
+    os.utime(stale / "results.json", (time.time() - 3600, time.time() - 3600))
+    # fail_on_purpose fails after validation, before any model loads: three identical failures, fast.
+    out = _launch(["-m", "fail_on_purpose=true", "eval.seq_len=16,32,48", f"hydra.sweep.dir={sweep}"])
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    summary = next(i for i, line in enumerate(lines) if line.startswith(f"[lsh-bitnet] sweep {sweep}:"))
+    assert lines[summary] == f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed (1 older job dir(s) in this sweep dir not counted)"
+    grouped = lines[summary + 2:]
+    assert len(grouped) == 1 and grouped[0].strip().startswith("3 x RuntimeError: fail_on_purpose=true")
+    assert "OldError" not in "\n".join(lines[summary:])
+    assert (sweep / "summary.md").exists() and "Failed runs (4)" in (sweep / "summary.md").read_text()
+    assert "[lsh-bitnet] sweep" in (sweep / "sweep.log").read_text()
+    assert max(len(line) for line in lines[summary:]) < 400
