@@ -302,9 +302,9 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
             if key not in ID_COLUMNS.values() and key not in knobs:
                 row[key] = flat.get(key) if relevant(key, attention, windows) else None
         setting = [f"{c}={row[c]}" for c in ("model", "dataset", "seq_len") if row.get(c) is not None]
-        setting += [f"{k}={flat.get(k)}" for k in swept if k.startswith(SETTING_PREFIXES)
-                    and k not in ID_COLUMNS.values() and k not in SETTING_IGNORED]
-        row["setting"] = ", ".join(setting)
+        extra = [f"{k}={flat.get(k)}" for k in swept if k.startswith(SETTING_PREFIXES)
+                 and k not in ID_COLUMNS.values() and k not in SETTING_IGNORED]
+        row["setting"], row["_setting_extra"] = ", ".join(setting + extra), ", ".join(extra)
         row["data"] = _data_label(flat, windows) if flat else None
         for (section, key), col in values.items():
             value = _section(record, section).get(key)
@@ -375,7 +375,7 @@ METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
                  "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"]}
 TAIL = ["comparison_ratio", "mac_ratio", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
-HIDDEN = ("_group", "_seeds")
+HIDDEN = ("_group", "_seeds", "_setting_extra")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
 
@@ -522,7 +522,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     lines = [f"# lsh-bitnet results: {root}", "",
              f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
              f"Swept: {', '.join(swept) or '(nothing)'}."
-             + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), ""]
+             + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
+             f"Model: {'; '.join(str(m) for m in ok['model'].dropna().unique()) or '(none ok)'}.", ""]
     if attrs.get("nonfinite"):
         lines += [f"**Non-finite values** (NaN/inf) in {len(attrs['nonfinite'])} run(s); see the `nonfinite` "
                   f"column: " + "; ".join(f"{d}: {', '.join(v)}" for d, v in attrs["nonfinite"].items()), ""]

@@ -258,9 +258,8 @@ def panel_title(panel: pd.DataFrame) -> str:
                 text += f" of {int(pd.to_numeric(panel['seq_len'], errors='coerce').dropna().iloc[0])} tokens"
             parts.append(text)
             break
-    extra = [p for p in str(first.get("setting") or "").split(", ")
-             if p and not p.startswith(("model=", "dataset=", "seq_len="))]
-    return " · ".join(parts + extra)
+    extra = first.get("_setting_extra")  # swept dataset./eval./metric. keys that make this panel's setting
+    return " · ".join(parts + ([str(extra)] if isinstance(extra, str) and extra else []))
 
 
 def plot_pareto(df: pd.DataFrame, metric: str, y: str, minimize: bool, path: Path,
