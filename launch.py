@@ -9,11 +9,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
+from lsh_bitnet.cli import hide_from_completion
 from lsh_bitnet.console import install_progress
 from lsh_bitnet.runner import run
 from lsh_bitnet.sweep import register_resolvers
 
 register_resolvers()
+hide_from_completion()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -23,6 +23,7 @@ PRIMARY = {"perplexity": "perplexity", "synthetic_accuracy": "accuracy"}
 # Cost ratios named in the closing line, when the run reports them.
 RATIOS = ("comparison_ratio", "mac_ratio")
 MAX_ERROR_CHARS = 240  # a closing line stays a line; the full error is in results.json
+JOB_NAME_CHARS = 48  # job dirs are named by their overrides: a few heads say which jobs, not all of each
 
 
 def on_terminal(stream=None) -> bool:
@@ -87,7 +88,7 @@ def group_failures(failed: List[Tuple[Any, str]], limit: int = 3) -> List[str]:
     """[(job, error), ...] -> one line per distinct error, most frequent first, with a count and a few jobs."""
     groups: Dict[str, List[str]] = {}
     for job, error in failed:
-        groups.setdefault(_one_line(error), []).append(str(getattr(job, "name", job)))
+        groups.setdefault(_one_line(error), []).append(_one_line(getattr(job, "name", job), JOB_NAME_CHARS))
     lines = []
     for error, jobs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         shown = ", ".join(jobs[:limit]) + (f", +{len(jobs) - limit} more" if len(jobs) > limit else "")

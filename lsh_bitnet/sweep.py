@@ -44,8 +44,12 @@ def job_dirname(override_dirname: str) -> str:
 
 
 def register_resolvers() -> None:
+    """Every resolver conf/ uses: job directory names here, --help's in lsh_bitnet.cli."""
+    from lsh_bitnet.cli import register_help_resolvers
+
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, job_dirname)
+    register_help_resolvers()
 
 
 def _job_dirs(sweep_dir: Path, since: Optional[float]) -> Tuple[List[Path], int]:
