@@ -3,6 +3,11 @@
 A thin Hydra wrapper: composition, output directory and sweeps are Hydra's; the work is
 `lsh_bitnet.runner.run(cfg)`, which tests call directly.
 """
+import atexit
+import logging
+import os
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -26,7 +31,20 @@ def main(cfg: DictConfig) -> dict:
     try:
         return run(cfg)
     except Exception as exc:  # recorded in results.json and in the job's closing log line; the sweep goes on
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job: make its exit status say so too
+            atexit.register(_exit_failed)
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _exit_failed() -> None:
+    """Exit 1 after submitit has saved the job's result, so sacct says FAILED and submitit's log ends
+    with the failure, while the sweep still collects every job (submitit reads the saved result)."""
+    logging.getLogger("lsh_bitnet").error("[lsh-bitnet] this job failed (error in its results.json): exit status 1")
+    for handler in logging.getLogger().handlers + logging.getLogger("submitit").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -169,3 +169,19 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
     ok, _ = collect_runs(run)
     assert panel_title(ok) == ("SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32) · wikitext2 (test split)"
                                " · 4 windows of 64 tokens")
+
+
+@pytest.mark.slow
+def test_failed_submitit_job_exits_non_zero_after_its_result_is_saved(tmp_path, cache_dir):
+    # launcher=local: submitit's local executor, the code path of launcher=slurm without a cluster.
+    sweep = tmp_path / "sweep"
+    out = _launch(["-m", "launcher=local", "fail_on_purpose=true,false", "model=tiny_bitnet", "dataset=text_file",
+                   f"dataset.path={REPO_ROOT / 'README.md'}", "metric=perplexity", "eval.seq_len=16",
+                   "eval.max_batches=1", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"])
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"[lsh-bitnet] sweep {sweep}: 1 ok, 1 failed" in out.stdout  # both results reached the sweep
+    logs = {p: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}
+    failed = [text for text in logs.values() if "fail_on_purpose=true: this job fails" in text]
+    assert len(logs) == 2 and len(failed) == 1
+    assert failed[0].strip().splitlines()[-1].endswith("[lsh-bitnet] this job failed (error in its results.json): "
+                                                       "exit status 1")
