@@ -160,11 +160,19 @@ class LogProgress:
     def _log(self, now: float) -> None:
         self.last = now
         elapsed = now - self.start
-        done = f"{self.n:g}/{self.total:g} {self.unit}" if self.total else f"{self.n:g} {self.unit}"
+        done = f"{_si(self.n)}/{_si(self.total)} {self.unit}" if self.total else f"{_si(self.n)} {self.unit}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        rate = f", {self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 else ""
+        rate = f", {_si(self.n / elapsed)} {self.unit}/s" if elapsed > 0 else ""
         log.info("%s: %s%s in %.1f s%s%s", self.desc, done, pct, elapsed, rate,
                  f", {self.postfix}" if self.postfix else "")
+
+
+def _si(value: float) -> str:
+    """1120190 -> 1.12M: counts of characters and bytes stay readable."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(value) >= factor:
+            return f"{value / (factor if suffix != 'k' else 1e3):.3g}{suffix}"
+    return f"{value:.3g}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}"
 
 
 def progress(iterable: Optional[Iterable] = None, *args: Any, **kwargs: Any):
