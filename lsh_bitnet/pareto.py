@@ -195,8 +195,11 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
         if out.any():  # off the top: at the edge, marked, with the real value beside it
             ax.scatter(fam[x][out], clipped[out], color=color, marker="^", s=50, zorder=4, clip_on=False,
                        edgecolors="black", linewidths=0.8)
-            for xv, yv in zip(fam[x][out], fam[y][out]):  # moved apart with the labels below
-                annotations.append(ax.annotate(f"{yv:.3g}", (xv, limits[1]), textcoords="offset points",
+            varying = [c for c in label_cols if c in fam and fam[c].nunique() > 1]
+            for _, row in fam[out].iterrows():  # moved apart with the labels below
+                xv, text = row[x], f"{row[y]:,.0f}" if row[y] >= 1000 else f"{row[y]:.3g}"
+                text += f" ({_label(row, varying)})" if _label(row, varying) else ""
+                annotations.append(ax.annotate(text, (xv, limits[1]), textcoords="offset points",
                                                xytext=(5, -10), fontsize=6.5, color=color, annotation_clip=False))
         if family == "full":
             best = fam[y].min() if minimize else fam[y].max()
