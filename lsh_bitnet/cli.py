@@ -77,4 +77,5 @@ def main() -> None:
         sys.exit(f"lsh-bitnet: {launch} not found: the console script runs the checkout's launch.py, so install "
                  f"the package editable from the repository (pip install -e .) or run `python launch.py` there")
     sys.argv[0] = str(launch)
+    sys.path.insert(0, str(REPO_ROOT))  # as for `python launch.py`: hydra_plugins/ (the sweeper) is found there
     runpy.run_path(str(launch), run_name="__main__")
