@@ -7,6 +7,7 @@ import atexit
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,7 +16,8 @@ from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
 from lsh_bitnet.cli import hide_from_completion
-from lsh_bitnet.console import install_progress
+from lsh_bitnet.console import install_progress, report_job
+from lsh_bitnet.results import RESULTS_FILE
 from lsh_bitnet.runner import run
 from lsh_bitnet.sweep import register_resolvers
 
@@ -26,14 +28,17 @@ hide_from_completion()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     install_progress()  # bars on a terminal; log lines in launch.log, SLURM logs and pipes
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return run(cfg)  # a single run raises: Hydra prints the error and exits 1
     try:
-        return run(cfg)
-    except Exception as exc:  # recorded in results.json and in the job's closing log line; the sweep goes on
+        record = run(cfg)
+    except Exception as exc:  # recorded in results.json and in the job's closing log line
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise  # a single run: Hydra prints the error and exits 1
         if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job: make its exit status say so too
             atexit.register(_exit_failed)
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}  # the sweep goes on
+    if record.get("resumed"):  # the runner skipped the work: the closing line still says what is there
+        report_job(record, Path(HydraConfig.get().runtime.output_dir) / RESULTS_FILE)
+    return record
 
 
 def _exit_failed() -> None:

@@ -58,7 +58,8 @@ def metric_text(metrics: Dict[str, Any], metric_name: Optional[str]) -> str:
 def job_line(record: Dict[str, Any], results_path: Path) -> str:
     """The one line a job ends with: status, metric with interval, cost ratios, wall time, results path."""
     status = record.get("status")
-    parts = [f"[lsh-bitnet] {status}"]
+    parts = [f"[lsh-bitnet] {status}" + (" (resumed: results.json already held this config)"
+                                          if record.get("resumed") else "")]
     if status == "ok":
         metric_name = ((record.get("config") or {}).get("metric") or {}).get("name")
         parts.append(metric_text(record.get("metrics") or {}, metric_name))

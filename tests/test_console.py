@@ -117,6 +117,11 @@ def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_ret
     last = launch_log.strip().splitlines()[-1]
     assert "[lsh-bitnet] ok | perplexity " in last and closing in last and last.endswith(str(run_dir / "results.json"))
     assert last.split(" - ", 1)[1] in out.stdout
+    again = _launch(["model=tiny_bitnet", "dataset=text_file", f"dataset.path={text}", "metric=perplexity",
+                     "eval.seq_len=32", "eval.max_batches=4", "attention=lsh", f"hydra.run.dir={run_dir}",
+                     f"cache_dir={cache_dir}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[lsh-bitnet] ok (resumed: results.json already held this config) | perplexity " in again.stdout
 
 
 def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path):
