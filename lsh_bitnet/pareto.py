@@ -191,7 +191,7 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
         plotted[family] = {"x": fam[x].tolist(), "y": fam[y].tolist(),
                            "err": None if bounds is None else [bounds[0].loc[fam.index].tolist(),
                                                               bounds[1].loc[fam.index].tolist()],
-                           "clipped": out.tolist()}
+                           "clipped": out.tolist(), "noncausal": _noncausal(fam).tolist()}
         if out.any():  # off the top: at the edge, marked, with the real value beside it
             ax.scatter(fam[x][out], clipped[out], color=color, marker="^", s=50, zorder=4, clip_on=False,
                        edgecolors="black", linewidths=0.8)
@@ -219,6 +219,11 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
             if _label(row, varying):
                 annotations.append(ax.annotate(_label(row, varying), (row[x], row[y]), textcoords="offset points",
                                                xytext=(5, 4), fontsize=7, color=color))
+    acausal = _noncausal(runs)
+    if acausal.any():  # e.g. hashers centred on the whole prompt: each query saw later tokens' statistics
+        ys = runs[y].clip(upper=limits[1]) if limits else runs[y]
+        ax.scatter(runs[x][acausal], ys[acausal], s=170, facecolors="none", edgecolors="black", linewidths=1.0,
+                   zorder=5, label="not causal (cost.causal = false)")
     if chance is not None:
         ax.axhline(chance, color="0.5", lw=1.0, ls="-.", zorder=1, label=f"chance ({chance:.3g})")
     xs = runs[x][runs[x] > 0]
@@ -245,6 +250,13 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
     points = ax.transData.transform(np.column_stack([runs[x], runs[y].clip(upper=limits[1]) if limits else runs[y]]))
     repel_labels(ax, annotations, points)
     return used, plotted
+
+
+def _noncausal(runs: pd.DataFrame) -> pd.Series:
+    """Rows whose cost record says the run was not causal (`causal` false); missing means causal."""
+    if "causal" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["causal"].map(lambda v: v is False or v is np.False_ or str(v).lower() == "false")
 
 
 def panel_title(panel: pd.DataFrame) -> str:

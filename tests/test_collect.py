@@ -251,9 +251,16 @@ def test_causal_false_for_prompt_centred_runs_is_kept(tmp_path):
     rec = rich("lsh", 0.3, 26.0, hasher={"n_bits": 4, "center": "prompt"})
     rec["cost"]["causal"] = False
     write(root, "a", rec)
+    write(root, "b", rich("lsh", 0.5, 24.0, hasher={"n_bits": 2}))
     ok, _ = collect_runs(root)
-    assert ok.loc[0, "causal"] == False  # noqa: E712
-    assert ok.loc[0, "center"] == "prompt"  # a hasher field no schema of this checkout declares still shows
+    rows = ok.set_index("run_dir")
+    assert rows.loc["a", "causal"] == False and rows.loc["b", "causal"] == True  # noqa: E712
+    assert rows.loc["a", "center"] == "prompt"  # a hasher field no schema of this checkout declares still shows
+    from lsh_bitnet.pareto import plot_pareto
+
+    write_summary(root)
+    data = next(iter(plot_pareto.last_data.values()))["lsh/simhash"]
+    assert dict(zip(data["x"], data["noncausal"])) == {0.3: True, 0.5: False}  # ringed in the plot
 
 
 def test_group_seeds_mean_spread_and_count(tmp_path):
