@@ -191,8 +191,10 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
         ok = group_seeds(ok)
         swept = [k for k in swept if not is_seed_key(k)]
     ok = add_wall_ratio(ok)
-    if x not in ok and not ok.empty:
-        raise ValueError(f"--x {x}: no run reports it (columns: {', '.join(c for c in X_AXES if c in ok) or 'none'})")
+    if not ok.empty and (x not in ok or pd.to_numeric(ok[x], errors="coerce").isna().all()):
+        why = " (wall_ratio divides by a full-attention run of the same setting)" if x == "wall_ratio" else ""
+        raise ValueError(f"--x {x}: no run reports it{why}; available: "
+                         f"{', '.join(c for c in X_AXES if c in ok and ok[c].notna().any()) or 'none'}")
     ok = _sorted(add_pareto(ok, y_by_metric, x), x)
     ok.attrs.update(attrs)
     out.mkdir(parents=True, exist_ok=True)

@@ -318,6 +318,7 @@ def test_x_axis_choice_moves_frontier_and_plot(tmp_path):
     old = tmp_path / "old"
     write(old, "a", record("lsh", 0.3, 22.0))
     assert main([str(old), "--x", "mac_ratio"]) == 2  # no run reports it: said, not a blank plot
+    assert main([str(old), "--x", "wall_ratio"]) == 2  # no full-attention run to divide by
     with pytest.raises(SystemExit):
         main([str(root), "--x", "flops"])
 
