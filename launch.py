@@ -3,7 +3,11 @@
 A thin Hydra wrapper: composition, output directory and sweeps are Hydra's; the work is
 `lsh_bitnet.runner.run(cfg)`, which tests call directly.
 """
+import atexit
+import logging
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,21 +15,41 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
+from lsh_bitnet.cli import hide_from_completion
+from lsh_bitnet.console import install_progress, report_job
+from lsh_bitnet.results import RESULTS_FILE
 from lsh_bitnet.runner import run
 from lsh_bitnet.sweep import register_resolvers
 
 register_resolvers()
+hide_from_completion()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return run(cfg)  # a single run raises: Hydra prints the error and exits 1
+    install_progress()  # bars on a terminal; log lines in launch.log, SLURM logs and pipes
     try:
-        return run(cfg)
-    except Exception as exc:  # recorded in the job's results.json; the sweep goes on
-        print(f"[lsh-bitnet] job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        record = run(cfg)
+    except Exception as exc:  # recorded in results.json and in the job's closing log line
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise  # a single run: Hydra prints the error and exits 1
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job: make its exit status say so too
+            atexit.register(_exit_failed)
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}  # the sweep goes on
+    if record.get("resumed"):  # the runner skipped the work: the closing line still says what is there
+        report_job(record, Path(HydraConfig.get().runtime.output_dir) / RESULTS_FILE)
+    return record
+
+
+def _exit_failed() -> None:
+    """Exit 1 after submitit has saved the job's result, so sacct says FAILED and submitit's log ends
+    with the failure, while the sweep still collects every job (submitit reads the saved result)."""
+    logging.getLogger("lsh_bitnet").error("[lsh-bitnet] this job failed (error in its results.json): exit status 1")
+    for handler in logging.getLogger().handlers + logging.getLogger("submitit").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

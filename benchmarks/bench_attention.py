@@ -1,4 +1,4 @@
-"""Wall time and peak memory of the patched attention variants on SmolLM2-135M, side by side.
+"""Wall time and peak memory of the patched attention variants on SmolLM2-135M-Instruct, side by side.
 
     python benchmarks/bench_attention.py                      # seq 1024 timing + 4096 memory
     python benchmarks/bench_attention.py --seq-len 512 --memory-seq-len 0 --repeats 2

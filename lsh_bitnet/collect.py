@@ -1,207 +1,121 @@
 """Merge every results.json under a directory into per-metric tables, failed-run lists and Pareto plots.
 
     python -m lsh_bitnet.collect multirun/2025-01-01/12-00-00 [--out DIR] [--no-plot] [--metric NAME]
+                                 [--x comparison_ratio|mac_ratio|wall_ratio] [--group-seeds]
+
+Rows and columns come from lsh_bitnet.runs; this module aggregates seeds, writes the tables and plots.
 """
 import argparse
 import json
-import re
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from lsh_bitnet.pareto import PRIMARY_Y, X, Y_COLUMNS, add_pareto, family_of, plot_pareto
-from lsh_bitnet.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
+from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
+from lsh_bitnet.results import RESULTS_FILE
+from lsh_bitnet.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
+                             flatten, is_seed_key, keys_read, nonfinite_values, relevant)
 
-# Fixed columns: short name -> dotted config key. Where the variant ignores a key, the cell is left empty.
-CONFIG_COLUMNS = {
-    "model": "model.name", "attention": "attention.name", "hasher": "hasher.name", "n_bits": "hasher.n_bits",
-    "n_tables": "attention.n_tables", "n_trees": "attention.n_trees", "max_depth": "attention.max_depth",
-    "min_candidates": "attention.min_candidates", "k": "attention.k", "fraction": "attention.fraction",
-    "sink_tokens": "attention.sink_tokens", "local_window": "attention.local_window",
-    "include_self": "attention.include_self", "dataset": "dataset.name", "metric": "metric.name",
-    "seq_len": "eval.seq_len",
-}
-SHORT_NAME = {dotted: short for short, dotted in CONFIG_COLUMNS.items()}
-VALUE_COLUMNS = {  # section of results.json -> keys copied as columns
-    "metrics": ["perplexity", "nll", "bits_per_byte", "tokens", "accuracy", "choice_accuracy", "n_samples"],
-    "cost": ["comparison_ratio", "comparisons", "full_comparisons", "hash_ops", "is_oracle"],
-    "diagnostics": ["recall_at_k", "mass_recall"],
-    "timing": ["wall_s", "load_s", "tokens_per_s"],
-    "memory": ["peak_rss_bytes"],
-}
-INT_COLUMNS = ["n_bits", "n_tables", "n_trees", "max_depth", "min_candidates", "k", "sink_tokens", "local_window",
-               "seq_len", "tokens", "n_samples", "comparisons", "full_comparisons", "hash_ops", "peak_rss_bytes",
-               "recall_k"]
-HASHED = ("lsh", "lsh_forest")
-# Keys only some variants read (SPEC section 3): elsewhere their (default) value would mislead.
-ONLY_FOR = {"hasher.": HASHED, "attention.n_tables": ("lsh",), "attention.n_trees": ("lsh_forest",),
-            "attention.max_depth": ("lsh_forest",), "attention.min_candidates": ("lsh_forest",),
-            "attention.k": ("oracle_topk",), "attention.fraction": ("oracle_topk",)}
-NOT_FOR = {"hasher.n_bits": ("lsh_forest",),  # a forest tree hashes attention.max_depth bits instead
-           "attention.": ("full",)}  # full attention reads no attention knob (diagnostics aside)
-# Swept keys that define *what* is measured: runs differing here are never on one frontier.
-SETTING_PREFIXES = ("model.", "dataset.", "eval.", "metric.")
-SETTING_IGNORED = ("eval.batch_size", "model.device")  # change speed, not the numbers
-
-
-def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(node, dict):
-        out: Dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}  # lists are not hashable
-
-
-def relevant(dotted: str, attention: Optional[str]) -> bool:
-    if dotted.startswith("attention.diagnostics") or dotted == "attention.name":
-        return True
-    for prefix, variants in ONLY_FOR.items():
-        if dotted.startswith(prefix) and attention not in variants:
-            return False
-    return not any(dotted.startswith(p) and attention in v for p, v in NOT_FOR.items())
-
-
-def _one_line(text: Any, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _error_line(record: Dict[str, Any]) -> str:
-    err = record.get("error")
-    if isinstance(err, dict):
-        msg = str(err.get("message") or "").strip().splitlines()
-        return _one_line(err.get("summary") or f"{err.get('type', 'Error')}: {msg[0] if msg else ''}")
-    return _one_line(err) if err else "status failed, no error recorded"
-
-
-def _missing_fields(record: Dict[str, Any]) -> List[str]:
-    """What an `ok` run must hold for its table row; a row without these would be silently wrong."""
-    flat = flatten(_section(record, "config"))
-    need = [f"config.{k}" for k in ("attention.name", "metric.name") if flat.get(k) is None]
-    metric = flat.get("metric.name")
-    for section, key in [("cost", X)] + ([("metrics", PRIMARY_Y[metric][0])] if metric in PRIMARY_Y else []):
-        if _section(record, section).get(key) is None:
-            need.append(f"{section}.{key}")
-    return need
-
-
-def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(record, None) for a usable ok run, else (record or None, one-line reason it counts as failed)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, _one_line(f"unreadable results.json: {type(exc).__name__}: {exc}")
-    if not isinstance(record, dict):
-        return None, f"unreadable results.json: top level is {type(record).__name__}, not an object"
-    status = record.get("status")
-    if status == "failed":
-        return record, _error_line(record)
-    if status == "running":
-        started = (record.get("provenance") or {}).get("started_at")
-        return record, f"status is 'running' (started {started}): the job died before finishing, or still runs"
-    if status != "ok":
-        return record, f"unknown status {status!r} (expected ok | failed | running)"
-    missing = _missing_fields(record)
-    return (record, f"status ok but missing fields: {', '.join(missing)}") if missing else (record, None)
-
-
-def _natural_key(text: str) -> List[Any]:
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]  # 2_x before 10_x
-
-
-def _section(record: Dict[str, Any], name: str) -> Dict[str, Any]:
-    return record[name] if isinstance(record.get(name), dict) else {}  # null in failed / running runs
-
-
-def _row(record: Optional[Dict[str, Any]], flat: Dict[str, Any]) -> Dict[str, Any]:
-    attention = flat.get("attention.name")
-    row: Dict[str, Any] = {}
-    for short, dotted in CONFIG_COLUMNS.items():
-        row[short] = flat.get(dotted) if relevant(dotted, attention) else None
-    if flat.get("model.name") == "hf":  # the option name says nothing; the checkpoint does
-        row["model"] = flat.get("model.name_or_path") or "hf"
-    record = record or {}
-    for section, keys in VALUE_COLUMNS.items():
-        row.update({key: _section(record, section).get(key) for key in keys})
-    row["recall_k"] = _section(record, "diagnostics").get("k")
-    row["family"] = family_of(attention, row["hasher"]) if attention else None
-    row["config_hash"] = record.get("config_hash")
-    row["overrides"] = _section(record, "job").get("override_dirname")
-    return row
-
-
-def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """(ok runs, failed runs): one row per results.json under root; `ok.attrs["swept"]` lists swept keys."""
-    root = Path(root)
-    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: _natural_key(str(p.relative_to(root))))
-    loaded = []
-    for path in paths:
-        record, error = _load(path)
-        config = _section(record, "config") if record else {}
-        flat = {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
-        run_dir = str(path.parent.relative_to(root)) or "."
-        loaded.append((run_dir, record, error, flat))
-    # A key is swept when its value (missing counts as a value) differs between two readable runs whose
-    # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
-    flats = [flat for _, _, _, flat in loaded if flat]
-    keys = sorted({k for flat in flats for k in flat}, key=_natural_key)
-    swept = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat in flats
-                                     if relevant(k, flat.get("attention.name"))}) > 1]
+# ----------------------------------------------------------------------------- seeds
+def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per set of runs that differ only in seed keys: means, plus `<m>_std/_min/_max` for every
+    metric and cost ratio, `n_seeds` and `seeds` (the seed values seen). A group of several runs has no
+    `_ci_` interval (its seed spread replaces it); a group of one keeps its own."""
+    if ok.empty:
+        return ok.assign(n_seeds=pd.Series(dtype="Int64"))
+    values: Dict[Tuple[str, str], str] = ok.attrs.get("values", {})
+    numeric = [c for (s, _), c in values.items() if c in ok and pd.api.types.is_numeric_dtype(ok[c])
+               and not pd.api.types.is_bool_dtype(ok[c])]
+    spread = [c for (s, k), c in values.items() if c in numeric and not re.search(r"_ci_(low|high)$", k)
+              and (s == "metrics" or k.endswith("_ratio")) and not pd.api.types.is_integer_dtype(ok[c])]
     rows = []
-    for run_dir, record, error, flat in loaded:
-        status = (record or {}).get("status") if record else "unreadable"
-        row = {"run_dir": run_dir, "status": status, "error": error, **_row(record, flat)}
-        attention = flat.get("attention.name")
-        for key in swept:
-            if key not in SHORT_NAME:  # fixed columns already show it
-                row[key] = flat.get(key) if relevant(key, attention) else None
-        setting = [f"{c}={row[c]}" for c in ("model", "dataset", "seq_len") if row.get(c) is not None]
-        setting += [f"{k}={flat.get(k)}" for k in swept if k.startswith(SETTING_PREFIXES)
-                    and k not in SHORT_NAME and k not in SETTING_IGNORED]
-        row["setting"] = ", ".join(setting)
+    for _, group in ok.groupby("_group", sort=False, dropna=False):
+        row = group.iloc[0].to_dict()
+        for col in numeric:
+            vals = pd.to_numeric(group[col], errors="coerce").astype(float)
+            row[col] = vals.mean()
+            if col in spread:
+                row[f"{col}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else float("nan")
+                row[f"{col}_min"], row[f"{col}_max"] = vals.min(), vals.max()
+        seeds = [json.loads(s) for s in group["_seeds"]]
+        varying = sorted({k for s in seeds for k in s if len({json.dumps(x.get(k)) for x in seeds}) > 1})
+        row["seeds"] = "; ".join(f"{k}={','.join(str(s.get(k)) for s in seeds)}" for k in varying) or None
+        row["n_seeds"] = len(group)
+        if len(group) > 1:
+            row["run_dir"] = f"{row['run_dir']} (+{len(group) - 1})"
+            # One run's interval says nothing about the mean of several: the seed spread replaces it.
+            row.update({c: float("nan") for c in row if re.search(r"_ci_(low|high)$", str(c))})
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        df = pd.DataFrame(columns=["run_dir", "status", "error", *CONFIG_COLUMNS, "setting"])
-    for col in INT_COLUMNS:
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    failed = df["error"].notna()
-    ok, bad = df[~failed].reset_index(drop=True), df[failed].reset_index(drop=True)
-    ok = ok.drop(columns=["error"])
-    for frame in (ok, bad):
-        frame.attrs["swept"] = swept
-    return ok, bad
+    out = pd.DataFrame(rows)
+    out.attrs.update(ok.attrs)
+    out.attrs["grouped"] = True
+    return out
 
 
 # ----------------------------------------------------------------------------- tables and report
-KNOBS = ["n_bits", "n_tables", "n_trees", "max_depth", "min_candidates", "k", "fraction"]  # define a variant
 METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
                  "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"]}
-TAIL = [X, "recall_at_k", "mass_recall", "tokens_per_s", "wall_s", "pareto"]
+TAIL = ["comparison_ratio", "mac_ratio", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
+        "compile_s", "engine", "causal", "nonfinite", "pareto"]
+HIDDEN = ("_group", "_seeds", "_setting_extra")
+RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
-    head = ["run_dir", "status", "error", "family", *CONFIG_COLUMNS, "setting"]
-    values = [k for keys in VALUE_COLUMNS.values() for k in keys] + ["recall_k", "pareto", "config_hash", "overrides"]
-    swept = [c for c in df.columns if c not in head and c not in values]
-    return df[[c for c in head + swept + values if c in df.columns]]
+    head = ["run_dir", "status", "error", "family", *ID_COLUMNS, *df.attrs.get("knobs", {}).values(), "setting", "data",
+            "n_seeds", "seeds"]
+    values = list(df.attrs.get("values", {}).values())
+    tail = ["nonfinite", "pareto", "config_hash", "overrides"]
+    rest = [c for c in df.columns if c not in head + values + tail and c not in HIDDEN]
+    return df[[c for c in dict.fromkeys(head + rest + values + tail) if c in df.columns]]
 
 
-def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str]) -> pd.DataFrame:
-    """The Markdown view: what identifies a run, what it scored, what it cost. The CSV has the rest."""
-    shown = {SHORT_NAME.get(k, k) for k in swept}
-    cols = ["run_dir", "family"]
-    cols += [c for c in CONFIG_COLUMNS if c in KNOBS or (c in shown and c not in ("attention", "hasher"))]
-    cols += [c for c in table.columns if c in shown and c not in CONFIG_COLUMNS]
-    cols += [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys]) + TAIL
-    view = table[[c for c in dict.fromkeys(cols) if c in table.columns]].dropna(axis=1, how="all")
-    # Hydra names a job dir `<num>_<overrides>`; the overrides are the columns beside it, so keep the number.
-    return view.assign(run_dir=view["run_dir"].str.replace(r"(^|/)(\d+)_[^/]*=[^/]*", r"\1\2_…", regex=True))
+def _with_interval(table: pd.DataFrame, col: str) -> pd.Series:
+    """`24.1 [22.3, 26.0]` from `<col>_ci_low/_ci_high`, or `24.1 ± 1.3` over seeds; the CSV keeps the parts."""
+    def cell(row):
+        value = row[col]
+        if pd.isna(value):
+            return None
+        lo, hi, sd = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high"), row.get(f"{col}_std")
+        if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
+            return f"{_cell(value)} [{float(lo):.3g}, {float(hi):.3g}]"
+        if sd is not None and pd.notna(sd):
+            return f"{_cell(value)} ± {float(sd):.2g}"
+        return value
+    return table.apply(cell, axis=1)
+
+
+def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str], x: str) -> pd.DataFrame:
+    """The Markdown view: what identifies a run, what it scored (with its interval), what it cost."""
+    knobs: Dict[str, str] = table.attrs.get("knobs", {})
+    base = _field_names([AttentionConfig])  # shared fields (sinks, window) show only when swept
+    own = {f"attention.{n}" for cls in SCHEMAS["attention"].values()
+           for n in cls.__dict__.get("__annotations__", {}) if n not in base} | {"hasher.n_bits"}
+    shown = {knobs.get(k, ID_COLUMNS.get(k, k)) for k in swept} | {knobs[k] for k in own if k in knobs}
+    short_id = {d: c for c, d in ID_COLUMNS.items()}
+    shown |= {short_id[k] for k in swept if k in short_id}
+    cols = ["run_dir", "family", *[c for c in ID_COLUMNS if c in shown and c not in ("attention", "hasher")]]
+    cols += [c for c in knobs.values() if c in shown]
+    cols += [c for c in table.columns if c in shown and c not in cols and c not in ("attention", "hasher")]
+    cols += ["n_seeds", "seeds"] if "n_seeds" in table else []
+    metric_cols = [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys])
+    cols += metric_cols + [x] + TAIL
+    view = table[[c for c in dict.fromkeys(cols) if c in table.columns]]
+    for col in metric_cols + [x]:
+        if col in view:
+            view = view.assign(**{col: _with_interval(table, col)})
+    view = view.dropna(axis=1, how="all")
+    # Hydra names a job dir `<num>_<overrides>` (or, with job_dirname, just the overrides); the overrides
+    # are the columns beside it, so keep the number, or the head and tail of a long name.
+    run_dir = view["run_dir"].str.replace(r"(^|/)(\d+)_[^/]*=[^/]*", r"\1\2_…", regex=True)
+    run_dir = run_dir.map(lambda d: d if len(d) <= RUN_DIR_CHARS else f"{d[:RUN_DIR_CHARS - 14]}…{d[-13:]}")
+    return view.assign(run_dir=run_dir)
 
 
 def _cell(value: Any) -> str:
@@ -223,28 +137,43 @@ def to_markdown(df: pd.DataFrame) -> str:
     return cells.to_markdown(index=False, disable_numparse=True)  # keep our number formatting
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    """By comparison_ratio within each (metric, setting): rows of different settings never interleave."""
+def _sorted(df: pd.DataFrame, x: str) -> pd.DataFrame:
+    """By the cost axis within each (metric, setting): rows of different settings never interleave."""
     order = {d: i for i, d in enumerate(sorted(df["run_dir"], key=_natural_key))}
     settings = {v: i for i, v in enumerate(sorted(df["setting"].fillna("").unique(), key=_natural_key))}
     keyed = df.assign(_k=df["run_dir"].map(order), _s=df["setting"].fillna("").map(settings))
-    by = ["metric", "_s", X, "_k"]  # natural order: seq_len=512 before seq_len=1024
+    by = ["metric", "_s"] + ([x] if x in df else []) + ["_k"]  # natural order: seq_len=512 before seq_len=1024
     return keyed.sort_values(by, na_position="last", kind="stable").drop(columns=["_k", "_s"])
 
 
-def _label_columns(swept: List[str]) -> List[str]:
+def _label_columns(df: pd.DataFrame, swept: List[str]) -> List[str]:
     """The swept knobs that tell points of one family apart (family and setting are shown otherwise)."""
-    cols = [SHORT_NAME.get(k, k) for k in swept if not k.startswith(SETTING_PREFIXES)]
-    cols = [c for c in CONFIG_COLUMNS if c in cols] + [c for c in cols if c not in CONFIG_COLUMNS]  # n_bits first
-    return [c for c in cols if c not in ("attention", "hasher")]
+    knobs = df.attrs.get("knobs", {})
+    cols = [knobs.get(k, k) for k in swept if not k.startswith(SETTING_PREFIXES)]
+    return [c for c in dict.fromkeys(cols) if c not in ("attention.name", "hasher.name", "attention", "hasher")]
 
 
-def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
-                  metric: Optional[str] = None) -> Dict[str, Path]:
-    """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv, pareto_<metric>.png.
+def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
+    """wall_ratio = eval seconds / the full-attention run's eval seconds in the same (metric, setting)."""
+    time_col = "eval_s" if "eval_s" in ok else "wall_s" if "wall_s" in ok else None
+    if ok.empty or time_col is None:
+        return ok
+    out = ok.copy()
+    seconds = pd.to_numeric(out[time_col], errors="coerce")
+    full = out[out["attention"] == "full"].assign(_t=seconds).groupby(["metric", "setting"], dropna=False)["_t"].min()
+    base = out.apply(lambda r: full.get((r["metric"], r["setting"]), float("nan")), axis=1)
+    out["wall_ratio"] = seconds / pd.to_numeric(base, errors="coerce")
+    out.attrs.update(ok.attrs)
+    return out
+
+
+def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True, metric: Optional[str] = None,
+                  x: str = "comparison_ratio", group: bool = False) -> Dict[str, Path]:
+    """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv and pareto_<metric>.{png,pdf,svg}.
 
     `metric`: a metric.name (only that table) or a value column from pareto.Y_COLUMNS (that table, with
-    the column as the frontier's y). Returns {file name: path} of everything written.
+    the column as the frontier's y). `x`: the cost axis of frontiers, sorting and plots. `group`: one
+    row per set of runs differing only in seeds. Returns {file name: path} of everything written.
     """
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
@@ -257,8 +186,17 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     only = Y_COLUMNS[metric][0] if metric in Y_COLUMNS else metric
     if only is not None:
         ok = ok[ok["metric"] == only]
-    swept = ok.attrs.get("swept", [])
-    ok = _sorted(add_pareto(ok, y_by_metric))
+    swept, attrs = ok.attrs.get("swept", []), dict(ok.attrs)
+    if group:
+        ok = group_seeds(ok)
+        swept = [k for k in swept if not is_seed_key(k)]
+    ok = add_wall_ratio(ok)
+    if not ok.empty and (x not in ok or pd.to_numeric(ok[x], errors="coerce").isna().all()):
+        why = " (wall_ratio divides by a full-attention run of the same setting)" if x == "wall_ratio" else ""
+        raise ValueError(f"--x {x}: no run reports it{why}; available: "
+                         f"{', '.join(c for c in X_AXES if c in ok and ok[c].notna().any()) or 'none'}")
+    ok = _sorted(add_pareto(ok, y_by_metric, x), x)
+    ok.attrs.update(attrs)
     out.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
 
@@ -267,26 +205,34 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
         written[name] = out / name
 
     save_csv(_ordered(ok), "summary.csv")
-    fail_cols = ["run_dir", "status", "error", "family", *CONFIG_COLUMNS, *[s for s in swept if s in failed]]
+    fail_cols = ["run_dir", "status", "error", "family", *ID_COLUMNS, *[s for s in swept if s in failed]]
     failed = failed[[c for c in dict.fromkeys(fail_cols) if c in failed.columns]]
     save_csv(failed, "failed.csv")
+    no_effect = attrs.get("no_effect", [])
     lines = [f"# lsh-bitnet results: {root}", "",
-             f"{len(ok)} ok runs, {len(failed)} failed. Swept: {', '.join(swept) or '(nothing)'}.", ""]
+             f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
+             f"Swept: {', '.join(swept) or '(nothing)'}."
+             + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
+             f"Model: {'; '.join(str(m) for m in ok['model'].dropna().unique()) or '(none ok)'}.", ""]
+    if attrs.get("nonfinite"):
+        lines += [f"**Non-finite values** (NaN/inf) in {len(attrs['nonfinite'])} run(s); see the `nonfinite` "
+                  f"column: " + "; ".join(f"{d}: {', '.join(v)}" for d, v in attrs["nonfinite"].items()), ""]
     for name in sorted(ok["metric"].dropna().unique()):
         table = ok[ok["metric"] == name].dropna(axis=1, how="all")
+        table.attrs.update(attrs)
         save_csv(_ordered(table), f"summary_{name}.csv")
         y, minimize = y_by_metric.get(name, (None, True))
-        md = to_markdown(_compact(table, name, swept, y))
+        md = to_markdown(_compact(table, name, swept, y, x))
         (out / f"summary_{name}.md").write_text(md + "\n")
         written[f"summary_{name}.md"] = out / f"summary_{name}.md"
-        lines += [f"## {name} ({len(table)} runs, sorted by {X}; full paths and all columns in summary_{name}.csv;"
-                  f" ★ = on its family's Pareto front"
-                  + (f" in {y} {'lower' if minimize else 'higher'}-is-better and {X})" if y else ")"), "", md, ""]
+        lines += [f"## {name} ({len(table)} rows, sorted by {x}; [95% interval] or ± spread over seeds; all columns"
+                  f" in summary_{name}.csv; ★ = on its family's Pareto front"
+                  + (f" in {y} {'lower' if minimize else 'higher'}-is-better and {x})" if y else ")"), "", md, ""]
         if plot and y in table:
-            png = plot_pareto(table, name, y, minimize, out / f"pareto_{name}.png",
-                              label_cols=_label_columns(swept))
-            written[png.name] = png
-            lines += [f"Plot: {png.name}", ""]
+            files = plot_pareto(table, name, y, minimize, out / f"pareto_{name}.png",
+                                label_cols=_label_columns(table, swept), x=x)
+            written.update({f.name: f for f in files})
+            lines += [f"Plot: {', '.join(f.name for f in files)}", ""]
     lines += [f"## Failed runs ({len(failed)})", "",
               to_markdown(failed[["run_dir", "status", "error"]]) if len(failed) else "(none)", ""]
     (out / "summary.md").write_text("\n".join(lines))
@@ -298,18 +244,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="lsh-bitnet-collect", description=__doc__.strip().splitlines()[0])
     parser.add_argument("dir", type=Path, help="a run or sweep directory; searched recursively for results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write tables and plots (default: DIR)")
-    parser.add_argument("--no-plot", action="store_true", help="skip the Pareto PNGs")
+    parser.add_argument("--no-plot", action="store_true", help="skip the Pareto plots")
     allowed = sorted(set(PRIMARY_Y) | set(Y_COLUMNS))
     parser.add_argument("--metric", default=None, choices=allowed, metavar="NAME",
                         help=f"only this metric's table; a value column also sets the frontier's y "
                              f"({', '.join(allowed)})")
+    parser.add_argument("--x", default="comparison_ratio", choices=list(X_AXES),
+                        help="cost axis for frontiers and plots: q·k scores (comparison_ratio), multiply-adds "
+                             "with hashing and selection (mac_ratio), or seconds vs full attention (wall_ratio)")
+    parser.add_argument("--group-seeds", action="store_true",
+                        help="one row per set of runs differing only in seeds (hasher.seed, seed, ...): mean, "
+                             "std/min/max and n_seeds")
     args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.dir.is_dir():
         print(f"lsh-bitnet-collect: {args.dir} is not a directory", file=sys.stderr)
         return 2
     try:
-        written = write_summary(args.dir, args.out, plot=not args.no_plot, metric=args.metric)
-    except FileNotFoundError as exc:
+        written = write_summary(args.dir, args.out, plot=not args.no_plot, metric=args.metric, x=args.x,
+                                group=args.group_seeds)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2
     try:

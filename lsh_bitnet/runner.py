@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
+from lsh_bitnet.console import report_job
 from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
 from lsh_bitnet.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
@@ -239,6 +240,7 @@ def _finish(record: Dict[str, Any], results_path: Path, started: float) -> None:
     record["timing"] = timing
     record["memory"] = {**(record.get("memory") or {}), "peak_rss_bytes": _peak_rss_bytes()}
     _write_final(results_path, record)
+    report_job(record, results_path)  # one log line: metric with interval, ratios, wall time, path
 
 
 class _LogitWatch:

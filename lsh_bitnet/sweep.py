@@ -1,12 +1,14 @@
-"""Sweep plumbing: deterministic job directory names and the end-of-sweep summary.
+"""Sweep plumbing: deterministic job directory names, checks before launch, and the end-of-sweep summary.
 
 A job of a sweep never raises out of the task function (launch.py records the failure in its
 results.json and returns), so one failing job never stops or hides the others, whatever the launcher.
-At the end of the sweep `SweepSummary` reads every results.json under the sweep dir, prints one line,
-and exits non-zero if any job failed.
+At the end of the sweep `SweepSummary` reads the results.json of *this* sweep's jobs (a reused sweep
+dir may hold older ones), prints one count line, the failures grouped by identical error, and the
+collected table, and exits non-zero if any of this sweep's jobs failed.
 """
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -19,6 +21,8 @@ from typing import Any, List, Optional, Tuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lsh_bitnet.console import group_failures
+
 # Long override lists would exceed the 255-byte file name limit: keep a readable head + hash.
 MAX_DIRNAME = 240
 RESOLVER = "job_dirname"
@@ -30,6 +34,7 @@ MEMBERS_DIR = ".lsh_bitnet_sweeps"
 # submitit asks SLURM for its timeout signal (SIGUSR2) signal_delay_s before the limit; a job needs
 # this long after it to start Python and write its record, or the signal lands before it runs.
 MIN_JOB_S_AFTER_SIGNAL = 60
+SWEEP_LOG = "sweep.log"
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -47,8 +52,12 @@ def job_dirname(override_dirname: str) -> str:
 
 
 def register_resolvers() -> None:
+    """Every resolver conf/ uses: job directory names here, --help's in lsh_bitnet.cli."""
+    from lsh_bitnet.cli import register_help_resolvers
+
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, job_dirname)
+    register_help_resolvers()
 
 
 def register_job(output_dir: Path) -> None:
@@ -76,26 +85,34 @@ def sweep_jobs(sweep_dir: Path, sweep_id: Optional[str]) -> Optional[List[Path]]
     return sorted({Path(p.read_text()) for p in members.iterdir() if p.is_file()})
 
 
-def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None
+                 ) -> Tuple[List[Path], List[Tuple[Path, str]], int]:
+    """(ok job dirs, [(failed job dir, one-line error)], older job dirs in the sweep dir not counted)."""
     ok, failed = [], []
     jobs = sweep_jobs(sweep_dir, sweep_id)
-    paths = sorted(Path(sweep_dir).rglob("results.json")) if jobs is None else [j / "results.json" for j in jobs]
+    every = sorted(p.parent for p in Path(sweep_dir).rglob("results.json"))
+    dirs = every if jobs is None else jobs
+    older = len(set(every) - set(dirs))
     from lsh_bitnet.jobs import job_busy
 
-    for path in paths:
-        if jobs is not None and job_busy(path.parent):
+    for job in dirs:
+        if jobs is not None and job_busy(job):
             continue  # another sweep is running this job now: not this sweep's result to count
         try:
-            record = json.loads(path.read_text())
+            record = json.loads((job / "results.json").read_text())
+        except FileNotFoundError:
+            failed.append((job, "no results.json: the job died before the runner started"))
+            continue
         except (OSError, json.JSONDecodeError) as exc:
-            failed.append((path.parent, f"unreadable results.json: {exc}"))
+            failed.append((job, f"unreadable results.json: {type(exc).__name__}: {exc}"))
             continue
         if record.get("status") == "ok":
-            ok.append(path.parent)
+            ok.append(job)
         else:
-            error = (record.get("error") or {}).get("summary") or f"status {record.get('status')!r}"
-            failed.append((path.parent, error))
-    return ok, failed
+            error = record.get("error")
+            summary = error.get("summary") if isinstance(error, dict) else error
+            failed.append((job, summary or f"status {record.get('status')!r}"))
+    return ok, failed, older
 
 
 def check_launcher(launcher: DictConfig) -> None:
@@ -116,22 +133,68 @@ def check_launcher(launcher: DictConfig) -> None:
             f"hydra.launcher.timeout_min>={need} or lower hydra.launcher.signal_delay_s")
 
 
+def _logger(sweep_dir: Path) -> logging.Logger:
+    """Console and <sweep dir>/sweep.log; not the root logger, which holds the last job's launch.log."""
+    log = logging.getLogger("lsh_bitnet.sweep")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(sweep_dir / SWEEP_LOG)
+        file.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+        log.addHandler(file)
+    except OSError:
+        pass
+    return log
+
+
 class SweepSummary(Callback):
+    def __init__(self, collect: bool = True) -> None:
+        self.collect = collect
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_launcher(config.hydra.get("launcher"))
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex[:12]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        ok, failed = sweep_status(sweep_dir, os.environ.get(SWEEP_ID_ENV))
+        log = _logger(sweep_dir)
+        ok, failed, older = sweep_status(sweep_dir, os.environ.get(SWEEP_ID_ENV))
+        if self.collect and (ok or failed):
+            self._collect(sweep_dir, log)
         line = f"[lsh-bitnet] sweep {sweep_dir}: {len(ok)} ok, {len(failed)} failed"
+        if older:
+            line += f" ({older} older job dir(s) in this sweep dir not counted)"
+        log.info(line)
         if failed:
-            line += ": " + "; ".join(f"{p.name} ({err})" for p, err in failed)
-        print(line, flush=True)
-        if failed:
+            log.info("[lsh-bitnet] failures, grouped by error (full messages: each job's results.json):")
+            for entry in group_failures(failed):
+                log.info("  %s", entry)
+            sys.stdout.flush()
             # SystemExit passes through Hydra's run_and_report, which only catches Exception.
             sys.exit(1)
 
+    @staticmethod
+    def _collect(sweep_dir: Path, log: logging.Logger) -> None:
+        """The collected tables, as `lsh-bitnet-collect DIR` prints them; a collector error never fails the sweep."""
+        try:
+            from lsh_bitnet.collect import write_summary
+
+            written = write_summary(sweep_dir)
+            tables = [p for name, p in sorted(written.items()) if name.startswith("summary_") and name.endswith(".md")]
+            for path in tables:
+                log.info("\n## %s\n%s", path.stem.replace("summary_", ""), path.read_text().rstrip())
+            log.info("[lsh-bitnet] collected %d files into %s (summary.md, summary.csv, pareto_*.png/pdf/svg)",
+                     len(written), sweep_dir)
+        except Exception as exc:  # noqa: BLE001  (the sweep's own result must still be reported)
+            log.warning("[lsh-bitnet] collector failed (%s: %s); run `lsh-bitnet-collect %s` to retry",
+                        type(exc).__name__, exc, sweep_dir)
 
 # ----------------------------------------------------------------------------- validate before launching
 def _grouped(errors: List[Tuple[str, str]]) -> str:

@@ -1,5 +1,6 @@
 """The collector on hand-written run trees: rows, failures apart, swept columns, frontier, files, CLI."""
 import copy
+import math
 import json
 import os
 import subprocess
@@ -203,3 +204,211 @@ def test_cli_output_cut_short_by_a_pipe_is_not_an_error(tree, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"Traceback" not in proc.stderr
     assert (tree / "summary.csv").exists()
+
+
+# ----------------------------------------------------------------------------- issue 11: intervals, cost axes, seeds
+def rich(attention="lsh", ratio=0.5, ppl=30.0, mac=None, seed=0, top_seed=0, eval_s=2.0, **kw):
+    """A results.json as the new branches write it: intervals, selection ops, mac_ratio, engine, compile time."""
+    rec = record(attention, ratio, ppl, **kw)
+    rec["config"]["hasher"]["seed"], rec["config"]["seed"] = seed, top_seed
+    rec["metrics"].update(perplexity_ci_low=ppl * 0.9, perplexity_ci_high=ppl * 1.2, n=8, n_windows=8)
+    rec["cost"].update(selection_ops=7, mac_ratio=ratio * 1.5 if mac is None else mac, causal=attention != "lsh_topk",
+                       engine="masked")
+    rec["timing"].update(compile_s=0.25, eval_s=eval_s)
+    return rec
+
+
+def test_intervals_and_new_cost_columns_reach_tables_and_plot_data(tmp_path):
+    from lsh_bitnet.pareto import plot_pareto
+
+    root = tmp_path / "r"
+    write(root, "0_full", rich("full", 1.0, 20.0))
+    write(root, "1_lsh", rich("lsh", 0.3, 26.0, hasher={"n_bits": 4}))
+    write(root, "2_old", record("lsh", 0.5, 24.0, hasher={"n_bits": 2}))  # written before these fields existed
+    written = write_summary(root)
+    table = pd.read_csv(written["summary_perplexity.csv"]).set_index("run_dir")
+    assert table.loc["1_lsh", "perplexity_ci_low"] == pytest.approx(26.0 * 0.9)
+    assert table.loc["1_lsh", "perplexity_ci_high"] == pytest.approx(26.0 * 1.2) and table.loc["1_lsh", "n"] == 8
+    assert table.loc["1_lsh", "selection_ops"] == 7 and table.loc["1_lsh", "mac_ratio"] == pytest.approx(0.45)
+    assert table.loc["1_lsh", "engine"] == "masked" and table.loc["1_lsh", "compile_s"] == 0.25
+    assert bool(table.loc["1_lsh", "causal"]) is True
+    assert pd.isna(table.loc["2_old", "mac_ratio"]) and pd.isna(table.loc["2_old", "perplexity_ci_low"])
+    md = written["summary_perplexity.md"].read_text()
+    assert "26 [23.4, 31.2]" in md and "| mac_ratio" in md
+    for suffix in ("png", "pdf", "svg"):
+        assert written[f"pareto_perplexity.{suffix}"].stat().st_size > 1000
+    assert written["pareto_perplexity.pdf"].read_bytes()[:4] == b"%PDF"
+    assert b"<svg" in written["pareto_perplexity.svg"].read_bytes()[:2000]
+    data = plot_pareto.last_data[f"{table['setting'].iloc[0]}|perplexity"]
+    lsh = data["lsh/simhash"]
+    i = lsh["x"].index(0.3)
+    assert lsh["err"][0][i] == pytest.approx(23.4) and lsh["err"][1][i] == pytest.approx(31.2)
+    assert math.isnan(lsh["err"][0][lsh["x"].index(0.5)])  # no interval recorded: no bar, not a zero bar
+
+
+def test_causal_false_for_prompt_centred_runs_is_kept(tmp_path):
+    root = tmp_path / "c"
+    rec = rich("lsh", 0.3, 26.0, hasher={"n_bits": 4, "center": "prompt"})
+    rec["cost"]["causal"] = False
+    write(root, "a", rec)
+    write(root, "b", rich("lsh", 0.5, 24.0, hasher={"n_bits": 2}))
+    ok, _ = collect_runs(root)
+    rows = ok.set_index("run_dir")
+    assert rows.loc["a", "causal"] == False and rows.loc["b", "causal"] == True  # noqa: E712
+    assert rows.loc["a", "center"] == "prompt"  # a hasher field no schema of this checkout declares still shows
+    from lsh_bitnet.pareto import plot_pareto
+
+    write_summary(root)
+    data = next(iter(plot_pareto.last_data.values()))["lsh/simhash"]
+    assert dict(zip(data["x"], data["noncausal"])) == {0.3: True, 0.5: False}  # ringed in the plot
+
+
+def test_group_seeds_mean_spread_and_count(tmp_path):
+    root = tmp_path / "g"
+    for i, (seed, ppl) in enumerate([(0, 10.0), (1, 20.0), (2, 36.0)]):
+        write(root, f"{i}_s{seed}", rich("lsh", 0.25, ppl, seed=seed, hasher={"n_bits": 4}))
+    write(root, "3_b8", rich("lsh", 0.1, 50.0, hasher={"n_bits": 8}))
+    ok, _ = collect_runs(root)
+    assert "hasher.seed" in ok.attrs["swept"]
+    written = write_summary(root, group=True)
+    table = pd.read_csv(written["summary_perplexity.csv"]).set_index("n_bits")
+    assert len(table) == 2
+    assert table.loc[4, "n_seeds"] == 3 and table.loc[8, "n_seeds"] == 1
+    assert table.loc[4, "perplexity"] == pytest.approx(22.0)
+    assert table.loc[4, "perplexity_std"] == pytest.approx(13.1148, rel=1e-4)  # sample std of 10, 20, 36
+    assert (table.loc[4, "perplexity_min"], table.loc[4, "perplexity_max"]) == (10.0, 36.0)
+    assert table.loc[4, "seeds"] == "hasher.seed=0,1,2"
+    assert pd.isna(table.loc[4, "perplexity_ci_low"]) and table.loc[8, "perplexity_ci_low"] == pytest.approx(45.0)
+    md = written["summary_perplexity.md"].read_text()
+    assert "22 ± 13" in md and "hasher.seed" not in md.split("Swept:")[-1].split("\n")[0]
+    assert main([str(root), "--group-seeds", "--no-plot"]) == 0
+
+
+def test_seed_that_changes_nothing_is_not_listed_as_swept(tmp_path):
+    root = tmp_path / "s"
+    write(root, "a", rich("lsh", 0.25, 20.0, top_seed=0, hasher={"n_bits": 4}))
+    write(root, "b", rich("lsh", 0.25, 20.0, top_seed=1, hasher={"n_bits": 4}))  # same numbers: seed read by nothing
+    write(root, "c", rich("lsh", 0.25, 21.0, seed=5, hasher={"n_bits": 4}))  # hasher.seed did change something
+    ok, _ = collect_runs(root)
+    assert "seed" not in ok.attrs["swept"] and ok.attrs["no_effect"] == ["seed"]
+    assert "hasher.seed" in ok.attrs["swept"]
+    md = write_summary(root, plot=False)["summary.md"].read_text()
+    assert "Varied without changing any metric: seed." in md
+
+
+def test_x_axis_choice_moves_frontier_and_plot(tmp_path):
+    from lsh_bitnet.pareto import plot_pareto
+
+    root = tmp_path / "x"
+    write(root, "0_full", rich("full", 1.0, 20.0, mac=1.0, eval_s=4.0))
+    # cheap in comparisons but dear in MACs (hashing), and the reverse
+    write(root, "1_a", rich("lsh", 0.2, 25.0, mac=1.8, eval_s=6.0, hasher={"n_bits": 8}))
+    write(root, "2_b", rich("lsh", 0.4, 24.0, mac=0.6, eval_s=2.0, hasher={"n_bits": 4}))
+    write(root, "3_c", rich("lsh", 0.3, 26.0, mac=0.5, eval_s=1.0, hasher={"n_bits": 6}))
+    by_cmp = pd.read_csv(write_summary(root, out_dir=tmp_path / "c")["summary.csv"]).set_index("run_dir")["pareto"]
+    assert by_cmp["1_a"] and by_cmp["2_b"] and not by_cmp["3_c"]
+    out = write_summary(root, out_dir=tmp_path / "m", x="mac_ratio")
+    table = pd.read_csv(out["summary.csv"]).set_index("run_dir")
+    assert list(table["mac_ratio"]) == sorted(table["mac_ratio"])  # sorted by the chosen axis
+    assert not table.loc["1_a", "pareto"] and table.loc["2_b", "pareto"] and table.loc["3_c", "pareto"]
+    data = next(v for k, v in plot_pareto.last_data.items() if k.endswith("|perplexity"))
+    assert sorted(data["lsh/simhash"]["x"]) == [0.5, 0.6, 1.8]
+    wall = pd.read_csv(write_summary(root, out_dir=tmp_path / "w", x="wall_ratio", plot=False)["summary.csv"])
+    assert dict(zip(wall["run_dir"], wall["wall_ratio"])) == {"0_full": 1.0, "1_a": 1.5, "2_b": 0.5, "3_c": 0.25}
+    old = tmp_path / "old"
+    write(old, "a", record("lsh", 0.3, 22.0))
+    assert main([str(old), "--x", "mac_ratio"]) == 2  # no run reports it: said, not a blank plot
+    assert main([str(old), "--x", "wall_ratio"]) == 2  # no full-attention run to divide by
+    with pytest.raises(SystemExit):
+        main([str(root), "--x", "flops"])
+
+
+def test_new_schema_field_and_variant_get_columns_without_collector_edits(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    from lsh_bitnet import config
+
+    @dataclass
+    class LSHWithMin(config.LSHAttentionConfig):
+        min_collisions: int = 1
+
+    @dataclass
+    class TopK(config.AttentionConfig):
+        name: str = "lsh_topk"
+        n_tables: int = 4
+        k: int = 32
+        score: str = "collisions"
+
+    monkeypatch.setitem(config.SCHEMAS["attention"], "lsh", LSHWithMin)
+    monkeypatch.setitem(config.SCHEMAS["attention"], "lsh_topk", TopK)
+    monkeypatch.setitem(VARIANT_FIELDS, "lsh_topk", {"n_tables": 4, "k": 32, "score": "collisions"})
+    root = tmp_path / "n"
+    write(root, "a", rich("lsh", 0.3, 25.0, attn={"min_collisions": 2}, hasher={"n_bits": 4}))
+    write(root, "b", rich("lsh", 0.4, 24.0, attn={"min_collisions": 1}, hasher={"n_bits": 4}))
+    write(root, "c", rich("lsh_topk", 0.2, 23.0, attn={"min_collisions": 9}))
+    write(root, "d", rich("oracle_topk", 0.1, 21.0, attn={"score": "soft"}))
+    ok, _ = collect_runs(root)
+    rows = ok.set_index("run_dir")
+    assert "attention.min_collisions" in ok.attrs["swept"]
+    assert rows.loc["a", "min_collisions"] == 2 and pd.isna(rows.loc["c", "min_collisions"])  # topk does not read it
+    assert rows.loc["c", "score"] == "collisions" and pd.isna(rows.loc["d", "score"])  # oracle does not either
+    assert rows.loc["c", "family"] == "lsh_topk/simhash" and rows.loc["c", "n_bits"] == 8  # lsh* reads the hasher
+    assert pd.isna(rows.loc["d", "n_bits"])
+    md = write_summary(root, plot=False)["summary_perplexity.md"].read_text()
+    assert "| min_collisions" in md and "| score" in md
+
+
+def test_nonfinite_values_are_flagged(tmp_path, caplog):
+    root = tmp_path / "nan"
+    write(root, "a", rich("lsh", 0.3, 25.0))
+    bad_cost = rich("lsh", 0.3, 25.0)
+    bad_cost["cost"]["hash_ops"] = float("inf")
+    write(root, "b", json.dumps(bad_cost))  # bare Infinity: what json.dumps writes, strict parsers reject
+    bad_metric = rich("lsh", 0.2, 25.0)
+    bad_metric["metrics"]["perplexity"] = float("nan")
+    write(root, "c", json.dumps(bad_metric))
+    quoted = rich("lsh", 0.1, 25.0)
+    quoted["metrics"]["nll"] = "NaN"
+    write(root, "d", quoted)
+    with caplog.at_level("WARNING", logger="lsh_bitnet.collect"):
+        ok, failed = collect_runs(root)
+    assert list(ok["run_dir"]) == ["a", "b"]
+    assert ok.set_index("run_dir").loc["b", "nonfinite"] == "cost.hash_ops=inf"
+    assert pd.isna(ok.set_index("run_dir").loc["b", "hash_ops"])
+    errors = dict(zip(failed["run_dir"], failed["error"]))
+    assert errors["c"] == "status ok but non-finite metrics: metrics.perplexity=nan"
+    assert "metrics.nll=NaN" in errors["d"]
+    assert sum("non-finite" in r.message for r in caplog.records) == 3
+    md = write_summary(root, plot=False)["summary.md"].read_text()
+    assert "**Non-finite values**" in md
+
+
+def test_clipped_points_are_marked_at_the_edge_and_labels_are_moved_not_dropped(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lsh_bitnet.pareto import plot_pareto, repel_labels, y_limits
+
+    root = tmp_path / "clip"
+    write(root, "0_full", rich("full", 1.0, 20.0))
+    write(root, "1_far", rich("lsh", 0.05, 900.0, hasher={"n_bits": 12}))
+    write(root, "2_near", rich("lsh", 0.3, 30.0, hasher={"n_bits": 4}))
+    write_summary(root)
+    data = next(iter(plot_pareto.last_data.values()))["lsh/simhash"]
+    assert data["clipped"] == [True, False] and data["y"] == [900.0, 30.0]
+    ok, _ = collect_runs(root)
+    low, high = y_limits(ok, "perplexity", True)
+    assert 55 < high < 65 and low < 18 + 1e-9  # 3x full attention, and room for the full run's interval
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    anns = [ax.annotate(f"label {i}", (0.5, 0.5), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            for i in range(6)]
+    fig.canvas.draw()
+    repel_labels(ax, anns, ax.transData.transform([[0.5, 0.5]]))
+    boxes = [a.get_window_extent(fig.canvas.get_renderer()) for a in anns]
+    assert all(a.get_figure() is not None for a in anns)  # every label still drawn
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(6) for j in range(i))
+    plt.close(fig)

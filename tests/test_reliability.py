@@ -489,7 +489,9 @@ def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path):
     members.mkdir(parents=True)
     for i, name in enumerate(("a", "b")):
         (members / str(i)).write_text(str(tmp_path / name))
-    ok, failed = sweep_status(tmp_path, "s1")
-    assert sorted(p.name for p in ok) == ["a", "b"] and failed == []
-    ok, failed = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
-    assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"]
+    (members / "2").write_text(str(tmp_path / "died"))  # registered, killed before its first write
+    ok, failed, older = sweep_status(tmp_path, "s1")
+    assert sorted(p.name for p in ok) == ["a", "b"] and older == 1
+    assert [(p.name, e.split(":")[0]) for p, e in failed] == [("died", "no results.json")]
+    ok, failed, older = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
+    assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"] and older == 0

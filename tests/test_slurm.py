@@ -143,7 +143,7 @@ def test_sweep_runs_as_one_job_array_and_collects(slurm_env, tmp_path, cache_dir
 
 
 @pytest.mark.slurm
-def test_failing_job_is_recorded_failed_while_slurm_says_completed(slurm_env, tmp_path, cache_dir):
+def test_failing_job_is_recorded_failed_and_slurm_says_failed(slurm_env, tmp_path, cache_dir):
     # The plugin's own preset, not ours: `hydra/launcher=submitit_slurm` must work directly too.
     sweep = tmp_path / "sweep"
     out = _run([sys.executable, "launch.py", "-m", "hydra/launcher=submitit_slurm", *TINY, "hasher.n_bits=4",
@@ -156,10 +156,11 @@ def test_failing_job_is_recorded_failed_while_slurm_says_completed(slurm_env, tm
     assert records[False]["status"] == "ok", records[False].get("error")
     assert records[True]["status"] == "failed"
     assert "fail_on_purpose" in json.dumps(records[True]["error"])
-    # The job itself ended normally (launch.py catches the error so the array goes on): SLURM cannot
-    # tell; only results.json (and the collector's failed table) can.
+    # launch.py catches the error so the array goes on, and exits 1 once submitit has saved the job's
+    # result: SLURM records the failure, and submitit's log ends with it.
     (array_id,) = _array_tasks(sweep)
-    assert set(_job_states(array_id, slurm_env).values()) == {"COMPLETED"}
+    states = _job_states(array_id, slurm_env)
+    assert [states[k] for k in sorted(states)] == ["COMPLETED", "FAILED"], states
 
 
 def _wait_running(sweep: Path, proc, n_samples: int, timeout: float = 180) -> dict:

@@ -1,0 +1,330 @@
+"""Read every results.json under a directory into rows: which config keys each variant reads
+(derived from the schema dataclasses in lsh_bitnet.config, so a new variant or field needs no edit
+here), every scalar value the runs report, which keys were swept, and which values are not finite.
+`lsh_bitnet.collect` turns the rows into tables and plots.
+"""
+import json
+import logging
+import math
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import pandas as pd
+
+from lsh_bitnet.config import SCHEMAS
+from lsh_bitnet.pareto import PRIMARY_Y, family_of
+from lsh_bitnet.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
+
+log = logging.getLogger("lsh_bitnet.collect")  # what the collector CLI reports
+
+# Identity columns: short name -> dotted config key (what was run, on what). Knob columns come from the schemas.
+ID_COLUMNS = {"model": "model.name", "attention": "attention.name", "hasher": "hasher.name",
+              "dataset": "dataset.name", "metric": "metric.name", "seq_len": "eval.seq_len"}
+# results.json sections whose scalar values become columns, in this order.
+VALUE_SECTIONS = ("metrics", "cost", "diagnostics", "timing", "memory")
+# Swept keys that define *what* is measured: runs differing here are never on one frontier.
+SETTING_PREFIXES = ("model.", "dataset.", "eval.", "metric.")
+SETTING_IGNORED = ("eval.batch_size", "model.device")  # change speed, not the numbers
+NONFINITE_STRINGS = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+# ----------------------------------------------------------------------------- what a variant reads
+def _variant_schemas() -> Dict[str, type]:
+    """attention.name -> its schema dataclass (the `name` field's default), for every registered variant."""
+    out = {}
+    for cls in SCHEMAS["attention"].values():
+        name = next(f.default for f in fields(cls) if f.name == "name")
+        if isinstance(name, str):
+            out[name] = cls
+    return out
+
+
+def _field_names(classes) -> Set[str]:
+    return {f.name for cls in classes for f in fields(cls)}
+
+
+def keys_read(variant: Any) -> Optional[Set[str]]:
+    """The dotted attention./hasher. keys `variant` reads, derived from its schema; None = unknown variant.
+
+    - attention: the fields of the variant's dataclass; a variant that declares nothing of its own
+      (full) reads none of the shared sparse-attention fields, only the diagnostics (a measurement).
+    - hasher: read by the LSH variants (named lsh*, SPEC section 3); a variant with a `max_depth` field
+      hashes that many bits per tree instead of hasher.n_bits.
+    """
+    cls = _variant_schemas().get(variant)
+    if cls is None:
+        return None
+    names = _field_names([cls])
+    if not set(cls.__dict__.get("__annotations__", {})) - {"name"}:
+        names = {"name"} | {n for n in names if n.startswith("diagnostics")}
+    keys = {f"attention.{n}" for n in names}
+    if str(variant).startswith("lsh"):
+        hasher = {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())}
+        keys |= hasher - ({"hasher.n_bits"} if "max_depth" in names else set())
+    return keys
+
+
+def _declared() -> Set[str]:
+    return ({f"attention.{n}" for n in _field_names(SCHEMAS["attention"].values())}
+            | {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())})
+
+
+def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> bool:
+    """Does a run of this variant read `dotted`? `windows`: the metric cuts the text into eval.seq_len windows."""
+    if dotted == "eval.seq_len":
+        return windows
+    if not dotted.startswith(("attention.", "hasher.")) or dotted == "attention.name":
+        return True
+    read = keys_read(attention)
+    if read is None:  # a variant no schema declares: do not hide what we cannot judge
+        return True
+    if dotted not in _declared():  # a field no schema declares (an older run): shown where its group is read
+        return dotted.startswith("attention.") or any(k.startswith("hasher.") for k in read)
+    return dotted in read
+
+
+def _uses_windows(record: Optional[Dict[str, Any]]) -> bool:
+    """eval.seq_len matters only to a metric that evaluates windows (perplexity reports n_windows)."""
+    metrics = _section(record or {}, "metrics")
+    return not metrics or "n_windows" in metrics or "n_samples" not in metrics
+
+
+# ----------------------------------------------------------------------------- loading
+def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}  # lists are not hashable
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _error_line(record: Dict[str, Any]) -> str:
+    err = record.get("error")
+    if isinstance(err, dict):
+        msg = str(err.get("message") or "").strip().splitlines()
+        return _one_line(err.get("summary") or f"{err.get('type', 'Error')}: {msg[0] if msg else ''}")
+    return _one_line(err) if err else f"status {record.get('status')}, no error recorded"
+
+
+def _is_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, str) and value.strip().lower() in NONFINITE_STRINGS
+
+
+def nonfinite_values(record: Dict[str, Any]) -> List[str]:
+    """`section.key=value` for every NaN/inf number (or its string spelling) in the value sections."""
+    found = []
+    for section in VALUE_SECTIONS:
+        for key, value in flatten(_section(record, section)).items():
+            values = json.loads(value) if isinstance(value, str) and value.startswith("[") else [value]
+            bad = [v for v in values if _is_nonfinite(v)] if isinstance(values, list) else []
+            if bad:
+                found.append(f"{section}.{key}={bad[0]}")
+    return found
+
+
+def _missing_fields(record: Dict[str, Any], x: str) -> List[str]:
+    """What an `ok` run must hold for its table row; a row without these would be silently wrong."""
+    flat = flatten(_section(record, "config"))
+    need = [f"config.{k}" for k in ("attention.name", "metric.name") if flat.get(k) is None]
+    metric = flat.get("metric.name")
+    for section, key in [("cost", x)] + ([("metrics", PRIMARY_Y[metric][0])] if metric in PRIMARY_Y else []):
+        if _section(record, section).get(key) is None:
+            need.append(f"{section}.{key}")
+    return need
+
+
+def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(record, None) for a usable ok run, else (record or None, one-line reason it counts as failed)."""
+    try:
+        record = json.loads(path.read_text())  # Python's parser accepts bare NaN: flagged below
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, _one_line(f"unreadable results.json: {type(exc).__name__}: {exc}")
+    if not isinstance(record, dict):
+        return None, f"unreadable results.json: top level is {type(record).__name__}, not an object"
+    status = record.get("status")
+    if status in ("failed", "interrupted"):
+        return record, _error_line(record)
+    if status == "running":
+        started = (record.get("provenance") or {}).get("started_at")
+        return record, f"status is 'running' (started {started}): the job died before finishing, or still runs"
+    if status != "ok":
+        return record, f"unknown status {status!r} (expected ok | failed | interrupted | running)"
+    missing = _missing_fields(record, "comparison_ratio")
+    if missing:
+        return record, f"status ok but missing fields: {', '.join(missing)}"
+    bad_metrics = [v for v in nonfinite_values(record) if v.startswith("metrics.")]
+    if bad_metrics:  # an ok run with a NaN metric is a failure that was not caught (issue 10)
+        return record, f"status ok but non-finite metrics: {', '.join(bad_metrics)}"
+    return record, None
+
+
+def _natural_key(text: str) -> List[Any]:
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]  # 2_x before 10_x
+
+
+def _section(record: Dict[str, Any], name: str) -> Dict[str, Any]:
+    return record[name] if isinstance(record.get(name), dict) else {}  # null in failed / running runs
+
+
+def _model_label(record: Dict[str, Any], flat: Dict[str, Any]) -> Any:
+    """What ran: the model record's description (e.g. the GGUF's name and quantisation) over the option name."""
+    info = _section(record, "model_info")
+    if info.get("description"):
+        return info["description"]
+    if flat.get("model.name") == "hf":  # the option name says nothing; the checkpoint does
+        return flat.get("model.name_or_path") or "hf"
+    return flat.get("model.name")
+
+
+def _data_label(flat: Dict[str, Any], windows: bool) -> str:
+    """`wikitext2 valid.txt (test split)`: the dataset option, the file behind it, the split where text is split."""
+    label = str(flat.get("dataset.name"))
+    if flat.get("dataset.path"):
+        label += f" {Path(str(flat['dataset.path'])).name}"
+    # A file (text_file, enwik8) is read whole; a hub dataset or a wikitext directory is read by split.
+    if windows and flat.get("dataset.split") and not Path(str(flat.get("dataset.path") or "")).suffix:
+        label += f" ({flat['dataset.split']} split)"
+    return label
+
+
+def _value_columns(records: List[Dict[str, Any]], taken: Set[str]) -> Dict[Tuple[str, str], str]:
+    """(section, key) -> column name for every scalar any run reports; a name clash gets `section.key`."""
+    seen: Dict[Tuple[str, str], None] = {}
+    for record in records:
+        for section in VALUE_SECTIONS:
+            for key, value in _section(record, section).items():
+                if not isinstance(value, (dict, list)):
+                    seen.setdefault((section, key), None)
+    counts: Dict[str, int] = {}
+    for _, key in seen:
+        counts[key] = counts.get(key, 0) + 1
+    return {(s, k): (k if counts[k] == 1 and k not in taken else f"{s}.{k}") for s, k in seen}
+
+
+def _short_names(keys: List[str]) -> Dict[str, str]:
+    """Dotted knob key -> column name: its leaf when no other key shares the leaf, else the dotted key."""
+    leaves: Dict[str, int] = {}
+    for key in keys:
+        leaves[key.rsplit(".", 1)[-1]] = leaves.get(key.rsplit(".", 1)[-1], 0) + 1
+    reserved = set(ID_COLUMNS)
+    return {k: (k.rsplit(".", 1)[-1] if leaves[k.rsplit(".", 1)[-1]] == 1 and k.rsplit(".", 1)[-1] not in reserved
+                else k) for k in keys}
+
+
+def _fingerprint(record: Dict[str, Any]) -> str:
+    """What a run measured, for telling whether a varied key changed anything."""
+    return json.dumps([_section(record, "metrics"), _section(record, "cost").get("comparisons")],
+                      sort_keys=True, default=str)
+
+
+def _no_effect(swept: List[str], loaded: list) -> List[str]:
+    """Swept keys that changed nothing measured: every pair of ok runs differing only there measured the same."""
+    out = []
+    ok = [(flat, record) for _, record, error, flat in loaded if error is None and record]
+    for key in swept:
+        groups: Dict[str, Dict[str, Set[str]]] = {}
+        for flat, record in ok:
+            rest = json.dumps({k: v for k, v in flat.items() if k != key}, sort_keys=True, default=str)
+            groups.setdefault(rest, {}).setdefault(json.dumps(flat.get(key), default=str), set()).add(
+                _fingerprint(record))
+        pairs = [g for g in groups.values() if len(g) > 1]
+        if pairs and all(len(set().union(*g.values())) == 1 for g in pairs):
+            out.append(key)
+    return out
+
+
+def _knob_order(dotted: str) -> Tuple[int, str]:
+    """hasher fields, then each variant's own fields, then the shared ones, in schema declaration order."""
+    own = [f"attention.{n}" for cls in SCHEMAS["attention"].values() for n in cls.__dict__.get("__annotations__", {})]
+    schema = list(dict.fromkeys([f"hasher.{f.name}" for cls in SCHEMAS["hasher"].values() for f in fields(cls)] + own
+                                + [f"attention.{f.name}" for cls in SCHEMAS["attention"].values() for f in fields(cls)]))
+    return (schema.index(dotted), "") if dotted in schema else (len(schema), dotted)
+
+
+def is_seed_key(dotted: str) -> bool:
+    return dotted.rsplit(".", 1)[-1].endswith("seed")
+
+
+def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """(ok runs, failed runs): one row per results.json under root.
+
+    attrs: `swept` (keys that vary and change something), `no_effect` (keys that vary and change
+    nothing measured, e.g. a seed nothing reads), `knobs` (dotted key -> column), `values`
+    ((section, key) -> column), `nonfinite` (run_dir -> flagged values).
+    """
+    root = Path(root)
+    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: _natural_key(str(p.relative_to(root))))
+    loaded = []
+    for path in paths:
+        record, error = _load(path)
+        config = _section(record, "config") if record else {}
+        flat = {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
+        loaded.append((str(path.parent.relative_to(root)) or ".", record, error, flat))
+    # A key is swept when its value (missing counts as a value) differs between two readable runs whose
+    # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
+    ctx = [(flat, flat.get("attention.name"), _uses_windows(record)) for _, record, _, flat in loaded if flat]
+    keys = sorted({k for flat, _, _ in ctx for k in flat}, key=_natural_key)
+    varied = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat, att, win in ctx
+                                      if relevant(k, att, win)}) > 1]
+    no_effect = _no_effect(varied, loaded)
+    swept = [k for k in varied if k not in no_effect]
+    knob_keys = [k for k in keys if k.startswith(("attention.", "hasher.")) and k not in ("attention.name", "hasher.name")
+                 and any(relevant(k, att, win) for _, att, win in ctx)]
+    knobs = _short_names(sorted(knob_keys, key=_knob_order))
+    records = [r for _, r, _, _ in loaded if r]
+    values = _value_columns(records, set(ID_COLUMNS) | set(knobs.values()))
+    rows, flagged = [], {}
+    for run_dir, record, error, flat in loaded:
+        record = record or {}
+        attention, windows = flat.get("attention.name"), _uses_windows(record)
+        row: Dict[str, Any] = {"run_dir": run_dir, "status": record.get("status", "unreadable"), "error": error}
+        row.update({c: flat.get(d) if relevant(d, attention, windows) else None for c, d in ID_COLUMNS.items()})
+        row["model"] = _model_label(record, flat) if flat else None
+        row["family"] = family_of(attention, row["hasher"]) if attention else None
+        row.update({c: flat.get(d) if relevant(d, attention, windows) else None for d, c in knobs.items()})
+        for key in swept + no_effect:  # other swept keys (dataset.*, eval.*, seed) get a column too
+            if key not in ID_COLUMNS.values() and key not in knobs:
+                row[key] = flat.get(key) if relevant(key, attention, windows) else None
+        setting = [f"{c}={row[c]}" for c in ("model", "dataset", "seq_len") if row.get(c) is not None]
+        extra = [f"{k}={flat.get(k)}" for k in swept if k.startswith(SETTING_PREFIXES)
+                 and k not in ID_COLUMNS.values() and k not in SETTING_IGNORED]
+        row["setting"], row["_setting_extra"] = ", ".join(setting + extra), ", ".join(extra)
+        row["data"] = _data_label(flat, windows) if flat else None
+        for (section, key), col in values.items():
+            value = _section(record, section).get(key)
+            row[col] = None if _is_nonfinite(value) else value
+        bad = nonfinite_values(record) if record else []
+        row["nonfinite"] = ", ".join(bad) or None
+        if bad:
+            flagged[run_dir] = bad
+            log.warning("%s: non-finite values in results.json: %s", run_dir, ", ".join(bad))
+        row["config_hash"] = record.get("config_hash")
+        row["overrides"] = _section(record, "job").get("override_dirname")
+        row["_group"] = json.dumps({k: v for k, v in flat.items() if not is_seed_key(k)}, sort_keys=True, default=str)
+        row["_seeds"] = json.dumps({k: v for k, v in flat.items() if is_seed_key(k)}, sort_keys=True, default=str)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["run_dir", "status", "error", *ID_COLUMNS, "setting", "_group", "_seeds"])
+    for col in df.columns:  # whole-number columns read as integers, not 8.0
+        values_ = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if values_ and all(isinstance(v, int) and not isinstance(v, bool) for v in values_):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    failed = df["error"].notna()
+    ok, bad = df[~failed].reset_index(drop=True), df[failed].reset_index(drop=True)
+    ok = ok.drop(columns=["error"])
+    for frame in (ok, bad):
+        frame.attrs.update(swept=swept, no_effect=no_effect, knobs=knobs, values=values, nonfinite=flagged)
+    return ok, bad
+
+
