@@ -37,6 +37,16 @@ def log_p_bit_sampling(agree: torch.Tensor, n_bits: int, head_dim: int) -> torch
     return out
 
 
+def _log_term(i: int, L: int, log_p1: torch.Tensor, log_q1: torch.Tensor) -> torch.Tensor:
+    """log C(L, i) p1^i (1 - p1)^(L - i); a zero exponent contributes 0 even where its log is -inf."""
+    out = math.lgamma(L + 1) - math.lgamma(i + 1) - math.lgamma(L - i + 1) + torch.zeros_like(log_p1)
+    if i > 0:
+        out = out + i * log_p1
+    if L - i > 0:
+        out = out + (L - i) * log_q1
+    return out
+
+
 def log_tail(log_p1: torch.Tensor, n_tables: int, m: int) -> torch.Tensor:
     """log P[Binomial(L, p1) >= m] from log p1 (float64, any shape)."""
     L = n_tables
@@ -45,19 +55,16 @@ def log_tail(log_p1: torch.Tensor, n_tables: int, m: int) -> torch.Tensor:
     log_q1 = torch.log1p(-log_p1.exp())  # log(1 - p1); -inf where p1 == 1
     if m == 1:
         return torch.log(-torch.expm1(L * log_q1))
-    p1 = log_p1.exp()
-    lower = torch.zeros_like(p1)
+    lower = torch.zeros_like(log_p1)
     for i in range(m):  # P[X < m], m terms
-        lower += math.comb(L, i) * p1.pow(i) * torch.exp((L - i) * log_q1)
+        lower += _log_term(i, L, log_p1, log_q1).exp()
     out = torch.log((1.0 - lower).clamp(min=0.0))
     small = (1.0 - lower) < CANCELLATION
     if bool(small.any()):
         lp, lq = log_p1[small], log_q1[small]
         acc = torch.full_like(lp, -math.inf)
         for i in range(m, L + 1):  # the upper terms, in log space: no cancellation
-            log_c = math.lgamma(L + 1) - math.lgamma(i + 1) - math.lgamma(L - i + 1)
-            term = log_c + i * lp + torch.where(torch.isinf(lq) & (L - i == 0), torch.zeros_like(lq), (L - i) * lq)
-            acc = torch.logaddexp(acc, term)
+            acc = torch.logaddexp(acc, _log_term(i, L, lp, lq))
         out[small] = acc
     return out
 
