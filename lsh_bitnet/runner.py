@@ -95,7 +95,9 @@ def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
     if accelerator:
         torch.cuda.reset_peak_memory_stats()
 
-    patch = patch_model(model, cfg.attention, cfg.hasher)
+    # rules branch: mean keys for hasher.center=calibration (SPEC section 7); None otherwise
+    from lsh_bitnet.attention.centering import centers_for_run
+    patch = patch_model(model, cfg.attention, cfg.hasher, centers=centers_for_run(cfg, loaded, cache_dir))
     try:
         eval_start = time.perf_counter()
         metrics = _run_metric(cfg, model, tokenizer, cache_dir)

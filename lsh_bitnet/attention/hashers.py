@@ -83,7 +83,10 @@ class Hasher:
 
     def pack(self, bits: torch.Tensor) -> torch.Tensor:
         """(..., n_tables, n_bits) bool -> (..., n_tables) int64, bit 0 most significant."""
-        return (bits.to(torch.int64) * self._param(self.weights, bits.device)).sum(-1)
+        code = torch.zeros(bits.shape[:-1], dtype=torch.int64, device=bits.device)
+        for b in range(self.n_bits):  # shift-or per bit: no (..., n_tables, n_bits) int64 temporary
+            code = (code << 1) | bits[..., b]
+        return code
 
     # ------------------------------------------------------------------ centring (keys only)
     def set_prompt_center(self, key: torch.Tensor, key_valid: torch.Tensor) -> None:
