@@ -125,24 +125,29 @@ class Candidates:
         return self.index.counts(q_idx, kc).float()
 
     # ------------------------------------------------------------------ estimator and selection cost
-    def bias(self, q_idx: torch.Tensor, kc: int) -> Optional[torch.Tensor]:
-        """Additive score term (B, Hkv, g, Qc, kc) float32 on candidates: -log p_ij (sampling), else None."""
+    def bias(self, q_idx: torch.Tensor, kc: int, where: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Additive score term (B, Hkv, g, Qc, kc) float32 on candidates: -log p_ij (sampling), else None.
+
+        `where` (the candidate mask, broadcastable) limits the float64 work to those entries; elsewhere 0."""
         if self.spec.estimator != "sampling":
             return None
         h, spec = self.hasher, self.spec
         q = self.query.index_select(3, q_idx).float()  # (B, Hkv, g, Qc, D)
         kh = h.hashed_key(self.key[:, :, :kc]).float()[:, :, None]  # (B, Hkv, 1, kc, D)
+        _, _, always = self._sets(q_idx, kc)
+        shape = q.shape[:-1] + (kc,)
+        need = ~always.expand(shape) if where is None else where.expand(shape) & ~always  # p = 1 on always keys
         if h.name == "simhash":
             dots = torch.matmul(q, kh.transpose(-1, -2))  # (B, Hkv, g, Qc, kc)
             norms = q.norm(dim=-1, keepdim=True) * kh.norm(dim=-1).unsqueeze(-2)
-            log_p1 = estimators.log_p_simhash(dots / norms.clamp(min=1e-30), h.n_bits)
+            log_p1 = estimators.log_p_simhash((dots / norms.clamp(min=1e-30))[need], h.n_bits)  # (n_need,)
         else:  # bit_sampling: coordinates where (q_c > 0) == (k_c > 0), counted by a +-1 matmul
             sq, sk = (q > 0).float() * 2 - 1, (kh > 0).float() * 2 - 1
             agree = (q.shape[-1] + torch.matmul(sq, sk.transpose(-1, -2))) / 2
-            log_p1 = estimators.log_p_bit_sampling(agree, h.n_bits, h.head_dim)
-        log_p = estimators.log_tail(log_p1, spec.n_tables, spec.min_collisions)
-        _, _, always = self._sets(q_idx, kc)
-        return estimators.sampling_bias(log_p, always)
+            log_p1 = estimators.log_p_bit_sampling(agree[need], h.n_bits, h.head_dim)
+        bias = torch.zeros(shape, dtype=torch.float32, device=q.device)
+        bias[need] = estimators.sampling_bias(estimators.log_tail(log_p1, spec.n_tables, spec.min_collisions))
+        return bias
 
     def selection_ops(self, visible: torch.Tensor) -> torch.Tensor:
         """Exact selection cost of this call (docs/SPEC.md "selection_ops"); visible = sum of |V(i)| over

@@ -69,6 +69,6 @@ def log_tail(log_p1: torch.Tensor, n_tables: int, m: int) -> torch.Tensor:
     return out
 
 
-def sampling_bias(log_p: torch.Tensor, always: torch.Tensor) -> torch.Tensor:
-    """-log p_ij (float32), 0 on always-attend keys (p = 1), capped at MAX_BIAS."""
-    return (-log_p).clamp(max=MAX_BIAS).masked_fill(always, 0.0).float()
+def sampling_bias(log_p: torch.Tensor) -> torch.Tensor:
+    """-log p_ij as float32, capped at MAX_BIAS."""
+    return (-log_p).clamp(max=MAX_BIAS).float()

@@ -103,7 +103,7 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         q_pad = ~q_valid[:, a:e]  # (B, qc)
         heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
         comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq  # pad rows: own slot only
-        bias = cands.bias(q_idx, kc)  # (B, Hkv, g, qc, kc) float32 or None
+        bias = cands.bias(q_idx, kc, where=cand)  # (B, Hkv, g, qc, kc) float32 or None
         if bias is not None:  # the estimator's score term, as a float mask (-inf off the candidates)
             cand = torch.where(cand, bias.to(query.dtype), float("-inf"))
         mask = cand.reshape(B, -1, qc, kc)  # (B, Hq|1, qc, kc)
