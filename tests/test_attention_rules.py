@@ -90,12 +90,14 @@ def test_rules_match_reference(cfg):
         check(cfg, mode, seed=seed + 11 * CASES.index(cfg))
 
 
-@pytest.mark.parametrize("sorted_wins", [0.0, 1e9])
-def test_sorted_and_dense_counting_agree(sorted_wins, monkeypatch):
-    """Both ways of counting collisions reach the reference (the choice is only a cost estimate)."""
+@pytest.mark.parametrize("sorted_wins,pack_bits", [(0.0, 62), (1e9, 62), (1e9, 4)])
+def test_sorted_and_dense_counting_agree(sorted_wins, pack_bits, monkeypatch):
+    """Both ways of counting collisions reach the reference (the choice is only a cost estimate); codes too
+    wide to pack (pack_bits=4 here) fall back to dense counts and dense pair totals."""
     from lsh_bitnet.attention import collisions
 
     monkeypatch.setattr(collisions, "SORTED_WINS_BELOW", sorted_wins)
+    monkeypatch.setattr(collisions, "PACK_BITS", pack_bits)
     for m in (1, 2, 5):
         cfg = dict(variant="lsh", hasher="simhash", n_bits=3, n_tables=5, min_collisions=m, query_chunk=7,
                    include_self=False)
