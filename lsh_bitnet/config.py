@@ -67,7 +67,10 @@ class ModelConfig:
 # ----------------------------------------------------------------------------- attention
 @dataclass
 class AttentionConfig:
-    name: str = MISSING  # full | lsh | lsh_forest | oracle_topk | window
+    name: str = MISSING  # full | lsh | lsh_forest | oracle_topk | window | lsh_topk
+    # How candidates are weighted (SPEC section 7): softmax (plain softmax over C(i)) | sampling
+    # (MagicPIG importance weights exp(s)/p_ij; attention=lsh only).
+    estimator: str = "softmax"
     # Always-attend sets (SPEC section 3), shared by every sparse variant; ignored by `full`.
     include_self: bool = True
     sink_tokens: int = 0
@@ -92,6 +95,8 @@ class FullAttentionConfig(AttentionConfig):
 class LSHAttentionConfig(AttentionConfig):
     name: str = "lsh"
     n_tables: int = 1
+    # j is a candidate when at least min_collisions of the n_tables tables collide (1 = the union).
+    min_collisions: int = 1
 
 
 @dataclass
@@ -110,6 +115,16 @@ class OracleTopKAttentionConfig(AttentionConfig):
 
 
 @dataclass
+class LSHTopKAttentionConfig(AttentionConfig):
+    name: str = "lsh_topk"
+    n_tables: int = 8
+    k: Optional[int] = None  # exactly one of k / fraction is set (as oracle_topk)
+    fraction: Optional[float] = None
+    # collisions: number of tables whose code equals the query's; soft: agreeing bits over all tables
+    score: str = "collisions"
+
+
+@dataclass
 class WindowAttentionConfig(AttentionConfig):
     name: str = "window"
     sink_tokens: int = 4
@@ -122,6 +137,15 @@ class HasherConfig:
     name: str = MISSING  # bit_sampling | simhash
     n_bits: int = 8
     seed: int = 0
+    # Keys are hashed as k - mu (SPEC section 7): none | calibration (mean key per layer and KV head over a
+    # calibration text never evaluated; cached beside the converted model) | prompt (mean key of the
+    # prefill; not causal for perplexity, flagged cost.causal=false).
+    center: str = "none"
+    # calibration text: auto (the dataset's train split where it has one, else generated text) | train_split
+    # | file (calibration_path) | generated (the synthetic task's filler sentences)
+    calibration_source: str = "auto"
+    calibration_path: Optional[str] = None
+    calibration_tokens: int = 8192  # tokens of calibration text, run in windows of eval.seq_len
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -202,6 +226,7 @@ SCHEMAS = {
         "lsh": LSHAttentionConfig,
         "lsh_forest": LSHForestAttentionConfig,
         "oracle_topk": OracleTopKAttentionConfig,
+        "lsh_topk": LSHTopKAttentionConfig,
         "window": WindowAttentionConfig,
     },
     "hasher": {"hasher": HasherConfig},

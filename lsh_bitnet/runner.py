@@ -286,7 +286,10 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     if accelerator:
         torch.cuda.reset_peak_memory_stats()
 
-    patch = patch_model(model, cfg.attention, cfg.hasher)
+    # mean keys for hasher.center=calibration (SPEC section 7); None otherwise
+    from lsh_bitnet.attention.centering import centers_for_run
+
+    patch = patch_model(model, cfg.attention, cfg.hasher, centers=centers_for_run(cfg, loaded, cache_dir))
     watch = _LogitWatch(model)
     try:
         eval_start = time.perf_counter()

@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import torch
 
-HASHED = ("lsh", "lsh_forest")
-VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window")
+HASHED = ("lsh", "lsh_forest", "lsh_topk")
+VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window", "lsh_topk")
 
 
 def hash_kind(hasher_params):
@@ -40,6 +40,15 @@ def naive_projection(vec, kind, params, h, t, b):
     if kind == "bit_sampling":
         return vec[params[h][t][b]]
     return math.fsum(vec[d] * params[h][t][d][b] for d in range(len(vec)))
+
+
+def centred(x, center):
+    """x (B, H, T, D) minus the mean key: center None, (H, D) per KV head, or (B, H, D) per row and KV head."""
+    if center is None:
+        return x
+    mu = torch.as_tensor(center, dtype=torch.float64)
+    mu = mu[None] if mu.dim() == 2 else mu
+    return x.double() - mu[:, :, None, :]
 
 
 def naive_hash_bits(x, hasher_params, kv_head_of=None):
@@ -102,12 +111,29 @@ def oracle_budget(n_valid, k, fraction):
     return min(n_valid, math.ceil(Fraction(repr(float(fraction))) * n_valid))
 
 
+def naive_collision_prob(qv, kv_hashed, kind, n_bits, n_tables, m):
+    """p_ij: the probability under the hash family that key j passes the m-of-L rule for query i.
+
+    simhash: one table collides w.p. (1 - theta/pi)^K; bit_sampling (K distinct of D coordinates):
+    C(agree, K) / C(D, K), agree = #coordinates with (q_c > 0) == (k_c > 0); then the binomial tail."""
+    D = len(qv)
+    if kind == "simhash":
+        cos = dot(qv, kv_hashed) / math.sqrt(dot(qv, qv) * dot(kv_hashed, kv_hashed))
+        p1 = (1 - math.acos(max(-1.0, min(1.0, cos))) / math.pi) ** n_bits
+    else:
+        agree = sum(1 for a, b in zip(qv, kv_hashed) if (a > 0) == (b > 0))
+        p1 = math.comb(agree, n_bits) / math.comb(D, n_bits)
+    return math.fsum(math.comb(n_tables, i) * p1 ** i * (1 - p1) ** (n_tables - i) for i in range(m, n_tables + 1))
+
+
 def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_tokens=0, local_window=0,
                      n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None, fraction=None,
-                     hasher_params=None):
+                     hasher_params=None, min_collisions=1, score="collisions", center=None, return_always=False):
     """-> (C, V): C[b][h][i] / V[b][h][i] sorted lists of key slots, None for a padding query slot.
 
     query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K) bool. Query i sits at slot K - Q + i.
+    Keys are hashed as key - center (center: None, (Hkv, D) or (B, Hkv, D)). With return_always, also
+    A[b][h][i], the always-attend set.
     """
     assert variant in VARIANTS, variant
     B, Hq, Q, D = query.shape
@@ -118,13 +144,14 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
     qs, ks = query.double().tolist(), key.double().tolist()
     if variant in HASHED:
         p_heads, p_tables, p_bits = table_shape(hasher_params)
-        want = (n_tables, None) if variant == "lsh" else (n_trees, max_depth)
+        want = (n_trees, max_depth) if variant == "lsh_forest" else (n_tables, None)
         assert p_heads == Hkv and p_tables == want[0] and (want[1] is None or p_bits == want[1]), \
             f"hasher params {(p_heads, p_tables, p_bits)} do not fit variant={variant} Hkv={Hkv} {want}"
         qbits = naive_hash_bits(query, hasher_params, kv_head_of=lambda h: h // g)
-        kbits = naive_hash_bits(key, hasher_params)
+        kbits = naive_hash_bits(centred(key, center), hasher_params)
     C = [[[None] * Q for _ in range(Hq)] for _ in range(B)]
     V = [[[None] * Q for _ in range(Hq)] for _ in range(B)]
+    A = [[[None] * Q for _ in range(Hq)] for _ in range(B)]
     for b in range(B):
         pos, n = [], 0  # p(b, j): number of valid slots before j
         for j in range(K):
@@ -145,15 +172,21 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
                         always.add(j)
                     if pos[s] - pos[j] < local_window:
                         always.add(j)
+                collisions = lambda j: sum(qbits[b][h][i][t] == kbits[b][hk][j][t] for t in range(n_tables))  # noqa
                 if variant == "full":
                     base = set(v_set)
                 elif variant == "window":
                     base = set()
-                elif variant == "lsh":
-                    base = {j for j in v_set
-                            if any(qbits[b][h][i][t] == kbits[b][hk][j][t] for t in range(n_tables))}
-                elif variant == "oracle_topk":
-                    scores = [(-dot(qs[b][h][i], ks[b][hk][j]), j) for j in v_set]
+                elif variant == "lsh":  # at least min_collisions of the tables collide (1: the union)
+                    base = {j for j in v_set if collisions(j) >= min_collisions}
+                elif variant in ("oracle_topk", "lsh_topk"):
+                    if variant == "oracle_topk":
+                        scores = [(-dot(qs[b][h][i], ks[b][hk][j]), j) for j in v_set]
+                    elif score == "collisions":
+                        scores = [(-collisions(j), j) for j in v_set]
+                    else:  # soft: agreeing bits over all tables
+                        scores = [(-sum(x == y for t in range(n_tables)
+                                        for x, y in zip(qbits[b][h][i][t], kbits[b][hk][j][t])), j) for j in v_set]
                     base = {j for _, j in sorted(scores)[:oracle_budget(len(v_set), k, fraction)]}
                 else:  # lsh_forest: deepest depth x whose prefix matches still hold min(min_candidates, |V|)
                     depth = {j: max(lcp(qbits[b][h][i][t], kbits[b][hk][j][t]) for t in range(n_trees))
@@ -166,22 +199,28 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
                     base = {j for j in v_set if depth[j] >= x_star}
                 C[b][h][i] = sorted(base | always)
                 V[b][h][i] = v_set
-    return C, V
+                A[b][h][i] = always
+    return (C, V, A) if return_always else (C, V)
 
 
 def naive_sparse_attention(query, key, value, key_valid, *, variant, include_self=True, sink_tokens=0,
                            local_window=0, n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None,
-                           fraction=None, hasher_params=None, scaling=None):
-    """-> (out (B, Hq, Q, Dv) float64, comparisons, full_comparisons); padding query rows are zeros."""
-    C, V = naive_candidates(query, key, key_valid, variant=variant, include_self=include_self,
-                            sink_tokens=sink_tokens, local_window=local_window, n_tables=n_tables,
-                            n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates, k=k,
-                            fraction=fraction, hasher_params=hasher_params)
+                           fraction=None, hasher_params=None, scaling=None, min_collisions=1, score="collisions",
+                           center=None, estimator="softmax"):
+    """-> (out (B, Hq, Q, Dv) float64, comparisons, full_comparisons); padding query rows are zeros.
+
+    estimator="sampling": w_j = exp(scale q.k) / p_ij (naive_collision_prob), p = 1 on always-attend keys."""
+    C, V, A = naive_candidates(query, key, key_valid, variant=variant, include_self=include_self,
+                               sink_tokens=sink_tokens, local_window=local_window, n_tables=n_tables,
+                               n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates, k=k,
+                               fraction=fraction, hasher_params=hasher_params, min_collisions=min_collisions,
+                               score=score, center=center, return_always=True)
     B, Hq, Q, D = query.shape
     Hkv, Dv = key.shape[1], value.shape[-1]
     g = Hq // Hkv
     scaling = D ** -0.5 if scaling is None else scaling
     qs, ks, vs = query.double().tolist(), key.double().tolist(), value.double().tolist()
+    hashed_keys = centred(key, center).double().tolist()
     out = [[[[0.0] * Dv for _ in range(Q)] for _ in range(Hq)] for _ in range(B)]
     comparisons = full_comparisons = 0
     for b in range(B):
@@ -196,6 +235,12 @@ def naive_sparse_attention(query, key, value, key_valid, *, variant, include_sel
                 if not cands:  # empty C(i): zero output
                     continue
                 logits = [scaling * dot(qs[b][h][i], ks[b][hk][j]) for j in cands]
+                if estimator == "sampling":
+                    kind, _ = hash_kind(hasher_params)
+                    n_bits = table_shape(hasher_params)[2]
+                    logits = [x - (0.0 if j in A[b][h][i] else math.log(naive_collision_prob(
+                        qs[b][h][i], hashed_keys[b][hk][j], kind, n_bits, n_tables, min_collisions)))
+                        for x, j in zip(logits, cands)]
                 top = max(logits)
                 weights = [math.exp(x - top) for x in logits]
                 total = math.fsum(weights)
@@ -219,3 +264,37 @@ def naive_hash_ops(query, key, key_valid, *, variant, hasher_params=None):
     n_q = sum(1 for b in range(B) for i in range(Q) if valid[b][K - Q + i])
     n_k = sum(1 for b in range(B) for j in range(K) if valid[b][j])
     return per_vector * (n_q * Hq + n_k * Hkv)
+
+
+def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n_tables=1, n_trees=1, max_depth=0,
+                        score="collisions", center=None, comparisons=0, estimator="softmax", min_collisions=1):
+    """docs/SPEC.md selection_ops, by loops: lsh counts each causal colliding (query head, query, table, key);
+    lsh_topk adds one selection step per visible key (soft: L*K bit agreements + 1 per visible key); the
+    forest L + ceil(log2(depth + 1)) per visible key; the oracle one per visible key; sampling m per candidate."""
+    B, Hq, Q, D = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    g = Hq // Hkv
+    valid = key_valid.tolist()
+    visible = pairs = 0
+    if variant in ("lsh", "lsh_topk"):
+        qbits = naive_hash_bits(query, hasher_params, kv_head_of=lambda h: h // g)
+        kbits = naive_hash_bits(centred(key, center), hasher_params)
+    for b in range(B):
+        for h in range(Hq):
+            for i in range(Q):
+                s = K - Q + i
+                if not valid[b][s]:
+                    continue
+                for j in range(s + 1):
+                    if valid[b][j]:
+                        visible += 1
+                        if variant in ("lsh", "lsh_topk"):
+                            pairs += sum(qbits[b][h][i][t] == kbits[b][h // g][j][t] for t in range(n_tables))
+    extra = comparisons * min_collisions if estimator == "sampling" else 0
+    if variant == "lsh":
+        return pairs + extra
+    if variant == "lsh_topk":
+        return visible * (n_tables * table_shape(hasher_params)[2] + 1) if score == "soft" else pairs + visible
+    if variant == "lsh_forest":
+        return visible * (n_trees + math.ceil(math.log2(max_depth + 1)))
+    return visible if variant == "oracle_topk" else 0

@@ -97,3 +97,41 @@ def test_half_inputs(dtype, x):
     for name in ("bit_sampling", "simhash"):
         h = build_hasher(name, 6, D, HKV, 2, 0, 0)
         assert torch.equal(h.bits(x.to(dtype)), h.bits(x.to(dtype).float()))
+
+
+# ----------------------------------------------------------------------------- nested functions (SPEC section 7)
+@pytest.mark.parametrize("name", ["bit_sampling", "simhash"])
+def test_functions_are_nested_over_bits_and_tables(name):
+    params = lambda h: h.coords if name == "bit_sampling" else h.planes.transpose(-1, -2)  # noqa: E731  (Hkv, L, bits, ...)
+    big = params(build_hasher(name, 12, 32, 3, 9, seed=5, layer_idx=4))
+    for bits, tables in [(1, 1), (5, 9), (12, 2), (7, 4)]:
+        small = params(build_hasher(name, bits, 32, 3, tables, seed=5, layer_idx=4))
+        assert torch.equal(small, big[:, :tables, :bits]), (bits, tables)
+    other_layer = params(build_hasher(name, 12, 32, 3, 9, seed=5, layer_idx=3))
+    assert not torch.equal(other_layer, big)
+
+
+@pytest.mark.parametrize("name", ["bit_sampling", "simhash"])
+def test_comparison_counts_monotone_over_sweeps(name):
+    """Nested functions make candidate sets nested: counts are exactly monotone, not just on average."""
+    from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention
+
+    gen = torch.Generator().manual_seed(3)
+    Hkv, g, T, D = 2, 2, 48, 16
+    q, k, v = (torch.randn(1, Hkv * g, T, D, generator=gen), torch.randn(1, Hkv, T, D, generator=gen),
+               torch.randn(1, Hkv, T, D, generator=gen))
+    valid = torch.ones(1, T, dtype=torch.bool)
+
+    def comparisons(bits, tables, m=1):
+        h = build_hasher(name, bits, D, Hkv, tables, seed=0, layer_idx=2)
+        spec = SparseSpec("lsh", n_tables=tables, min_collisions=m, include_self=False)
+        return sparse_attention(q, k, v, valid, spec=spec, hasher=h)[1].comparisons
+
+    over_bits = [comparisons(b, 3) for b in range(0, 9)]
+    assert all(a >= b for a, b in zip(over_bits, over_bits[1:])), over_bits
+    assert over_bits[0] > over_bits[-1]  # the sweep actually prunes
+    over_tables = [comparisons(4, t) for t in range(1, 9)]
+    assert all(a <= b for a, b in zip(over_tables, over_tables[1:])), over_tables
+    assert over_tables[0] < over_tables[-1]
+    over_m = [comparisons(3, 8, m) for m in range(1, 9)]
+    assert all(a >= b for a, b in zip(over_m, over_m[1:])) and over_m[0] > over_m[-1], over_m

@@ -4,57 +4,20 @@
 bool candidate mask of any subset of queries against the first `kc` key slots, so peak memory is
 O(len(q_idx) * kc) per head. The kernel feeds it contiguous query chunks; diagnostics feed it a sample.
 Masks that do not depend on the head (full, window) keep shape (B, 1, 1, Qc, kc) and broadcast.
+`bias(q_idx, kc)` is the estimator's additive score term (sampling: -log p_ij), None for softmax.
 """
-import functools
 import math
-from fractions import Fraction
 from typing import Optional, Tuple
 
 import torch
 
+from lsh_bitnet.attention import estimators
+from lsh_bitnet.attention.collisions import CollisionIndex
+from lsh_bitnet.attention.topk import budgets, fraction_budgets, row_count, top_k_mask  # noqa: F401 (re-exported)
+
 # Codes of up to 30 bits are compared as int32: half the memory traffic of int64 on these
 # (heads x queries x keys) tensors, and 2**30 thresholds still fit.
 INT32_BITS = 30
-
-
-@functools.lru_cache(maxsize=64)
-def _budget_table(fraction: float, size: int) -> torch.Tensor:
-    frac = Fraction(repr(float(fraction)))
-    return torch.tensor([min(n, math.ceil(frac * n)) for n in range(size)], dtype=torch.int64)
-
-
-def fraction_budgets(fraction: float, n: int) -> torch.Tensor:
-    """Oracle budgets ceil(fraction * m) for m = 0..n (at least), exact for the decimal the user typed.
-
-    In float64, 0.07 * 100 = 7.000000000000001 would ceil to 8: the fraction is read as the decimal
-    repr(fraction) and multiplied exactly. Tables grow by powers of two, so decode steps hit the cache.
-    """
-    return _budget_table(float(fraction), 1 << max(n, 1).bit_length())
-
-
-def row_count(mask: torch.Tensor) -> torch.Tensor:
-    """Number of True per row of a bool (..., kc) tensor, as int64 (...). A uint8 sum is ~3x faster."""
-    return mask.view(torch.uint8).sum(-1, dtype=torch.int32).to(torch.int64)
-
-
-def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_max: int) -> torch.Tensor:
-    """The k_i highest-scoring valid keys per query, ties to the lower key slot.
-
-    scores (..., Qc, kc) float32 (overwritten), valid broadcastable to it, k_i (..., Qc) long with
-    k_i <= |valid row|, k_max >= max(k_i). Returns (..., Qc, kc) bool.
-    """
-    if k_max <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    s = scores.masked_fill_(~valid, float("-inf"))
-    top = s.topk(k_max, dim=-1).values  # (..., Qc, k_max), sorted descending
-    kth = top.gather(-1, (k_i - 1).clamp(min=0).unsqueeze(-1))  # (..., Qc, 1): the k_i-th best score
-    chosen = (s >= kth) & (k_i > 0).unsqueeze(-1)
-    excess = row_count(chosen) - k_i  # > 0 only where keys tie with the k_i-th score
-    if bool((excess > 0).any()):  # rare with float scores: keep the lowest slots among the ties
-        tied = s == kth
-        need = k_i.unsqueeze(-1) - row_count(s > kth).unsqueeze(-1)
-        chosen = (s > kth) | (tied & (tied.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
-    return chosen & valid & (k_i > 0).unsqueeze(-1)
 
 
 class Candidates:
@@ -72,16 +35,27 @@ class Candidates:
         self.key = key
         self.key_f: Optional[torch.Tensor] = None
         self.qcodes = self.kcodes = None
-        if spec.variant in ("lsh", "lsh_forest"):
+        self.index: Optional[CollisionIndex] = None
+        self.soft = None
+        if spec.hashed:
             if hasher is None:
                 raise ValueError(f"attention={spec.variant} needs a hasher (got None)")
+            if hasher.center == "prompt" and Q == K:  # a prefill: its keys define mu, kept for decode steps
+                hasher.set_prompt_center(key, key_valid)
             self.bits = hasher.n_bits
             code_dtype = torch.int32 if self.bits <= INT32_BITS else torch.int64
-            # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
-            self.kcodes = hasher.codes(key).to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
             qflat = self.query.reshape(B, Hkv, self.g * Q, D)
+            if spec.variant == "lsh_topk" and spec.score == "soft":
+                # +-1 bit vectors over all tables: agreeing bits = (L*K + sq . sk) / 2, one matmul per chunk
+                self.soft = (hasher.bits(qflat).flatten(-2).float().mul(2).sub(1).view(B, Hkv, self.g, Q, -1),
+                             hasher.key_bits(key).flatten(-2).float().mul(2).sub(1))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
+                return
+            # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
+            self.kcodes = hasher.key_codes(key).to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
             qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, self.g, Q, -1)
             self.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)
+            if spec.variant in ("lsh", "lsh_topk"):
+                self.index = CollisionIndex(self.qcodes, self.kcodes, key_valid, self.bits, self.q_offset)
 
     def scores(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
         """Unscaled q.k in float32 for the queries q_idx against key slots [0, kc): (B, Hkv, g, Qc, kc)."""
@@ -96,6 +70,29 @@ class Candidates:
         Padding queries have empty V(i) and C(i); with pad_self their C row is exactly their own slot,
         so that attention over it is never an empty softmax (the kernel zeroes and discounts those rows).
         """
+        valid, allowed, always = self._sets(q_idx, kc, pad_self)
+        variant = self.spec.variant
+        if variant == "full":
+            return allowed, valid
+        if variant == "window":
+            return always & allowed, valid
+        if variant == "lsh":
+            m = self.spec.min_collisions
+            counts = self.index.counts(q_idx, kc, dense_ok=m > 1)
+            cand = self._bucket_match(q_idx, kc) if counts is None else counts >= m  # dense union: OR, not add
+        elif variant == "lsh_forest":
+            cand = self._forest(q_idx, kc, valid)
+        elif variant == "oracle_topk":
+            cand = self._topk(self.scores(q_idx, kc), valid, kc)
+        elif variant == "lsh_topk":
+            cand = self._topk(self._lsh_scores(q_idx, kc), valid, kc)
+        else:
+            raise ValueError(f"attention.name={variant!r} is not a known variant")
+        return cand.logical_or_(always).logical_and_(allowed), valid  # (B, Hkv, g, Qc, kc), in place
+
+    def _sets(self, q_idx, kc, pad_self=False):
+        """V(i), the allowed slots (V plus a padding query's own slot with pad_self) and the always-attend
+        sets, each (B, 1, 1, Qc, kc) bool."""
         spec = self.spec
         slots = q_idx + self.q_offset  # (Qc,)
         j = torch.arange(kc, device=q_idx.device)
@@ -113,22 +110,61 @@ class Candidates:
         if spec.local_window > 0:
             qcount = self.count.index_select(1, slots)  # (B, Qc)
             always = always | ((qcount.unsqueeze(-1) - kcount.unsqueeze(1)) < spec.local_window)
-        valid, allowed, always = valid[:, None, None], allowed[:, None, None], always[:, None, None]
+        return valid[:, None, None], allowed[:, None, None], always[:, None, None]
 
-        variant = spec.variant
-        if variant == "full":
-            return allowed, valid
-        if variant == "window":
-            return always & allowed, valid
-        if variant == "lsh":
-            cand = self._bucket_match(q_idx, kc)
-        elif variant == "lsh_forest":
-            cand = self._forest(q_idx, kc, valid)
-        elif variant == "oracle_topk":
-            cand = self._oracle(q_idx, kc, valid)
-        else:
-            raise ValueError(f"attention.name={variant!r} is not a known variant")
-        return cand.logical_or_(always).logical_and_(allowed), valid  # (B, Hkv, g, Qc, kc), in place
+    def _topk(self, scores, valid, kc):
+        """The k_i best keys of V(i) by `scores` (B, Hkv, g, Qc, kc) float32, ties to the lower slot."""
+        k_i, k_max = budgets(self.spec.k, self.spec.fraction, row_count(valid), kc)  # (B, 1, 1, Qc)
+        return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max)
+
+    def _lsh_scores(self, q_idx, kc):
+        """lsh_topk scores (B, Hkv, g, Qc, kc) float32: collision counts, or agreeing bits over all tables."""
+        if self.soft is not None:
+            sq, sk = self.soft
+            return torch.matmul(sq.index_select(3, q_idx), sk[:, :, None, :kc].transpose(-1, -2))
+        return self.index.counts(q_idx, kc).float()
+
+    # ------------------------------------------------------------------ estimator and selection cost
+    def bias(self, q_idx: torch.Tensor, kc: int, where: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Additive score term (B, Hkv, g, Qc, kc) float32 on candidates: -log p_ij (sampling), else None.
+
+        `where` (the candidate mask, broadcastable) limits the float64 work to those entries; elsewhere 0."""
+        if self.spec.estimator != "sampling":
+            return None
+        h, spec = self.hasher, self.spec
+        q = self.query.index_select(3, q_idx).float()  # (B, Hkv, g, Qc, D)
+        kh = h.hashed_key(self.key[:, :, :kc]).float()[:, :, None]  # (B, Hkv, 1, kc, D)
+        _, _, always = self._sets(q_idx, kc)
+        shape = q.shape[:-1] + (kc,)
+        need = ~always.expand(shape) if where is None else where.expand(shape) & ~always  # p = 1 on always keys
+        if h.name == "simhash":
+            dots = torch.matmul(q, kh.transpose(-1, -2))  # (B, Hkv, g, Qc, kc)
+            norms = q.norm(dim=-1, keepdim=True) * kh.norm(dim=-1).unsqueeze(-2)
+            log_p1 = estimators.log_p_simhash((dots / norms.clamp(min=1e-30))[need], h.n_bits)  # (n_need,)
+        else:  # bit_sampling: coordinates where (q_c > 0) == (k_c > 0), counted by a +-1 matmul
+            sq, sk = (q > 0).float() * 2 - 1, (kh > 0).float() * 2 - 1
+            agree = (q.shape[-1] + torch.matmul(sq, sk.transpose(-1, -2))) / 2
+            log_p1 = estimators.log_p_bit_sampling(agree[need], h.n_bits, h.head_dim)
+        bias = torch.zeros(shape, dtype=torch.float32, device=q.device)
+        bias[need] = estimators.sampling_bias(estimators.log_tail(log_p1, spec.n_tables, spec.min_collisions))
+        return bias
+
+    def selection_ops(self, visible: torch.Tensor) -> torch.Tensor:
+        """Exact selection cost of this call (docs/SPEC.md "selection_ops"); visible = sum of |V(i)| over
+        query heads and valid queries (= full_comparisons)."""
+        spec = self.spec
+        q_valid = self.key_valid[:, self.q_offset:]  # (B, Q)
+        if spec.variant == "lsh":
+            return self.index.pairs(q_valid)
+        if spec.variant == "lsh_topk":
+            if self.soft is not None:  # L*K bit agreements per (query head, visible key), then the selection
+                return visible * (self.soft[0].shape[-1] + 1)
+            return self.index.pairs(q_valid) + visible
+        if spec.variant == "lsh_forest":  # a min over trees and a binary search over depths, per visible key
+            return visible * (spec.n_trees + math.ceil(math.log2(self.bits + 1)))
+        if spec.variant == "oracle_topk":
+            return visible
+        return torch.zeros((), dtype=torch.int64, device=visible.device)
 
     def _bucket_match(self, q_idx, kc):
         """Union over tables of equal codes: (B, Hkv, g, Qc, kc)."""
@@ -168,14 +204,3 @@ class Candidates:
         thr = torch.bitwise_left_shift(torch.ones_like(lo), d - lo).to(minxor.dtype).unsqueeze(-1)
         return minxor < thr
 
-    def _oracle(self, q_idx, kc, valid):
-        """The k_i best keys by q.k among V(i), k_i = min(k, |V|) or ceil(fraction * |V|)."""
-        spec = self.spec
-        n_valid = row_count(valid)  # (B, 1, 1, Qc)
-        if spec.k is not None:
-            k_i, k_max = n_valid.clamp(max=spec.k), min(spec.k, kc)
-        else:
-            budgets = fraction_budgets(spec.fraction, kc).to(n_valid.device)  # (>= kc + 1,)
-            k_i, k_max = budgets[n_valid], int(budgets[kc])
-        scores = self.scores(q_idx, kc)  # (B, Hkv, g, Qc, kc)
-        return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max)

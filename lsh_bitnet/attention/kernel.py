@@ -5,54 +5,13 @@
 tensor so that no layer forces a host sync.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from lsh_bitnet.attention.candidates import Candidates
-
-VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window")
-HASHED_VARIANTS = ("lsh", "lsh_forest")
-
-
-def _cfg_get(cfg: Any, key: str, default=None):
-    """Read a field from a DictConfig, a dataclass or a plain dict; absent keys give `default`."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    try:
-        return getattr(cfg, key, default)
-    except Exception:  # a struct DictConfig raises on unknown keys with some OmegaConf versions
-        return default
-
-
-@dataclass
-class SparseSpec:
-    variant: str = "full"
-    include_self: bool = True
-    sink_tokens: int = 0
-    local_window: int = 0
-    n_tables: int = 1
-    n_trees: int = 4
-    max_depth: int = 16
-    min_candidates: int = 64
-    k: Optional[int] = None
-    fraction: Optional[float] = None
-    query_chunk: int = 256
-
-    @classmethod
-    def from_config(cls, attention_cfg) -> "SparseSpec":
-        defaults = cls()
-        values = {f: _cfg_get(attention_cfg, f, getattr(defaults, f)) for f in cls.__dataclass_fields__
-                  if f != "variant"}
-        return cls(variant=str(_cfg_get(attention_cfg, "name", "full")), **values)
-
-    @property
-    def hashed(self) -> bool:
-        return self.variant in HASHED_VARIANTS
-
+from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
 @dataclass
 class LayerCost:
@@ -114,6 +73,8 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     full = (n_visible * q_valid).sum() * Hq
     hash_ops = torch.zeros((), dtype=torch.int64, device=key.device)
     selection_ops = torch.zeros((), dtype=torch.int64, device=key.device)  # set by the rules that select
+    if spec.hashed and hasher is None:
+        raise ValueError(f"attention={spec.variant} needs a hasher (got None)")
     if spec.hashed:
         # Keys are hashed every call (cached keys included in decode): count what is computed.
         hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid.sum() * Hkv)
@@ -123,6 +84,7 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
     cands = Candidates(query, key, key_valid, spec, hasher)
+    selection_ops = cands.selection_ops(full)
     if observe is not None:
         observe(cands, scaling)
     if spec.variant == "full":
@@ -140,15 +102,21 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         cand, _ = cands.mask(q_idx, kc, pad_self=True)  # (B, Hkv|1, g|1, qc, kc)
         q_pad = ~q_valid[:, a:e]  # (B, qc)
         heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
-        comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq
+        comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq  # pad rows: own slot only
+        bias = cands.bias(q_idx, kc, where=cand)  # (B, Hkv, g, qc, kc) float32 or None
+        if bias is not None:  # the estimator's score term, as a float mask (-inf off the candidates)
+            cand = torch.where(cand, bias.to(query.dtype), float("-inf"))
         mask = cand.reshape(B, -1, qc, kc)  # (B, Hq|1, qc, kc)
         if not spec.include_self:  # a valid query may have an empty C(i): attend to its own slot, zero it after
-            has = cand.any(-1, keepdim=True).reshape(B, -1, qc, 1)  # (B, Hq|1, qc, 1)
+            hit = mask if bias is None else mask > float("-inf")
+            has = hit.any(-1, keepdim=True)  # (B, Hq|1, qc, 1)
             own = torch.arange(kc, device=key.device) == (q_idx + K - Q).unsqueeze(1)  # (qc, kc)
-            mask = mask | (~has & own)
+            mask = mask | (~has & own) if bias is None else mask.masked_fill(~has & own, 0.0)
         o = _sdpa(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], mask, scaling)  # (B, Hq, qc, Dv)
         o = o.masked_fill(q_pad[:, None, :, None], 0)
         outs.append(o if spec.include_self else o.masked_fill(~has, 0))
+    if spec.estimator == "sampling":  # the binomial tail's min_collisions terms per candidate weight
+        selection_ops = selection_ops + comparisons * spec.min_collisions
     return torch.cat(outs, dim=2), torch.stack([comparisons, full, hash_ops, selection_ops])
 
 

@@ -13,8 +13,9 @@ from lsh_bitnet.attention import registry
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
 from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
-from lsh_bitnet.attention.kernel import VARIANTS, SparseSpec, _cfg_get
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
+from lsh_bitnet.attention.spec import (CALIBRATION_SOURCES, CENTERS, ESTIMATORS, HASHED_VARIANTS, TOPK_SCORES,
+                                       SparseSpec, typed_attention, typed_hasher)
 
 from lsh_bitnet.errors import ConfigError
 
@@ -27,50 +28,61 @@ def _require(condition: bool, message: str) -> None:
 def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int] = None,
                               n_layers: Optional[int] = None) -> None:
     """Value checks on the attention and hasher groups; shape checks only when head_dim / n_layers are given."""
-    a = lambda key, default=None: _cfg_get(attention_cfg, key, default)  # noqa: E731
-    variant = a("name")
-    _require(variant in VARIANTS, f"attention={variant!r} is not known: allowed {list(VARIANTS)}")
+    a, h = typed_attention(attention_cfg), typed_hasher(hasher_cfg)
+    variant = a.name
     for key in ("sink_tokens", "local_window"):
-        _require(a(key, 0) >= 0, f"attention.{key} must be >= 0 (got {a(key)})")
-    _require(a("query_chunk", 256) >= 1, f"attention.query_chunk must be >= 1 (got {a('query_chunk')}): "
+        _require(getattr(a, key) >= 0, f"attention.{key} must be >= 0 (got {getattr(a, key)})")
+    _require(a.query_chunk >= 1, f"attention.query_chunk must be >= 1 (got {a.query_chunk}): "
              "it is the number of queries per candidate-mask block, e.g. attention.query_chunk=256")
-    if a("diagnostics", False):
+    _require(a.estimator in ESTIMATORS, f"attention.estimator={a.estimator!r} is not known: allowed {list(ESTIMATORS)}")
+    _require(a.estimator == "softmax" or variant == "lsh",
+             f"attention.estimator={a.estimator} needs attention=lsh (its p_ij is the m-of-L collision "
+             f"probability); got attention={variant}: set attention.estimator=softmax")
+    if a.diagnostics:
         for key in ("diagnostics_k", "diagnostics_queries"):
-            _require(a(key, 1) >= 1, f"attention.{key} must be >= 1 (got {a(key)})")
-    layers = a("layers")
-    if layers is not None:
-        for layer in layers:
+            _require(getattr(a, key) >= 1, f"attention.{key} must be >= 1 (got {getattr(a, key)})")
+    if a.layers is not None:
+        for layer in a.layers:
             _require(isinstance(layer, int) and layer >= 0,
                      f"attention.layers entries must be layer indices >= 0 (got {layer!r})")
             _require(n_layers is None or layer < n_layers,
                      f"attention.layers has {layer}, but the model has {n_layers} layers (0..{(n_layers or 0) - 1})")
 
-    name, n_bits = _cfg_get(hasher_cfg, "name"), _cfg_get(hasher_cfg, "n_bits", 8)
-    if hasher_cfg is not None:  # checked for every variant: a bad hasher group is a bad config either way
-        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {sorted(HASHERS)}")
-        _require(0 <= n_bits <= MAX_BITS, f"hasher.n_bits must be in [0, {MAX_BITS}] (got {n_bits}): codes are "
+    if h is not None:  # checked for every variant: a bad hasher group is a bad config either way
+        _require(h.name in HASHERS, f"hasher={h.name!r} is not known: allowed {sorted(HASHERS)}")
+        _require(0 <= h.n_bits <= MAX_BITS, f"hasher.n_bits must be in [0, {MAX_BITS}] (got {h.n_bits}): codes are "
                  "packed into int64")
-    if variant in ("lsh", "lsh_forest"):
-        _require(name in HASHERS, f"hasher={name!r} is not known: allowed {sorted(HASHERS)}")
+        _require(h.center in CENTERS, f"hasher.center={h.center!r} is not known: allowed {list(CENTERS)}")
+        _require(h.calibration_source in CALIBRATION_SOURCES, f"hasher.calibration_source="
+                 f"{h.calibration_source!r} is not known: allowed {list(CALIBRATION_SOURCES)}")
+        _require(h.calibration_source != "file" or h.calibration_path, "hasher.calibration_source=file needs "
+                 "hasher.calibration_path=/abs/file.txt")
+        _require(h.calibration_tokens >= 1, f"hasher.calibration_tokens must be >= 1 (got {h.calibration_tokens})")
+    if variant in HASHED_VARIANTS:
+        _require(h is not None and h.name in HASHERS,
+                 f"hasher={getattr(h, 'name', None)!r} is not known: allowed {sorted(HASHERS)}")
+        if variant == "lsh_forest":  # a forest tree's hash has max_depth bits; hasher.n_bits is not used
+            bits, bits_key = a.max_depth, "attention.max_depth"
+            _require(a.n_trees >= 1, f"attention.n_trees must be >= 1 (got {a.n_trees}): set attention.n_trees=1 or more")
+            _require(a.min_candidates >= 1, f"attention.min_candidates must be >= 1 (got {a.min_candidates})")
+        else:
+            bits, bits_key = h.n_bits, "hasher.n_bits"
+            _require(a.n_tables >= 1,
+                     f"attention.n_tables must be >= 1 (got {a.n_tables}): set attention.n_tables=1 or more")
         if variant == "lsh":
-            bits, bits_key = n_bits, "hasher.n_bits"
-            _require(a("n_tables", 1) >= 1,
-                     f"attention.n_tables must be >= 1 (got {a('n_tables')}): set attention.n_tables=1 or more")
-        else:  # a forest tree's hash has max_depth bits; hasher.n_bits is not used
-            bits, bits_key = a("max_depth", 16), "attention.max_depth"
-            _require(a("n_trees", 4) >= 1,
-                     f"attention.n_trees must be >= 1 (got {a('n_trees')}): set attention.n_trees=1 or more")
-            _require(a("min_candidates", 64) >= 1,
-                     f"attention.min_candidates must be >= 1 (got {a('min_candidates')})")
+            _require(1 <= a.min_collisions <= a.n_tables, f"attention.min_collisions must be in [1, attention."
+                     f"n_tables={a.n_tables}] (got {a.min_collisions})")
+        if variant == "lsh_topk":
+            _require(a.score in TOPK_SCORES, f"attention.score={a.score!r} is not known: allowed {list(TOPK_SCORES)}")
         _require(0 <= bits <= MAX_BITS, f"{bits_key} must be in [0, {MAX_BITS}] (got {bits}): codes are packed "
                  "into int64")
-        if name == "bit_sampling" and head_dim is not None:
+        if h.name == "bit_sampling" and head_dim is not None:
             _require(bits <= head_dim, f"{bits_key}={bits} > head_dim={head_dim}: bit_sampling draws distinct "
                      f"coordinates of the head dim; set {bits_key} <= {head_dim} or use hasher=simhash")
-    if variant == "oracle_topk":
-        k, fraction = a("k"), a("fraction")
+    if variant in ("oracle_topk", "lsh_topk"):
+        k, fraction = a.k, a.fraction
         _require((k is None) != (fraction is None),
-                 f"attention=oracle_topk needs exactly one of attention.k / attention.fraction (got k={k}, "
+                 f"attention={variant} needs exactly one of attention.k / attention.fraction (got k={k}, "
                  f"fraction={fraction}): e.g. attention.k=64 attention.fraction=null")
         _require(k is None or k >= 1, f"attention.k must be >= 1 (got {k})")
         _require(fraction is None or 0 < fraction <= 1, f"attention.fraction must be in (0, 1] (got {fraction})")
@@ -88,9 +100,11 @@ def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
 
 class AttentionPatch:
     def __init__(self, model, modules, states: List[LayerState], meter: CostMeter,
-                 diagnostics: Optional[DiagnosticsMeter], previous: Optional[str], spec: SparseSpec):
+                 diagnostics: Optional[DiagnosticsMeter], previous: Optional[str], spec: SparseSpec,
+                 head_dim: int = 1, causal: bool = True):
         self.model, self.modules, self.states, self.meter = model, modules, states, meter
         self.diagnostics, self.previous, self.spec = diagnostics, previous, spec
+        self.head_dim, self.causal = head_dim, causal
         self.active = True
 
     def reset(self) -> None:
@@ -110,15 +124,30 @@ class AttentionPatch:
         self.active = False
 
     def cost_summary(self) -> dict:
+        """results.json `cost`: the meter's exact counts, plus mac_ratio and causal (SPEC section 7).
+
+        mac_ratio = (comparisons * head_dim + hash_ops + selection_ops) / (full_comparisons * head_dim): a
+        comparison is a head_dim multiply-add dot product, a hash or selection op counts as one.
+        causal is False when a later token of a window can change an earlier token's candidates
+        (hasher.center=prompt: mu is the mean of the whole prefill)."""
         patched = [s.patched for s in self.states]
-        return self.meter.summary(patched, is_oracle=self.spec.variant == "oracle_topk" and any(patched))
+        out = self.meter.summary(patched, is_oracle=self.spec.variant == "oracle_topk" and any(patched))
+        full = out["full_comparisons"] * self.head_dim
+        work = out["comparisons"] * self.head_dim + out["hash_ops"] + out["selection_ops"]
+        out["mac_ratio"] = work / full if full > 0 else None
+        out["causal"] = bool(self.causal)
+        return out
 
     def diagnostics_summary(self) -> Optional[dict]:
         return self.diagnostics.summary() if self.diagnostics is not None else None
 
 
-def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg) -> AttentionPatch:
-    """Attach per-layer state (spec, hasher, counters) and switch the model to the "lsh_bitnet" implementation."""
+def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg, centers: Optional[torch.Tensor] = None
+                ) -> AttentionPatch:
+    """Attach per-layer state (spec, hasher, counters) and switch the model to the "lsh_bitnet" implementation.
+
+    centers (n_layers, Hkv, D): the calibration mean keys for hasher.center=calibration
+    (lsh_bitnet.attention.centering.calibration_centers)."""
     modules = attention_modules(model)
     if any(hasattr(m, STATE_ATTR) for m in modules):
         raise RuntimeError("model is already patched: call .unpatch() on the previous AttentionPatch first")
@@ -126,29 +155,35 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg) -> AttentionP
     head_dim = modules[0].head_dim if hasattr(modules[0], "head_dim") else None
     validate_attention_config(attention_cfg, hasher_cfg, head_dim=head_dim, n_layers=n_layers)
 
-    spec = SparseSpec.from_config(attention_cfg)
-    layers = _cfg_get(attention_cfg, "layers")
-    chosen = set(range(n_layers)) if layers is None else set(int(x) for x in layers)
+    attention, hasher_cfg = typed_attention(attention_cfg), typed_hasher(hasher_cfg)
+    spec = SparseSpec.from_config(attention)
+    chosen = set(range(n_layers)) if attention.layers is None else set(int(x) for x in attention.layers)
     meter = CostMeter(n_layers)
     diagnostics = None
-    if _cfg_get(attention_cfg, "diagnostics", False):
-        diagnostics = DiagnosticsMeter(n_layers, int(_cfg_get(attention_cfg, "diagnostics_k", 32)),
-                                       int(_cfg_get(attention_cfg, "diagnostics_queries", 64)))
+    if attention.diagnostics:
+        diagnostics = DiagnosticsMeter(n_layers, attention.diagnostics_k, attention.diagnostics_queries)
+    center = hasher_cfg.center if hasher_cfg is not None and spec.hashed else "none"
+    if center == "calibration" and centers is None:
+        raise ConfigError("hasher.center=calibration needs the calibration mean keys: the runner computes them "
+                          "(lsh_bitnet.attention.centering.calibration_centers); or set hasher.center=none")
     states = []
     for module in modules:
         patched = module.layer_idx in chosen
         hasher = None
         if patched and spec.hashed:
-            n_heads = module.config.num_attention_heads
-            n_kv = n_heads // module.num_key_value_groups
-            bits, tables = ((_cfg_get(hasher_cfg, "n_bits", 8), spec.n_tables) if spec.variant == "lsh"
-                            else (spec.max_depth, spec.n_trees))
-            hasher = build_hasher(_cfg_get(hasher_cfg, "name"), int(bits), int(module.head_dim), n_kv, int(tables),
-                                  int(_cfg_get(hasher_cfg, "seed", 0)), module.layer_idx)
+            n_kv = module.config.num_attention_heads // module.num_key_value_groups
+            bits = spec.max_depth if spec.variant == "lsh_forest" else hasher_cfg.n_bits
+            tables = spec.n_trees if spec.variant == "lsh_forest" else spec.n_tables
+            hasher = build_hasher(hasher_cfg.name, int(bits), int(module.head_dim), n_kv, int(tables),
+                                  int(hasher_cfg.seed), module.layer_idx)
+            hasher.center = center
+            if center == "calibration":
+                hasher.mu = centers[module.layer_idx].float()  # (Hkv, D)
         state = LayerState(module.layer_idx, spec if patched else FULL_SPEC, hasher, meter, patched, diagnostics)
         setattr(module, STATE_ATTR, state)
         states.append(state)
 
     previous = model.config._attn_implementation
     model.set_attn_implementation(registry.IMPLEMENTATION)
-    return AttentionPatch(model, modules, states, meter, diagnostics, previous, spec)
+    return AttentionPatch(model, modules, states, meter, diagnostics, previous, spec, head_dim=int(head_dim or 1),
+                          causal=center != "prompt")

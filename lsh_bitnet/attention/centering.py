@@ -1,0 +1,128 @@
+"""Mean keys for hasher.center=calibration (SPEC section 7): compute once, cache beside the model, load.
+
+mu[layer, kv_head] is the mean of the keys as the attention function sees them (after RoPE, at the
+positions of eval.seq_len windows) over a calibration text that is never evaluated:
+- `file`: hasher.calibration_path;
+- `train_split`: the dataset's train split (wikitext2/103, enwik8), while the evaluation reads another split;
+- `generated`: prompts of the synthetic generator under a seed of its own (CALIBRATION_SEED);
+- `auto` (default): train_split where the dataset has one, else generated.
+The cache file is keyed by the model (its config and converted weights) and the sha256 of the calibration
+token ids, so the same calibration text gives the same file whatever is evaluated afterwards.
+"""
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lsh_bitnet.errors import ConfigError
+
+RECORDER = "lsh_bitnet_calibrate"
+# Never the evaluation seed of the synthetic task (1234 by default): these samples are calibration only.
+CALIBRATION_SEED = 977_003
+SPLIT_DATASETS = ("wikitext2", "wikitext103", "enwik8")
+
+
+def calibration_text(hasher_cfg, dataset_cfg, cache_dir: Path) -> str:
+    """The calibration text chosen by hasher.calibration_source (module docstring)."""
+    from omegaconf import OmegaConf
+
+    source = hasher_cfg.calibration_source
+    has_train = dataset_cfg.name in SPLIT_DATASETS and not (  # a file as dataset.path is the evaluated split itself
+        dataset_cfg.get("path") and Path(dataset_cfg.path).expanduser().is_file())
+    if source == "auto":
+        source = "train_split" if has_train else "generated"
+    if source == "file":
+        from lsh_bitnet.data.text import read_text_file
+
+        return read_text_file(Path(hasher_cfg.calibration_path).expanduser())
+    if source == "train_split":
+        if not has_train:
+            raise ConfigError(f"hasher.calibration_source=train_split: dataset={dataset_cfg.name} (path "
+                              f"{dataset_cfg.get('path')}) has no separate train split; "
+                              f"use hasher.calibration_source=file (hasher.calibration_path=...) or generated")
+        if dataset_cfg.split == "train":
+            raise ConfigError("hasher.calibration_source=train_split while dataset.split=train is evaluated: the "
+                              "calibration text must never be evaluated; use calibration_source=file or generated")
+        from lsh_bitnet.data import load_text
+
+        train = OmegaConf.merge(dataset_cfg, {"split": "train", "max_chars": None})
+        return load_text(train, cache_dir)
+    from lsh_bitnet.data.synthetic import make_sample
+
+    # ~200 tokens per prompt: 120 prompts cover the default calibration_tokens (8192) with room to spare
+    return "\n\n".join(make_sample(CALIBRATION_SEED, i, 2, 4, 4).prompt for i in range(120))
+
+
+def _recorder(sums: dict):
+    """An attention function that adds up the keys it is given, then runs stock SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        s, n = sums.get(module.layer_idx, (0.0, 0))
+        sums[module.layer_idx] = (s + key.double().sum(dim=(0, 2)), n + key.shape[0] * key.shape[2])  # (Hkv, D)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return record
+
+
+@torch.no_grad()
+def mean_keys(model, ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(n_layers, Hkv, D) float32 mean key over windows of seq_len tokens of ids (1-D long)."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    sums: dict = {}
+    AttentionInterface.register(RECORDER, _recorder(sums))
+    AttentionMaskInterface.register(RECORDER, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(RECORDER)
+    try:
+        device = next(model.parameters()).device
+        n_windows = max(1, len(ids) // seq_len)  # a text shorter than one window is one shorter window
+        for w in range(n_windows):
+            window = ids[w * seq_len:(w + 1) * seq_len].to(device)
+            model(input_ids=window[None], use_cache=False)
+    finally:
+        model.set_attn_implementation(previous or "sdpa")
+    return torch.stack([(sums[i][0] / sums[i][1]).float().cpu() for i in sorted(sums)])
+
+
+def calibration_centers(model, tokenizer, text: str, seq_len: int, n_tokens: int, model_key: dict,
+                        cache_root: Optional[Path]) -> torch.Tensor:
+    """Mean keys (n_layers, Hkv, D) of the first n_tokens of text, cached under cache_root when given."""
+    # A token is at least one character for these tokenizers: 16 characters per token is ample, and keeps
+    # a 500 MB train split from being tokenised whole.
+    ids = torch.tensor(tokenizer(text[:16 * n_tokens])["input_ids"][:n_tokens], dtype=torch.long)
+    key = {"model": model_key, "ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(), "seq_len": seq_len,
+           "n_tokens": len(ids)}
+    path = None
+    if cache_root is not None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = Path(cache_root) / f"centers-{digest}.pt"
+        if path.is_file():
+            return torch.load(path)["centers"]
+    centers = mean_keys(model, ids, seq_len)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(centers)}")
+        torch.save({"centers": centers, "key": key}, tmp)
+        tmp.replace(path)  # atomic: a concurrent job sees the whole file or none
+    return centers
+
+
+def centers_for_run(cfg, loaded, cache_dir: Path) -> Optional[torch.Tensor]:
+    """The runner's hook: calibration centers when a hashed variant runs with hasher.center=calibration."""
+    from lsh_bitnet.attention.spec import HASHED_VARIANTS
+
+    if cfg.attention.name not in HASHED_VARIANTS or cfg.hasher.center != "calibration":
+        return None
+    from omegaconf import OmegaConf
+
+    text = calibration_text(cfg.hasher, cfg.dataset, cache_dir)
+    model_path = (loaded.info or {}).get("cache_path")
+    root = Path(str(model_path) + ".centers") if model_path else Path(cache_dir) / "centers"  # beside the model
+    model_key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "weights": model_path}
+    return calibration_centers(loaded.model, loaded.tokenizer, text, int(cfg.eval.seq_len),
+                               int(cfg.hasher.calibration_tokens), model_key, root)

@@ -1,0 +1,100 @@
+"""Collision counts c_ij = |{t : h_t(q_i) == h_t(k_j)}| over L tables, for m-of-L and lsh_topk (SPEC section 7).
+
+Two ways to the same integers:
+- dense: one (Qc, kc) equality per table, added up. Cost L * Qc * kc per head whatever the bucket sizes:
+  at L = 128 and 1024 tokens that is most of a forward pass.
+- sorted: the keys of every (table, row, KV head) segment are sorted by (code, slot) packed in one int64; the
+  keys colliding with query i in table t are then one contiguous range, found by two binary searches,
+  and causality is part of the range (slots <= s(i)). The colliding (i, j, t) triples are enumerated
+  and scatter-added. Cost ~ the number of collisions, which is what a bucket table would touch.
+`CollisionIndex.counts` picks the cheaper per query chunk. `pairs()` (the number of causal colliding
+(query head, query, table, key) triples) is the exact selection cost of a bucket lookup (cost.selection_ops).
+"""
+from typing import Tuple
+
+import torch
+
+# Packed sort keys are int64 and non-negative: code and slot bits must fit in 62 bits.
+PACK_BITS = 62
+# The sorted path enumerates each collision with ~10 int64 operations (repeat, gather, bincount) where the
+# dense path spends one byte operation per (query, key, table): measured on this machine's CPU, the
+# sorted path wins when collisions < 1/8 of the dense (table, query, key) volume.
+SORTED_WINS_BELOW = 1 / 8
+
+
+class CollisionIndex:
+    def __init__(self, qcodes: torch.Tensor, kcodes: torch.Tensor, key_valid: torch.Tensor, n_bits: int,
+                 q_offset: int):
+        """qcodes (L, B, Hkv, g, Q), kcodes (L, B, Hkv, K) integer codes; key_valid (B, K)."""
+        L, B, H, K = kcodes.shape
+        self.qcodes, self.kcodes, self.q_offset, self.key_valid = qcodes, kcodes, q_offset, key_valid
+        self.L, self.B, self.H, self.g, self.K, self.Q = L, B, H, qcodes.shape[3], K, qcodes.shape[4]
+        self.pos_bits = max(1, (K - 1).bit_length())
+        self.bits = n_bits
+        self.sortable = n_bits + self.pos_bits <= PACK_BITS
+        self.sorted = self.lo = self.hi = None
+        if self.sortable:
+            slots = torch.arange(K, device=kcodes.device)
+            packed = (kcodes.long() << self.pos_bits) | slots  # (L, B, H, K)
+            # padding keys sort last, above every query's range: they are never in V(i)
+            packed = packed.masked_fill(~key_valid[None, :, None, :], torch.iinfo(torch.int64).max)
+            self.sorted = packed.view(L * B * H, K).sort(-1).values  # (L*B*H, K): one sorted row per segment
+            # every query's range, once per call: [lo, hi) within its segment's row, (L, B, H, g, Q) each
+            base = (qcodes.long() << self.pos_bits).view(L * B * H, -1)  # (L*B*H, g*Q)
+            q_slot = (torch.arange(self.Q, device=kcodes.device) + q_offset).repeat(self.g)  # (g*Q,)
+            self.lo = torch.searchsorted(self.sorted, base).view(qcodes.shape)
+            self.hi = torch.searchsorted(self.sorted, base | q_slot, right=True).view(qcodes.shape)
+
+    def pairs(self, q_valid: torch.Tensor) -> torch.Tensor:
+        """Causal colliding (query head, valid query, table, key) triples of all Q queries: int64 scalar."""
+        if self.sortable:
+            return ((self.hi - self.lo) * q_valid[None, :, None, None, :]).sum()
+        total = torch.zeros((), dtype=torch.int64, device=q_valid.device)
+        q_idx = torch.arange(self.Q, device=q_valid.device)
+        valid = _causal_valid(self.q_offset, q_idx, q_valid, self.K) & self.key_valid[:, None, None, None]
+        kcodes = self.kcodes[:, :, :, None, None, :]
+        for t in range(self.L):  # codes wider than the packed key: one dense pass per table
+            total += ((self.qcodes[t].unsqueeze(-1) == kcodes[t]) & valid).sum()
+        return total
+
+    def counts(self, q_idx: torch.Tensor, kc: int, dense_ok: bool = True):
+        """c_ij for queries q_idx and key slots [0, kc): (B, Hkv, g, Qc, kc) int32 (causal keys only if sorted).
+        None when the dense pass is the cheaper one and dense_ok is False (the caller has a faster dense rule)."""
+        Qc = q_idx.shape[0]
+        if self.sortable:
+            lo = self.lo.index_select(4, q_idx)  # (L, B, H, g, Qc)
+            n = (self.hi.index_select(4, q_idx) - lo).flatten()  # collisions per (table, row, head, query)
+            volume = self.L * self.B * self.H * self.g * Qc * kc
+            if int(n.sum()) < SORTED_WINS_BELOW * volume:
+                return self._sorted_counts(lo, n, Qc, kc)
+        return self.dense_counts(q_idx, kc) if dense_ok else None
+
+    def _sorted_counts(self, lo, n, Qc, kc):
+        L, B, H, g = self.L, self.B, self.H, self.g
+        rows = B * H * g * Qc  # entries are (table, row, head, query) in that order
+        seg = torch.arange(L * B * H, device=n.device).view(L, B, H, 1, 1) * self.K  # row offset of each segment
+        start_in_flat = (lo + seg).flatten()  # (entries,) index of each range's first key in sorted.flatten()
+        entry = torch.repeat_interleave(n)  # (total,): the (table, row, head, query) of each collision
+        first = torch.cumsum(n, 0) - n
+        at = start_in_flat[entry] + (torch.arange(entry.shape[0], device=n.device) - first[entry])
+        j = self.sorted.view(-1)[at] & ((1 << self.pos_bits) - 1)  # (total,) key slot of each collision
+        flat = (entry % rows) * kc + j
+        out = torch.bincount(flat, minlength=rows * kc)  # (rows * kc,) int64
+        return out.view(B, H, g, Qc, kc).to(torch.int32)
+
+    def dense_counts(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
+        qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (L, B, H, g, Qc, 1)
+        kcodes = self.kcodes[:, :, :, None, None, :kc]  # (L, B, H, 1, 1, kc)
+        # uint8 holds up to 255 tables and halves the memory traffic of int16 on (Qc, kc) tensors.
+        count = torch.zeros(qc.shape[1:-1] + (kc,), dtype=torch.uint8 if self.L < 256 else torch.int16,
+                            device=qc.device)
+        for t in range(self.L):
+            count.add_(qc[t] == kcodes[t])
+        return count.to(torch.int32)
+
+
+def _causal_valid(q_offset, q_idx, q_valid, kc):
+    """(B, 1, 1, Qc, kc) bool: key slot j <= s(i) for a valid query (key validity is applied by the caller)."""
+    j = torch.arange(kc, device=q_idx.device)
+    slots = q_idx + q_offset
+    return ((j[None, :] <= slots[:, None])[None] & q_valid.index_select(1, q_idx)[:, :, None])[:, None, None]
