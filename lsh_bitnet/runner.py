@@ -18,11 +18,9 @@ import os
 import resource
 import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,23 +29,11 @@ from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, conf
                                 write_json_atomic)
 from lsh_bitnet.console import report_job
 from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
-# When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
-# tells a SIGTERM at the SLURM time limit from a scancel when no SIGUSR2 warning came first.
-PROCESS_START = time.time()
-# SLURM enforces limits on a ~30 s tick; a SIGTERM this close to (or after) the limit is the limit.
-TIME_LIMIT_SLACK_S = 15
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A signal stopped the run; KeyboardInterrupt so that `except Exception` never swallows it."""
-
-    def __init__(self, signum: int, cause: str):
-        self.signum, self.cause = signum, cause
-        super().__init__(f"{signal.Signals(signum).name} received ({cause}): the run stopped before it finished")
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -64,17 +50,8 @@ def default_cache_dir(cfg: DictConfig) -> Path:
     return Path(os.environ.get("LSH_BITNET_CACHE", "~/.cache/lsh_bitnet")).expanduser()
 
 
-def _hydra():
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get()
-    except ValueError:  # not under Hydra (tests calling run() directly)
-        return None
-
-
 def _job_info(output_dir: Path) -> Dict[str, Any]:
-    hc = _hydra()
+    hc = hydra_config()
     if hc is None:
         return {"name": "run", "num": None, "override_dirname": "", "overrides": [], "output_dir": str(output_dir),
                 "sweep_id": None}
@@ -89,60 +66,10 @@ def hydra_output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _own_process_job() -> bool:
-    """True for a sweep job that runs in a process of its own (submitit: SLURM or local): an
-    interrupted job there returns its record so the sweep can print its summary; in an in-process
-    sweep a signal must stop the whole sweep instead."""
-    hc = _hydra()
-    try:
-        return hc is not None and bool(os.environ.get("SUBMITIT_EXECUTOR")) and hc.mode.name == "MULTIRUN"
-    except Exception:
-        return False
-
-
-def _time_limit_reached() -> bool:
-    hc = _hydra()
-    try:
-        timeout_min = hc.launcher.get("timeout_min") if hc is not None and _own_process_job() else None
-    except Exception:
-        timeout_min = None
-    return bool(timeout_min) and time.time() - PROCESS_START >= timeout_min * 60 - TIME_LIMIT_SLACK_S
-
-
 def _peak_rss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS; process-wide peak (a sweep in one process only grows).
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-@contextmanager
-def _signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
-    """SIGTERM / SIGINT raise RunInterrupted; SIGUSR2 (submitit's "time limit in signal_delay_s") is noted."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
-        yield
-        return
-
-    def stop(signum, frame):
-        if signum == signal.SIGINT:
-            cause = "Ctrl-C or kill -INT"
-        elif state.get("time_limit_warned") or _time_limit_reached():
-            cause = "the SLURM time limit was reached (hydra.launcher.timeout_min)"
-        else:
-            cause = "scancel, preemption, a scheduler's stop or kill -TERM"
-        raise RunInterrupted(signum, cause)
-
-    def warn(signum, frame):
-        state["time_limit_warned"] = utc_now()
-        print(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
-              f"(and recorded interrupted) when it is reached", file=sys.stderr, flush=True)
-
-    wanted = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGUSR2: warn}
-    previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _write_final(path: Path, record: Dict[str, Any]) -> None:
@@ -206,7 +133,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                   flush=True)
 
         write_json_atomic(results_path, record)
-        with _signals_recorded(state):
+        with signals_recorded(state):
             try:
                 if cfg.get("fail_on_purpose"):
                     raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
@@ -219,7 +146,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                 if sink is not None and hasattr(sink, "partial_metrics"):  # HOOK: metrics over the samples done
                     record["metrics"] = sink.partial_metrics()
                 _finish(record, results_path, started)
-                if _own_process_job():  # a submitit job: return, so the sweep prints its summary
+                if own_process_job():  # a submitit job: return, so the sweep prints its summary
                     print(f"[lsh-bitnet] job interrupted: {exc}", file=sys.stderr, flush=True)
                     return record
                 if exc.signum == signal.SIGTERM:
