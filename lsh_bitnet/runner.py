@@ -62,17 +62,25 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         return {**previous, "resumed": True}
 
     write_json_atomic(results_path, record)
+    sink = None  # data branch: the per-sample log (samples.jsonl), see lsh_bitnet/samples.py
     try:
         validate_config(cfg)  # cheap checks before anything expensive
         if cfg.get("fail_on_purpose"):
             raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
-        record.update(_evaluate(cfg, default_cache_dir(cfg)))
+        from lsh_bitnet.samples import SAMPLES_FILE, SampleLog  # data branch
+
+        sink = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # data branch
+        record.update(_evaluate(cfg, default_cache_dir(cfg), sink))
         record["status"] = "ok"
     except BaseException as exc:  # KeyboardInterrupt too: the file must say what happened
         record["status"] = "failed"
         record["error"] = error_record(exc)
+        if sink is not None and len(sink):  # data branch: metrics over the samples finished so far
+            record["metrics"] = sink.partial_metrics()
         raise
     finally:
+        if sink is not None:  # data branch
+            sink.close()
         record["provenance"]["finished_at"] = utc_now()
         timing = record.get("timing") or {}
         timing["wall_s"] = time.perf_counter() - started
@@ -82,13 +90,14 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     return record
 
 
-def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
+def _evaluate(cfg: DictConfig, cache_dir: Path, sink=None) -> Dict[str, Any]:
     import torch
 
     from lsh_bitnet.attention import patch_model
     from lsh_bitnet.models import load_model_cached
+    from lsh_bitnet.stats import seed_everything  # data branch
 
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # data branch: Python, NumPy and torch global RNGs
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
@@ -98,7 +107,9 @@ def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
     patch = patch_model(model, cfg.attention, cfg.hasher)
     try:
         eval_start = time.perf_counter()
-        metrics = _run_metric(cfg, model, tokenizer, cache_dir)
+        if sink is not None:  # data branch: per-sample comparisons in samples.jsonl
+            sink.track_cost(patch.cost_summary)
+        metrics = _run_metric(cfg, model, tokenizer, cache_dir, sink)
         eval_s = time.perf_counter() - eval_start
         cost, diagnostics = patch.cost_summary(), patch.diagnostics_summary()
     finally:
@@ -112,17 +123,26 @@ def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
     }
 
 
-def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path) -> Dict[str, Any]:
+def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, sink=None) -> Dict[str, Any]:
+    # data branch: every metric takes sink= (a SampleLog; None = no per-sample records)
     if cfg.metric.name == "perplexity":
         from lsh_bitnet.data import load_text, token_stream
         from lsh_bitnet.metrics.perplexity import evaluate_perplexity
 
         text = load_text(cfg.dataset, cache_dir)
         stream = token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name))
-        return evaluate_perplexity(model, stream, cfg.eval)
+        return evaluate_perplexity(model, stream, cfg.eval, sink=sink, seed=cfg.seed)
     if cfg.metric.name == "synthetic_accuracy":
         from lsh_bitnet.data.synthetic import make_samples
         from lsh_bitnet.metrics.synthetic import evaluate_synthetic
 
-        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset), cfg.metric, cfg.eval)
-    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity or metric=synthetic_accuracy")
+        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset, tokenizer=tokenizer), cfg.metric,
+                                  cfg.eval, sink=sink)
+    if cfg.metric.name == "passkey_accuracy":  # data branch
+        from lsh_bitnet.data.passkey import make_passkey_samples
+        from lsh_bitnet.metrics.passkey import evaluate_passkey
+
+        return evaluate_passkey(model, tokenizer, make_passkey_samples(cfg.dataset, tokenizer), cfg.metric,
+                                cfg.eval, sink=sink)
+    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
+                     f"metric=synthetic_accuracy or metric=passkey_accuracy")

@@ -10,6 +10,7 @@ from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers i
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
     "synthetic_accuracy": ("synthetic_ny_adj",),
+    "passkey_accuracy": ("passkey",),
 }
 
 
@@ -37,6 +38,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
+    _require(cfg.eval.get("batch_offset", 0) >= 0,
+             f"eval.batch_offset must be >= 0: the windows / samples to skip (got {cfg.eval.get('batch_offset')})")
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
     validate_attention_config(cfg.attention, cfg.hasher)
