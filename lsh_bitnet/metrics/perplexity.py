@@ -107,10 +107,5 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
 
 
 def _get(cfg, key: str, default: Optional[Any] = None):
-    """cfg.key for a DictConfig, a dataclass or a namespace that may predate the field."""
-    if hasattr(cfg, "get") and not isinstance(cfg, type):
-        try:
-            return cfg.get(key, default)
-        except TypeError:
-            pass
-    return getattr(cfg, key, default)
+    """cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
+    return getattr(cfg, key) if hasattr(cfg, key) else default

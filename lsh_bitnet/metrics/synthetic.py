@@ -97,8 +97,8 @@ def select(items: Sequence, eval_cfg, what: str = "samples") -> List:
 
 
 def _eval_get(cfg, key, default=None):
-    """eval_cfg.key for a DictConfig (.get) or a plain namespace."""
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    """eval_cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
+    return getattr(cfg, key) if hasattr(cfg, key) else default
 
 
 def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], metric_cfg, eval_cfg,
