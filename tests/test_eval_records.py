@@ -121,3 +121,41 @@ def test_long_windows_run_for_every_variant(tmp_path, cache_dir, variant, seq_le
     assert record["status"] == "ok" and math.isfinite(record["metrics"]["perplexity"])
     info = record["model_info"]
     assert record["cost"]["full_comparisons"] == info["n_layers"] * info["n_heads"] * seq_len * (seq_len + 1) // 2
+
+
+def _preset_jobs(experiment):
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    return cfg, [[f"{k}={a}", f"{k2}={b}"] for (k, va), (k2, vb) in [tuple(params.items())] for a in va for b in vb]
+
+
+def test_long_context_preset_jobs_compose_and_validate():
+    from lsh_bitnet.validate import validate_config
+
+    cfg, jobs = _preset_jobs("long_context")
+    assert cfg.hydra.sweep.dir == "multirun/long_context" and len(jobs) == 8
+    seen = set()
+    for job in jobs:
+        c = compose_config(["experiment=long_context", *job])
+        validate_config(c)
+        seen.add((c.dataset.name, c.attention.name))
+        assert c.dataset.n_samples >= 50
+        assert c.dataset.target_tokens == (4096 if c.dataset.name == "passkey" else 2048)
+    assert seen == {(d, a) for d in ("synthetic_ny_adj", "passkey") for a in ("full", "window", "oracle_topk")}
+
+
+@pytest.mark.slow
+def test_long_context_preset_runs_as_is(tmp_path, cache_dir):
+    """The preset through launch.py (tiny model, one sample per job): every job ok, samples.jsonl per job."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    out = subprocess.run([sys.executable, "launch.py", "experiment=long_context", "model=tiny_bitnet",
+                          "dataset.n_samples=1", "eval.progress=false", f"hydra.sweep.dir={tmp_path}",
+                          f"cache_dir={cache_dir}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")]
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    assert all(len(_lines(p)) == 1 for p in tmp_path.glob("*/samples.jsonl"))

@@ -207,7 +207,7 @@ def _target_tokens(cfg) -> Optional[int]:
 
 def count_tokens(tokenizer, text: str) -> int:
     """Tokens the model sees for a prompt: with the tokenizer's special tokens, as the metrics encode it."""
-    return len(tokenizer(text).input_ids)
+    return len(tokenizer(text, verbose=False).input_ids)  # verbose=False: no "longer than the model" warning while searching
 
 
 def fit_to_tokens(build: Callable[[int], T], n_tokens: Callable[[T], int], target: int, key: str,

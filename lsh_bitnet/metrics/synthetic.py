@@ -138,6 +138,8 @@ def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], met
         "max_prompt_tokens": max(prompt_tokens),
         "tokens": sum(r["tokens"] for r in rows),
         "mean_distance_chars": sum(s.distance_chars for s in samples) / n,
+        # Filler sentences after each mention (dataset.filler_sentences, or what target_tokens chose).
+        "mean_filler_sentences": sum(s.filler_sentences for s in samples) / n,
         "chance_choice_accuracy": sum(1 / len(s.choices) for s in samples) / n,
         # A few raw answers so a surprising number can be read against what the model said.
         "examples": [{k: r[k] for k in ("answer", "generated", "choice")} for r in rows[:5]],
