@@ -9,7 +9,8 @@ Record fields (docs/RESULTS.md): `index` (window or sample index in the whole da
 then by metric: perplexity `nll` (summed over the window's `predicted` tokens), `predicted`,
 `bytes`; accuracies `prediction`, `target`, `correct` (+ `choice`, `choice_correct` for the
 synthetic task, `depth` for passkey). With a cost tracker, `comparisons` and `full_comparisons`
-that the item's forwards added (all layers, as in results.json `cost`).
+that the item's forwards added (all layers, as in results.json `cost`; split evenly between the
+windows of one batch when eval.batch_size > 1).
 """
 import json
 from pathlib import Path
@@ -39,16 +40,24 @@ class SampleLog:
         self._last = {k: int(totals[k]) for k in COST_KEYS}
 
     def write(self, record: Dict[str, Any]) -> None:
-        record = dict(record)
-        if self._cost is not None:
+        self.write_batch([record])
+
+    def write_batch(self, records: List[Dict[str, Any]]) -> None:
+        """Items scored by one forward: the cost it added is shared evenly between them (the counters
+        see the batch, not its rows; the remainder goes to the first), so records still sum to `cost`."""
+        records = [dict(r) for r in records]
+        if self._cost is not None and records:
             totals = self._cost()
             for key in COST_KEYS:
-                record[key] = int(totals[key]) - self._last[key]
+                delta = int(totals[key]) - self._last[key]
                 self._last[key] = int(totals[key])
-        self.records.append(record)
+                share, rest = divmod(delta, len(records))
+                for i, record in enumerate(records):
+                    record[key] = share + (rest if i == 0 else 0)
+        self.records.extend(records)
         if not self._file.closed:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()  # the line survives a SIGINT / SIGTERM / OOM kill of the process
+            self._file.write("".join(json.dumps(r) + "\n" for r in records))
+            self._file.flush()  # the lines survive a SIGINT / SIGTERM / OOM kill of the process
 
     def __len__(self) -> int:
         return len(self.records)

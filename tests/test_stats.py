@@ -105,3 +105,13 @@ def test_seed_everything_seeds_the_global_generators():
     assert draws[0] == draws[1]
     stats.seed_everything(12)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) != draws[0]
+
+
+def test_a_batch_shares_its_cost_and_sums_exactly(tmp_path):
+    totals = {"comparisons": 0, "full_comparisons": 0}
+    with SampleLog(tmp_path / "s.jsonl") as log:
+        log.track_cost(lambda: dict(totals))
+        totals.update(comparisons=101, full_comparisons=300)
+        log.write_batch([{"index": i, "correct": True} for i in range(3)])
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r["comparisons"] for r in rows] == [35, 33, 33] and [r["full_comparisons"] for r in rows] == [100] * 3

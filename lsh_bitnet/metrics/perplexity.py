@@ -84,13 +84,15 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
     for rows in bar:
         x = ids[rows].to(device)  # (b, T)
         window_sums = window_nll(model, x).tolist()  # (b,)
+        records = []
         for row, nll in zip(rows.tolist(), window_sums):
             nll_sums.append(nll)
             predicted.append(ids.shape[1] - 1)
             n_bytes.append(int(byte_len[row].sum()))
-            if sink is not None:
-                sink.write({"index": row, "tokens": ids.shape[1], "predicted": ids.shape[1] - 1,
+            records.append({"index": row, "tokens": ids.shape[1], "predicted": ids.shape[1] - 1,
                             "nll": nll, "bytes": n_bytes[-1]})
+        if sink is not None:
+            sink.write_batch(records)
         bar.set_postfix(ppl=f"{math.exp(sum(nll_sums) / sum(predicted)):.2f}")
 
     total_nll, total_bytes = sum(nll_sums), sum(n_bytes)
