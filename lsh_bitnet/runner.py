@@ -136,13 +136,20 @@ def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, sink=None) -
         from lsh_bitnet.data.synthetic import make_samples
         from lsh_bitnet.metrics.synthetic import evaluate_synthetic
 
-        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset, tokenizer=tokenizer), cfg.metric,
-                                  cfg.eval, sink=sink)
+        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg)),
+                                  cfg.metric, cfg.eval, sink=sink)
     if cfg.metric.name == "passkey_accuracy":  # data branch
         from lsh_bitnet.data.passkey import make_passkey_samples
         from lsh_bitnet.metrics.passkey import evaluate_passkey
 
-        return evaluate_passkey(model, tokenizer, make_passkey_samples(cfg.dataset, tokenizer), cfg.metric,
-                                cfg.eval, sink=sink)
+        return evaluate_passkey(model, tokenizer, make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg)),
+                                cfg.metric, cfg.eval, sink=sink)
     raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
                      f"metric=synthetic_accuracy or metric=passkey_accuracy")
+
+
+def _stop(cfg: DictConfig) -> Optional[int]:
+    """data branch: samples past eval.batch_offset + max_batches * batch_size are never evaluated: not generated."""
+    if cfg.eval.max_batches is None:
+        return None
+    return cfg.eval.get("batch_offset", 0) + cfg.eval.max_batches * cfg.eval.batch_size

@@ -39,6 +39,7 @@ def test_deterministic_and_seeded(tok, filler):
     assert len({s.answer for s in a}) == len(a)  # each sample its own key
     assert P.make_passkey_samples(cfg(filler=filler, n_samples=3), tok) == a[:3]  # prefix property
     assert P.make_passkey_samples(cfg(filler=filler), tok, start=2) == a[2:]
+    assert P.make_passkey_samples(cfg(filler=filler), tok, start=2, stop=4) == a[2:4]
 
 
 @pytest.mark.parametrize("filler", P.FILLERS_KINDS)

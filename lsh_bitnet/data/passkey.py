@@ -89,13 +89,13 @@ def make_passkey_sample(seed: int, index: int, depth: float, filler_sentences: i
                          filler_sentences=filler_sentences, index=index)
 
 
-def make_passkey_samples(cfg, tokenizer, start: int = 0) -> List[PasskeySample]:
-    """Samples start..n_samples-1, each with the most filler whose prompt stays <= dataset.target_tokens
+def make_passkey_samples(cfg, tokenizer, start: int = 0, stop: Optional[int] = None) -> List[PasskeySample]:
+    """Samples start..min(stop, n_samples)-1, each with the most filler whose prompt stays <= dataset.target_tokens
     tokens of `tokenizer`; deterministic in dataset.seed, sample i the same for any n_samples > i."""
     check_passkey_config(cfg)
     grid, filler = depths(cfg), _get(cfg, "filler", "repeat")
     samples, hint = [], 0
-    for i in range(start, cfg.n_samples):
+    for i in range(start, cfg.n_samples if stop is None else min(stop, cfg.n_samples)):
         depth = grid[i % len(grid)]
         sample, hint, n = fit_to_tokens(lambda f: make_passkey_sample(cfg.seed, i, depth, f, filler),
                                         lambda s: count_tokens(tokenizer, s.prompt), cfg.target_tokens,

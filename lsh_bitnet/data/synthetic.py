@@ -243,8 +243,9 @@ def fit_to_tokens(build: Callable[[int], T], n_tokens: Callable[[T], int], targe
     return lo_item, lo, lo_n
 
 
-def make_samples(cfg, prompt_format: Optional[str] = None, tokenizer=None, start: int = 0) -> List[SyntheticSample]:
-    """Samples start..cfg.n_samples-1, deterministic in cfg.seed; the first k are the same for any n_samples >= k.
+def make_samples(cfg, prompt_format: Optional[str] = None, tokenizer=None, start: int = 0,
+                 stop: Optional[int] = None) -> List[SyntheticSample]:
+    """Samples start..min(stop, cfg.n_samples)-1, deterministic in cfg.seed; the first k are the same for any n_samples >= k.
 
     With cfg.target_tokens set, each sample gets the most filler sentences per gap (the same after every
     mention) whose prompt, in `tokenizer`'s tokens, stays <= target_tokens: the length is reached within
@@ -252,14 +253,14 @@ def make_samples(cfg, prompt_format: Optional[str] = None, tokenizer=None, start
     check_synthetic_config(cfg, prompt_format)
     fmt = _format(cfg, prompt_format)
     target = _target_tokens(cfg)
+    indices = range(start, cfg.n_samples if stop is None else min(stop, cfg.n_samples))
     if target is None:
-        return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, fmt)
-                for i in range(start, cfg.n_samples)]
+        return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, fmt) for i in indices]
     if tokenizer is None:
         raise ValueError("dataset.target_tokens needs the model's tokenizer to measure prompts: "
                          "call make_samples(cfg, tokenizer=...)")
     samples, hint = [], 0
-    for i in range(start, cfg.n_samples):
+    for i in indices:
         sample, hint, n = fit_to_tokens(
             lambda f: make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, f, fmt),
             lambda s: count_tokens(tokenizer, s.prompt), target, "dataset.target_tokens", hint)
