@@ -151,7 +151,7 @@ class HasherConfig:
 # ----------------------------------------------------------------------------- dataset
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj
+    name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj | passkey
     split: Split = Split.test
     path: Optional[str] = None  # local file (text_file, enwik8) or directory (wikitext)
     max_chars: Optional[int] = None  # truncate the text before tokenising (quick runs)
@@ -183,13 +183,33 @@ class SyntheticDatasetConfig(DatasetConfig):
     # adjective from far back (SmolLM2-135M scores 1.0 with full attention); plain: only the ordinal
     # is given, which needs counting mentions (SmolLM2-135M is at chance even with full attention).
     prompt_format: PromptFormat = PromptFormat.cued
+    # Long-context mode: the prompt's length in tokens (e.g. 2048, 4096, 8192). Filler sentences are
+    # added evenly after every mention until the next one would pass it, so the mentions spread over
+    # the whole text; filler_sentences is then ignored. null = filler_sentences decides the length.
+    target_tokens: Optional[int] = None
+
+
+@dataclass
+class PasskeyDatasetConfig(DatasetConfig):
+    name: str = "passkey"
+    split: Split = Split.test
+    n_samples: int = 50
+    # Prompt length in tokens (instruction + filler + key + question), reached within one filler sentence.
+    target_tokens: int = 4096
+    # Where the key sentence sits in the filler: 0 = first, 1 = last. A list sweeps depths in one run:
+    # sample i gets depth[i % len(depth)], and metrics report accuracy per depth.
+    depth: Any = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    # repeat: the classic filler of Mohtashami & Jaggi (2023), five sentences repeated;
+    # story: the synthetic task's neutral sentences, shuffled per sample (less repetitive text).
+    filler: str = "repeat"
+    seed: int = 0
 
 
 # ----------------------------------------------------------------------------- metric
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # perplexity | synthetic_accuracy
-    max_new_tokens: int = 6  # synthetic_accuracy: greedy answer length
+    name: str = MISSING  # perplexity | synthetic_accuracy | passkey_accuracy
+    max_new_tokens: int = 6  # synthetic_accuracy / passkey_accuracy: greedy answer length
 
 
 # ----------------------------------------------------------------------------- top level
@@ -198,6 +218,9 @@ class EvalConfig:
     seq_len: int = 1024
     batch_size: int = 1
     max_batches: Optional[int] = None  # null = every window / sample
+    # Skip the first N windows (perplexity) or samples (synthetic, passkey) before max_batches applies:
+    # choose settings on windows 0-7 (max_batches=8), report on the next (batch_offset=8).
+    batch_offset: int = 0
     progress: bool = True
 
 
@@ -209,6 +232,9 @@ class Config:
     dataset: DatasetConfig = MISSING
     metric: MetricConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # The run's master seed: hasher.seed and dataset.seed default to ${seed} (conf/hasher, conf/dataset),
+    # and it seeds Python's, NumPy's and torch's global RNGs and the perplexity bootstrap. Set a
+    # component's seed apart to hold it fixed while `seed` varies (e.g. same samples, new hash functions).
     seed: int = 0
     # Converted weights, tokenised streams and downloads; null = $LSH_BITNET_CACHE or ~/.cache/lsh_bitnet
     cache_dir: Optional[str] = None
@@ -235,6 +261,7 @@ SCHEMAS = {
         "hub_text": HubTextDatasetConfig,
         "enwik8": Enwik8DatasetConfig,
         "synthetic": SyntheticDatasetConfig,
+        "passkey": PasskeyDatasetConfig,
     },
     "metric": {"metric": MetricConfig},
 }

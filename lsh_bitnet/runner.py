@@ -97,8 +97,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         "provenance": {**provenance(), "code_version": code_version(), "started_at": utc_now(), "finished_at": None},
     }
     results_path = output_dir / RESULTS_FILE
-    # HOOK(data branch): _run_metric sets state["sink"] to the run's SampleLog (samples.jsonl in
-    # state["output_dir"]); on SIGTERM/SIGINT its .partial_metrics() become the record's metrics.
+    # state["sink"]: the run's SampleLog (samples.jsonl in output_dir); on SIGTERM/SIGINT its
+    # .partial_metrics() become the record's metrics.
     state: Dict[str, Any] = {"sink": None, "output_dir": output_dir}
 
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
@@ -137,13 +137,16 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
             try:
                 if cfg.get("fail_on_purpose"):
                     raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
+                from lsh_bitnet.samples import SAMPLES_FILE, SampleLog
+
+                state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # samples.jsonl, flushed per sample
                 _evaluate(cfg, cache_dir, record, state)
                 record["status"] = "ok"
             except RunInterrupted as exc:
                 record.update(status="interrupted", error={**error_record(exc), "signal": signal.Signals(exc.signum).name,
                                                            "cause": exc.cause})
                 sink = state.get("sink")
-                if sink is not None and hasattr(sink, "partial_metrics"):  # HOOK: metrics over the samples done
+                if sink is not None and len(sink):  # metrics over the samples finished so far
                     record["metrics"] = sink.partial_metrics()
                 _finish(record, results_path, started)
                 if own_process_job():  # a submitit job: return, so the sweep prints its summary
@@ -154,8 +157,14 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                 raise
             except BaseException as exc:
                 record.update(status="failed", error=error_record(exc))
+                sink = state.get("sink")
+                if sink is not None and len(sink):  # metrics over the samples finished so far
+                    record["metrics"] = sink.partial_metrics()
                 _finish(record, results_path, started)
                 raise
+            finally:
+                if state.get("sink") is not None:
+                    state["sink"].close()
         _finish(record, results_path, started)
     return record
 
@@ -197,8 +206,9 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
 
     from lsh_bitnet.attention import patch_model
     from lsh_bitnet.models import load_model_cached
+    from lsh_bitnet.stats import seed_everything
 
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # Python, NumPy and torch global RNGs: `seed` is the master seed
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     record["model_info"] = loaded.info
@@ -220,7 +230,10 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     watch = _LogitWatch(model)
     try:
         eval_start = time.perf_counter()
-        metrics = _run_metric(cfg, model, tokenizer, cache_dir, text, state)
+        sink = state.get("sink")
+        if sink is not None:  # per-sample comparisons in samples.jsonl
+            sink.track_cost(patch.cost_summary)
+        metrics = _run_metric(cfg, model, tokenizer, cache_dir, text, sink)
         eval_s = time.perf_counter() - eval_start
         record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
     finally:
@@ -241,26 +254,40 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
             f"attention={cfg.attention.name} (compare with attention=full)")
 
 
-def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, text: Optional[str], state) -> Dict[str, Any]:
-    # HOOK(data branch): create the SampleLog here, e.g. state["sink"] = SampleLog(state["output_dir"]),
-    # and pass sink=state["sink"] to evaluate_perplexity / evaluate_synthetic.
+def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, text: Optional[str], sink=None) -> Dict[str, Any]:
+    # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
     if cfg.metric.name == "perplexity":
         from lsh_bitnet.data import token_stream
         from lsh_bitnet.metrics.perplexity import evaluate_perplexity
 
         stream = token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
                               max_tokens=_needed_tokens(cfg.eval))
-        return evaluate_perplexity(model, stream, cfg.eval)
+        return evaluate_perplexity(model, stream, cfg.eval, sink=sink, seed=cfg.seed)
     if cfg.metric.name == "synthetic_accuracy":
         from lsh_bitnet.data.synthetic import make_samples
         from lsh_bitnet.metrics.synthetic import evaluate_synthetic
 
-        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset), cfg.metric, cfg.eval)
-    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity or metric=synthetic_accuracy")
+        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg)),
+                                  cfg.metric, cfg.eval, sink=sink)
+    if cfg.metric.name == "passkey_accuracy":
+        from lsh_bitnet.data.passkey import make_passkey_samples
+        from lsh_bitnet.metrics.passkey import evaluate_passkey
+
+        return evaluate_passkey(model, tokenizer, make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg)),
+                                cfg.metric, cfg.eval, sink=sink)
+    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
+                     f"metric=synthetic_accuracy or metric=passkey_accuracy")
+
+
+def _stop(cfg: DictConfig) -> Optional[int]:
+    """Samples past eval.batch_offset + max_batches * batch_size are never evaluated: not generated."""
+    if cfg.eval.max_batches is None:
+        return None
+    return cfg.eval.get("batch_offset", 0) + cfg.eval.max_batches * cfg.eval.batch_size
 
 
 def _needed_tokens(eval_cfg) -> Optional[int]:
     """Tokens perplexity reads with eval.max_batches set (None = the whole text): windows x seq_len."""
     if eval_cfg.max_batches is None:
         return None
-    return eval_cfg.max_batches * eval_cfg.batch_size * eval_cfg.seq_len
+    return (eval_cfg.get("batch_offset", 0) + eval_cfg.max_batches * eval_cfg.batch_size) * eval_cfg.seq_len

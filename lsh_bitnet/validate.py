@@ -19,12 +19,14 @@ from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers i
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
     "synthetic_accuracy": ("synthetic_ny_adj",),
+    "passkey_accuracy": ("passkey",),
 }
 # Free-form nodes: any content is allowed below these keys (documented in config.py).
 FREE_FORM = ("extra",)
 # Config fields each metric never reads: set away from their default, they are recorded as warnings.
 IGNORED_BY_METRIC = {
     "synthetic_accuracy": ("eval.seq_len", "dataset.max_chars"),
+    "passkey_accuracy": ("eval.seq_len", "dataset.max_chars"),
     "perplexity": ("metric.max_new_tokens",),
 }
 
@@ -107,7 +109,7 @@ def ignored_field_warnings(cfg: DictConfig) -> List[str]:
 
 def validate_fast(cfg: DictConfig) -> List[str]:
     """Every check that needs only the config; imports no torch. Returns warnings (recorded in results.json)."""
-    from lsh_bitnet.data.text import check_dataset_config
+    from lsh_bitnet.data import check_dataset_config
     from lsh_bitnet.models.checks import check_model_config
 
     problems = unknown_keys(cfg)
@@ -126,13 +128,15 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
-    if metric == "synthetic_accuracy":
+    if metric in ("synthetic_accuracy", "passkey_accuracy"):
         _require(cfg.metric.max_new_tokens >= 1,
                  f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
     layers = cfg.attention.get("layers")
     _require(layers is None or len(layers) > 0 or cfg.attention.name == "full",
              f"attention.layers=[] patches no layer: the run would be full attention labelled "
              f"attention={cfg.attention.name}; set attention.layers=null (all layers) or list layer indices")
+    _require(cfg.eval.get("batch_offset", 0) >= 0,
+             f"eval.batch_offset must be >= 0: the windows / samples to skip (got {cfg.eval.get('batch_offset')})")
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
     return ignored_field_warnings(cfg)

@@ -198,3 +198,56 @@ def test_smollm2_solves_the_default_task(cache_dir):
     model, tokenizer = loaded.model, loaded.tokenizer
     out = evaluate_synthetic(model, tokenizer, S.make_samples(cfg(n_samples=6)), NS(max_new_tokens=6), EVAL)
     assert out["choice_accuracy"] >= 5 / 6 and out["accuracy"] >= 5 / 6, out
+
+
+# ----------------------------------------------------------------------------- long context (target_tokens)
+@pytest.mark.parametrize("target", [400, 1500])
+def test_target_tokens_sets_the_prompt_length_and_spreads_the_mentions(tiny_tokenizer, target):
+    c = cfg(n_samples=6, n_mentions=4, mention=2, target_tokens=target)
+    samples = S.make_samples(c, tokenizer=tiny_tokenizer)
+    assert samples == S.make_samples(c, tokenizer=tiny_tokenizer)  # deterministic
+    for s in samples:
+        n = len(tiny_tokenizer(s.prompt).input_ids)
+        assert n == s.prompt_tokens and n <= target
+        more = S.make_sample(c.seed, s.index, 2, 4, s.filler_sentences + 1)
+        assert len(tiny_tokenizer(more.prompt).input_ids) > target  # the most filler that fits
+        # Mentions at about 0, 1/4, 2/4, 3/4 of the story (equal gaps), measured on the text.
+        story = s.prompt.split("Story: ", 1)[1].split("\n\n")[0]
+        starts = [m.start() / len(story) for m in re.finditer(r"\w+ New York", story)]
+        assert len(starts) == 4
+        # (a short story: the mention sentences themselves are a large share, hence a looser bound)
+        assert all(abs(p - k / 4) < (0.06 if target > 1000 else 0.2) for k, p in enumerate(starts)), starts
+        assert s.answer == re.findall(r"(\w+) New York", story)[1]
+    if target == 1500:
+        assert min(s.filler_sentences for s in samples) > 8  # per gap: about 50 filler sentences in all
+
+
+def test_target_tokens_needs_a_tokenizer_and_room(tiny_tokenizer):
+    with pytest.raises(ValueError, match="dataset.target_tokens needs the model's tokenizer"):
+        S.make_samples(cfg(n_samples=2, target_tokens=500))
+    with pytest.raises(ValueError, match=r"dataset.target_tokens=20 is shorter"):
+        S.make_samples(cfg(n_samples=2, target_tokens=20), tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="dataset.target_tokens must be >= 1"):
+        check_dataset_config(cfg(target_tokens=0))
+    # null keeps today's behaviour: the length comes from filler_sentences
+    assert S.make_samples(cfg(n_samples=3, filler_sentences=2), tokenizer=tiny_tokenizer) == \
+        S.make_samples(cfg(n_samples=3, filler_sentences=2))
+
+
+def test_batch_offset_skips_samples_and_records_them(tiny_tokenizer, tmp_path):
+    from lsh_bitnet.samples import SampleLog
+
+    model = tiny_llama(tiny_tokenizer)
+    samples = S.make_samples(cfg(n_samples=5, filler_sentences=1))
+    with SampleLog(tmp_path / "s.jsonl") as log:
+        out = evaluate_synthetic(model, tiny_tokenizer, samples, METRIC,
+                                 NS(**{**vars(EVAL), "batch_offset": 3}), sink=log)
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert out["n"] == 2 and out["first_sample"] == 3 and len(lines) == 2
+    import json
+
+    rows = [json.loads(x) for x in lines]
+    assert [r["index"] for r in rows] == [3, 4] and [r["target"] for r in rows] == [s.answer for s in samples[3:]]
+    assert out["accuracy_ci_low"] <= out["accuracy"] <= out["accuracy_ci_high"]
+    with pytest.raises(ValueError, match="eval.batch_offset=5 skips all 5 samples"):
+        evaluate_synthetic(model, tiny_tokenizer, samples, METRIC, NS(**{**vars(EVAL), "batch_offset": 5}))

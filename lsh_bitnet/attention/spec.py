@@ -31,6 +31,8 @@ def _name(cfg: Any) -> Optional[str]:
 def _typed(cfg: Any, schema: type):
     if isinstance(cfg, schema):
         return cfg
+    if isinstance(cfg, DictConfig):  # resolve against the whole config first: hasher.seed may be ${seed}
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     node = OmegaConf.merge(OmegaConf.structured(schema), cfg if not hasattr(cfg, "__dataclass_fields__")
                            else OmegaConf.structured(cfg))
     return OmegaConf.to_object(node)

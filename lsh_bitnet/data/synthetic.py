@@ -7,8 +7,10 @@ and its adjective fails, while the other adjectives in the text are plausible di
 """
 import random
 import re
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+T = TypeVar("T")
 
 # Common adjectives that are a single token after a space for SmolLM2 / Llama-3 style BPE, so the
 # greedy answer is one step and choice scores compare like with like. None is a prefix of another
@@ -116,6 +118,8 @@ class SyntheticSample:
     n_mentions: int
     filler_sentences: int
     distance_chars: int  # characters from the answer's first letter to the end of the prompt
+    index: int = 0  # position in the dataset (the sample's RNG stream)
+    prompt_tokens: Optional[int] = None  # set when generated at dataset.target_tokens (with the tokenizer)
 
 
 def ordinal(n: int) -> str:
@@ -147,6 +151,9 @@ def check_synthetic_config(cfg, prompt_format: Optional[str] = None) -> None:
                          f"it is the 1-based mention whose adjective is asked for")
     if filler < 0:
         raise ValueError(f"dataset.filler_sentences must be >= 0 (got {filler})")
+    target = _target_tokens(cfg)
+    if target is not None and target < 1:
+        raise ValueError(f"dataset.target_tokens must be >= 1 or null (got {target}), e.g. 2048, 4096, 8192")
     if _format(cfg, prompt_format) == "cued" and n_mentions > len(MENTION_TEMPLATES):
         raise ValueError(f"dataset.n_mentions must be <= {len(MENTION_TEMPLATES)} with the cued prompt format "
                          f"(got {n_mentions}): each mention needs its own sentence to be quoted; lower it "
@@ -191,15 +198,74 @@ def make_sample(seed: int, index: int, mention: int, n_mentions: int, filler_sen
     prompt = f"{head}{story}\n\n{QUESTION.format(ordinal=nth)}\n{ANSWER_LEAD[prompt_format].format(ordinal=nth, cue=cue)}"
     return SyntheticSample(prompt=prompt, answer=adjectives[mention - 1], choices=adjectives, mention=mention,
                            n_mentions=n_mentions, filler_sentences=filler_sentences,
-                           distance_chars=len(prompt) - answer_pos)
+                           distance_chars=len(prompt) - answer_pos, index=index)
 
 
-def make_samples(cfg, prompt_format: Optional[str] = None) -> List[SyntheticSample]:
-    """cfg.n_samples samples, deterministic in cfg.seed; the first k are the same for any n_samples >= k."""
+def _target_tokens(cfg) -> Optional[int]:
+    return cfg.get("target_tokens") if hasattr(cfg, "get") else getattr(cfg, "target_tokens", None)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens the model sees for a prompt: with the tokenizer's special tokens, as the metrics encode it."""
+    return len(tokenizer(text, verbose=False).input_ids)  # verbose=False: no "longer than the model" warning while searching
+
+
+def fit_to_tokens(build: Callable[[int], T], n_tokens: Callable[[T], int], target: int, key: str,
+                  hint: int = 0) -> Tuple[T, int, int]:
+    """(item, f, tokens) for the largest f >= 0 with n_tokens(build(f)) <= target.
+
+    build(f) must grow with f (more filler only appends text). Gallops from `hint` (the previous
+    sample's f: neighbours need about the same filler), then bisects: a handful of tokenizer calls."""
+    def size(f):
+        item = build(f)
+        return item, n_tokens(item)
+
+    item, n = size(0)
+    if n > target:
+        raise ValueError(f"{key}={target} is shorter than the prompt without filler ({n} tokens): raise {key}")
+    lo, lo_item, lo_n = 0, item, n  # fits
+    f = max(hint, 1)
+    step = 1
+    while True:  # find hi that does not fit, moving lo up on the way
+        item, n = size(f)
+        if n > target:
+            hi = f
+            break
+        lo, lo_item, lo_n = f, item, n
+        f, step = f + step, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        item, n = size(mid)
+        if n <= target:
+            lo, lo_item, lo_n = mid, item, n
+        else:
+            hi = mid
+    return lo_item, lo, lo_n
+
+
+def make_samples(cfg, prompt_format: Optional[str] = None, tokenizer=None, start: int = 0,
+                 stop: Optional[int] = None) -> List[SyntheticSample]:
+    """Samples start..min(stop, cfg.n_samples)-1, deterministic in cfg.seed; the first k are the same for any n_samples >= k.
+
+    With cfg.target_tokens set, each sample gets the most filler sentences per gap (the same after every
+    mention) whose prompt, in `tokenizer`'s tokens, stays <= target_tokens: the length is reached within
+    n_mentions filler sentences and the mentions sit at 0, 1/n, 2/n, ... of the story."""
     check_synthetic_config(cfg, prompt_format)
     fmt = _format(cfg, prompt_format)
-    return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, fmt)
-            for i in range(cfg.n_samples)]
+    target = _target_tokens(cfg)
+    indices = range(start, cfg.n_samples if stop is None else min(stop, cfg.n_samples))
+    if target is None:
+        return [make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, cfg.filler_sentences, fmt) for i in indices]
+    if tokenizer is None:
+        raise ValueError("dataset.target_tokens needs the model's tokenizer to measure prompts: "
+                         "call make_samples(cfg, tokenizer=...)")
+    samples, hint = [], 0
+    for i in indices:
+        sample, hint, n = fit_to_tokens(
+            lambda f: make_sample(cfg.seed, i, cfg.mention, cfg.n_mentions, f, fmt),
+            lambda s: count_tokens(tokenizer, s.prompt), target, "dataset.target_tokens", hint)
+        samples.append(replace(sample, prompt_tokens=n))
+    return samples
 
 
 def normalize_answer(text: str) -> str:

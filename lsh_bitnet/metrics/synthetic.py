@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 from tqdm.auto import tqdm
 
 from lsh_bitnet.data.synthetic import SyntheticSample, normalize_answer
+from lsh_bitnet.stats import accuracy_fields
 
 
 def _eos_ids(model, tokenizer) -> List[int]:
@@ -70,40 +71,76 @@ def score_sample(model, tokenizer, sample: SyntheticSample, gen_cfg: GenerationC
     }
 
 
-def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], metric_cfg, eval_cfg) -> Dict[str, Any]:
-    """accuracy (greedy exact match of the first word) and choice_accuracy over the samples.
-
-    Samples are evaluated one at a time (no padding, so the attention sees exactly the prompt);
-    eval.max_batches * eval.batch_size caps how many are used."""
-    if metric_cfg.max_new_tokens < 1:
-        raise ValueError(f"metric.max_new_tokens must be >= 1 (got {metric_cfg.max_new_tokens})")
-    if not samples:
-        raise ValueError("no samples to evaluate: set dataset.n_samples >= 1")
-    samples = list(samples)
-    if eval_cfg.max_batches is not None:
-        samples = samples[: eval_cfg.max_batches * eval_cfg.batch_size]
+def greedy_config(model, tokenizer, max_new_tokens: int, key: str = "metric.max_new_tokens",
+                  logits: bool = False) -> GenerationConfig:
+    """Greedy decoding with the KV cache (every step through the patched attention), stopping at EOS."""
+    if max_new_tokens < 1:
+        raise ValueError(f"{key} must be >= 1 (got {max_new_tokens})")
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    gen_cfg = GenerationConfig(max_new_tokens=metric_cfg.max_new_tokens, do_sample=False, num_beams=1,
-                               use_cache=True, eos_token_id=eos or None, pad_token_id=pad,
-                               return_dict_in_generate=True, output_logits=True)
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                            eos_token_id=eos or None, pad_token_id=pad, return_dict_in_generate=True,
+                            output_logits=logits)
+
+
+def select(items: Sequence, eval_cfg, what: str = "samples") -> List:
+    """items[eval.batch_offset:], capped at eval.max_batches * eval.batch_size (items are evaluated one at a time)."""
+    offset = _eval_get(eval_cfg, "batch_offset", 0) or 0
+    if offset < 0:
+        raise ValueError(f"eval.batch_offset must be >= 0 (got {offset})")
+    if offset >= len(items):
+        raise ValueError(f"eval.batch_offset={offset} skips all {len(items)} {what}: lower it, or raise dataset.n_samples")
+    items = list(items)[offset:]
+    if eval_cfg.max_batches is not None:
+        items = items[: eval_cfg.max_batches * eval_cfg.batch_size]
+    return items
+
+
+def _eval_get(cfg, key, default=None):
+    """eval_cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
+    return getattr(cfg, key) if hasattr(cfg, key) else default
+
+
+def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], metric_cfg, eval_cfg,
+                       sink=None) -> Dict[str, Any]:
+    """accuracy (greedy exact match of the first word) and choice_accuracy over the samples, with Wilson
+    95% intervals; one record per sample to `sink` (a SampleLog).
+
+    Samples are evaluated one at a time (no padding, so the attention sees exactly the prompt);
+    eval.batch_offset skips the first ones, eval.max_batches * eval.batch_size caps how many are used."""
+    gen_cfg = greedy_config(model, tokenizer, metric_cfg.max_new_tokens, logits=True)
+    if not samples:
+        raise ValueError("no samples to evaluate: set dataset.n_samples >= 1")
+    samples = select(samples, eval_cfg)
 
     rows = []
-    bar = tqdm(samples, desc="synthetic", unit="sample", disable=not eval_cfg.get("progress", True))
+    bar = tqdm(samples, desc="synthetic", unit="sample", disable=not _eval_get(eval_cfg, "progress", True))
     for sample in bar:
-        rows.append(score_sample(model, tokenizer, sample, gen_cfg))
+        row = score_sample(model, tokenizer, sample, gen_cfg)
+        rows.append(row)
+        if sink is not None:
+            sink.write({"index": sample.index, "tokens": row["tokens"], "prompt_tokens": row["prompt_tokens"],
+                        "prediction": row["prediction"], "target": sample.answer, "correct": row["correct"],
+                        "choice": row["choice"], "choice_correct": row["choice_correct"],
+                        "generated": row["generated"]})
         bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.3f}",
                         choice=f"{sum(r['choice_correct'] for r in rows) / len(rows):.3f}")
     n = len(rows)
+    prompt_tokens = [r["prompt_tokens"] for r in rows]
     return {
-        "accuracy": sum(r["correct"] for r in rows) / n,
-        "choice_accuracy": sum(r["choice_correct"] for r in rows) / n,
+        **accuracy_fields("accuracy", [r["correct"] for r in rows]),
+        **accuracy_fields("choice_accuracy", [r["choice_correct"] for r in rows]),
+        "n": n,
         "n_samples": n,
-        "mean_prompt_tokens": sum(r["prompt_tokens"] for r in rows) / n,
+        "first_sample": samples[0].index,
+        "mean_prompt_tokens": sum(prompt_tokens) / n,
+        "min_prompt_tokens": min(prompt_tokens),
+        "max_prompt_tokens": max(prompt_tokens),
         "tokens": sum(r["tokens"] for r in rows),
         "mean_distance_chars": sum(s.distance_chars for s in samples) / n,
+        # Filler sentences after each mention (dataset.filler_sentences, or what target_tokens chose).
+        "mean_filler_sentences": sum(s.filler_sentences for s in samples) / n,
         "chance_choice_accuracy": sum(1 / len(s.choices) for s in samples) / n,
         # A few raw answers so a surprising number can be read against what the model said.
         "examples": [{k: r[k] for k in ("answer", "generated", "choice")} for r in rows[:5]],
     }
-

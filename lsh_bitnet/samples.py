@@ -1,0 +1,95 @@
+"""Per-sample / per-window records: `samples.jsonl` in the run directory, one JSON line per item.
+
+Each line is written and flushed as soon as its item is scored, so a run stopped after 64 of 100
+samples keeps the 64 (and `partial_metrics()` turns them into the same metric fields, with
+intervals, that a finished run reports). The records let a researcher re-score a run or compare two
+variants sample by sample. Metric functions take `sink=None`; the runner passes a SampleLog.
+
+Record fields (docs/RESULTS.md): `index` (window or sample index in the whole dataset), `tokens`,
+then by metric: perplexity `nll` (summed over the window's `predicted` tokens), `predicted`,
+`bytes`; accuracies `prediction`, `target`, `correct` (+ `choice`, `choice_correct` for the
+synthetic task, `depth` for passkey). With a cost tracker, `comparisons` and `full_comparisons`
+that the item's forwards added (all layers, as in results.json `cost`; split evenly between the
+windows of one batch when eval.batch_size > 1).
+"""
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from lsh_bitnet.stats import accuracy_fields, perplexity_fields
+
+SAMPLES_FILE = "samples.jsonl"
+COST_KEYS = ("comparisons", "full_comparisons")
+
+
+class SampleLog:
+    def __init__(self, path, seed: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.seed = seed  # for the bootstrap of partial_metrics(), as in the finished run
+        self.records: List[Dict[str, Any]] = []
+        self._cost: Optional[Callable[[], Dict[str, Any]]] = None
+        self._last: Dict[str, int] = {}
+        # "w": a rerun of a failed or interrupted job starts its record afresh, like its results.json.
+        self._file = open(self.path, "w", encoding="utf-8")
+
+    def track_cost(self, cost_summary: Callable[[], Dict[str, Any]]) -> None:
+        """cost_summary() -> dict with cumulative `comparisons`, `full_comparisons` (patch.cost_summary)."""
+        self._cost = cost_summary
+        totals = cost_summary()
+        self._last = {k: int(totals[k]) for k in COST_KEYS}
+
+    def write(self, record: Dict[str, Any]) -> None:
+        self.write_batch([record])
+
+    def write_batch(self, records: List[Dict[str, Any]]) -> None:
+        """Items scored by one forward: the cost it added is shared evenly between them (the counters
+        see the batch, not its rows; the remainder goes to the first), so records still sum to `cost`."""
+        records = [dict(r) for r in records]
+        if self._cost is not None and records:
+            totals = self._cost()
+            for key in COST_KEYS:
+                delta = int(totals[key]) - self._last[key]
+                self._last[key] = int(totals[key])
+                share, rest = divmod(delta, len(records))
+                for i, record in enumerate(records):
+                    record[key] = share + (rest if i == 0 else 0)
+        self.records.extend(records)
+        if not self._file.closed:
+            self._file.write("".join(json.dumps(r) + "\n" for r in records))
+            self._file.flush()  # the lines survive a SIGINT / SIGTERM / OOM kill of the process
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def partial_metrics(self) -> Dict[str, Any]:
+        """The metric fields over the items written so far, flagged `partial: true`."""
+        return {**summarize(self.records, seed=self.seed), "partial": True}
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "SampleLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def summarize(records: List[Dict[str, Any]], seed: int = 0) -> Dict[str, Any]:
+    """Metric fields with intervals from per-item records (what the metric functions also report)."""
+    out: Dict[str, Any] = {"n": len(records)}
+    if not records:
+        return out
+    if "nll" in records[0]:
+        out.update(perplexity_fields([r["nll"] for r in records], [r["predicted"] for r in records], seed=seed))
+        total_bytes = sum(r.get("bytes", 0) for r in records)
+        nll_bits = sum(r["nll"] for r in records) / 0.6931471805599453  # nats -> bits
+        out.update({"n_windows": len(records), "bits_per_byte": nll_bits / total_bytes if total_bytes else None,
+                    "tokens": sum(r["tokens"] for r in records)})
+    if "correct" in records[0]:
+        out.update(accuracy_fields("accuracy", [r["correct"] for r in records]))
+        out["n_samples"] = len(records)
+    if "choice_correct" in records[0]:
+        out.update(accuracy_fields("choice_accuracy", [r["choice_correct"] for r in records]))
+    return out

@@ -1,0 +1,117 @@
+"""Intervals against known and independently computed values; SampleLog records and partial metrics."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lsh_bitnet import stats
+from lsh_bitnet.samples import SampleLog, summarize
+
+
+# ----------------------------------------------------------------------------- Wilson
+def test_wilson_23_of_30_is_the_published_interval():
+    low, high = stats.wilson(23, 30)
+    assert (round(low, 2), round(high, 2)) == (0.59, 0.88)
+    assert low == pytest.approx(0.5907, abs=1e-4) and high == pytest.approx(0.8821, abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 7, 50])
+def test_wilson_at_the_edges_matches_the_closed_form(n):
+    z2 = 1.959963984540054 ** 2
+    # k = 0: [0, z^2 / (n + z^2)]; k = n mirrors it (the Wilson interval's closed form at the edges).
+    assert stats.wilson(0, n) == (0.0, pytest.approx(z2 / (n + z2)))
+    assert stats.wilson(n, n) == (pytest.approx(n / (n + z2)), 1.0)
+    assert stats.wilson(0, 0) == (None, None)
+    with pytest.raises(ValueError, match="outside"):
+        stats.wilson(n + 1, n)
+
+
+def test_normal_quantile():
+    assert stats._z(0.95) == pytest.approx(1.959963984540054, abs=1e-9)
+    assert stats._z(0.99) == pytest.approx(2.5758293035489, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+NLL = [310.2, 280.9, 402.5, 295.0, 350.7]  # per-window NLL sums (nats)
+TOKENS = [127, 127, 127, 127, 127]
+
+
+def test_bootstrap_matches_the_exact_bootstrap_distribution():
+    """5 windows have 5^5 equally likely resamples: enumerate them all (no randomness) and compare
+    the exact percentile interval with the Monte Carlo one."""
+    nll, tok = np.array(NLL), np.array(TOKENS)
+    exact = [math.exp(nll[list(i)].sum() / tok[list(i)].sum()) for i in itertools.product(range(5), repeat=5)]
+    want_low, want_high = np.quantile(exact, [0.025, 0.975])
+    low, high = stats.bootstrap_perplexity(NLL, TOKENS, seed=0, resamples=40000)
+    width = want_high - want_low
+    assert abs(low - want_low) < 0.03 * width and abs(high - want_high) < 0.03 * width
+    point = math.exp(sum(NLL) / sum(TOKENS))
+    assert low < point < high
+
+
+def test_bootstrap_is_fixed_by_its_seed():
+    a = stats.bootstrap_perplexity(NLL, TOKENS, seed=7)
+    assert a == stats.bootstrap_perplexity(NLL, TOKENS, seed=7)
+    assert a != stats.bootstrap_perplexity(NLL, TOKENS, seed=8)
+    assert stats.bootstrap_perplexity([5.0], [10]) == (None, None)  # one window: no spread to estimate
+    same = stats.bootstrap_perplexity([50.0] * 4, [20] * 4)
+    assert same == (pytest.approx(math.exp(2.5)), pytest.approx(math.exp(2.5)))
+
+
+def test_perplexity_fields():
+    f = stats.perplexity_fields(NLL, TOKENS, seed=0)
+    assert f["perplexity"] == pytest.approx(math.exp(sum(NLL) / sum(TOKENS)))
+    assert f["perplexity_ci_low"] < f["perplexity"] < f["perplexity_ci_high"] and f["n"] == 5
+
+
+# ----------------------------------------------------------------------------- SampleLog
+def test_sample_log_flushes_each_record_and_counts_cost(tmp_path):
+    totals = {"comparisons": 100, "full_comparisons": 200}
+    log = SampleLog(tmp_path / "samples.jsonl")
+    log.track_cost(lambda: dict(totals))
+    for i, (nll, correct) in enumerate([(3.0, True), (5.0, False), (4.0, True)]):
+        totals["comparisons"] += 10 * (i + 1)
+        totals["full_comparisons"] += 40
+        log.write({"index": i, "tokens": 9, "predicted": 8, "nll": nll, "bytes": 30})
+        lines = (tmp_path / "samples.jsonl").read_text().splitlines()  # readable before close: flushed
+        assert len(lines) == i + 1 and json.loads(lines[-1])["comparisons"] == 10 * (i + 1)
+        assert json.loads(lines[-1])["full_comparisons"] == 40
+    partial = log.partial_metrics()
+    log.close()
+    assert partial["partial"] is True and partial["n"] == 3 and partial["n_windows"] == 3
+    assert partial["perplexity"] == pytest.approx(math.exp(12.0 / 24))
+    assert partial["bits_per_byte"] == pytest.approx(12.0 / math.log(2) / 90)
+
+
+def test_summarize_accuracies_with_wilson():
+    records = [{"index": i, "correct": i < 23, "choice_correct": i < 29} for i in range(30)]
+    out = summarize(records)
+    assert out["accuracy"] == pytest.approx(23 / 30) and out["n"] == 30
+    assert (out["accuracy_ci_low"], out["accuracy_ci_high"]) == stats.wilson(23, 30)
+    assert (out["choice_accuracy_ci_low"], out["choice_accuracy_ci_high"]) == stats.wilson(29, 30)
+
+
+def test_seed_everything_seeds_the_global_generators():
+    import random
+
+    import torch
+
+    draws = []
+    for _ in range(2):
+        stats.seed_everything(11)
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
+    stats.seed_everything(12)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) != draws[0]
+
+
+def test_a_batch_shares_its_cost_and_sums_exactly(tmp_path):
+    totals = {"comparisons": 0, "full_comparisons": 0}
+    with SampleLog(tmp_path / "s.jsonl") as log:
+        log.track_cost(lambda: dict(totals))
+        totals.update(comparisons=101, full_comparisons=300)
+        log.write_batch([{"index": i, "correct": True} for i in range(3)])
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r["comparisons"] for r in rows] == [35, 33, 33] and [r["full_comparisons"] for r in rows] == [100] * 3
