@@ -14,6 +14,12 @@ from lsh_bitnet.attention.candidates import Candidates
 
 VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window")
 HASHED_VARIANTS = ("lsh", "lsh_forest")
+# Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
+# top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
+ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
+# `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
+# sorting and block-mask building exceeds the dense product (docs/BENCHMARKS.md, "flex engine").
+AUTO_FLEX_MIN_QUERIES = 1024
 
 
 def _cfg_get(cfg: Any, key: str, default=None):
@@ -41,6 +47,7 @@ class SparseSpec:
     k: Optional[int] = None
     fraction: Optional[float] = None
     query_chunk: int = 256
+    engine: str = "auto"  # auto | masked | flex (SPEC section 8): how it is computed, never what
 
     @classmethod
     def from_config(cls, attention_cfg) -> "SparseSpec":
@@ -52,6 +59,24 @@ class SparseSpec:
     @property
     def hashed(self) -> bool:
         return self.variant in HASHED_VARIANTS
+
+
+def engines_for(variant: str):
+    return [e for e, variants in ENGINES.items() if variant in variants]
+
+
+def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
+    """The engine that runs this call: `masked` or `flex` (`full` always runs stock SDPA)."""
+    engine = spec.engine
+    if spec.variant == "full":
+        return "masked"
+    if engine == "auto":
+        grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
+        return "flex" if spec.variant in ENGINES["flex"] and Q >= AUTO_FLEX_MIN_QUERIES and not grad else "masked"
+    if spec.variant not in ENGINES[engine]:
+        raise ValueError(f"attention.engine={engine} cannot run attention={spec.variant}: use attention.engine= one "
+                         f"of {engines_for(spec.variant)}")
+    return engine
 
 
 @dataclass
@@ -94,12 +119,12 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             *, spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
-                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+                            engine: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
-    (retrieval diagnostics).
+    (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...).
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
     Hkv, K = key.shape[1], key.shape[2]
@@ -129,6 +154,11 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
+    if (engine or resolve_engine(spec, query, Q)) == "flex":
+        from lsh_bitnet.attention.engines.flex import flex_sparse_attention
+
+        out, comparisons = flex_sparse_attention(query, key, value, key_valid, cands, scaling)
+        return out, torch.stack([comparisons, full, hash_ops, selection_ops])
     chunk = max(1, int(spec.query_chunk))
     comparisons = torch.zeros((), dtype=torch.int64, device=key.device)
     outs = []
