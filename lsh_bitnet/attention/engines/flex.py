@@ -13,7 +13,8 @@ every key block is a *sentinel*: key 0, value e_sent, score s0(i) = scale * q_i 
 Values carry two extra columns, [v | 1 | e_sent]. Every visited block adds one sentinel, m(i) in all, so
 a pass returns b = Z / (Z + m e^s0) in the ones column and a = m e^s0 / (Z + m e^s0) in the sentinel
 column: Z / e^s0 = m b / a, the weight of the pass, and v-part / b is its normalised output. The
-counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22).
+counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22);
+the always pass is counted in closed form from positions instead (no second pass).
 """
 import time
 from typing import Dict, List, Tuple
@@ -39,49 +40,53 @@ def bucket(n_blocks: int) -> int:
     return -(-n_blocks // step) * step
 
 
-def _pass(q, k, v, kv_num, kv_idx, full_num, full_idx, qmeta, kmeta, qcodes, kcodes, s0, consts, t_cur, g, scale,
-          counting: bool):
-    """One flex pass. qmeta (3, B, Hq, Qp) = slot, count, valid; kmeta (3, B, Hkv, Kp) likewise (sorted order).
+def _make_pass(kind: str, t: int, padded: bool, counting: bool):
+    """The flex call of one pass. kind "always" (self, sinks, window) or "table" (table t minus earlier ones).
 
-    qcodes (L, B, Hq, Qp), kcodes (L, B, Hkv, Kp); consts = [include_self, sinks, window] (int64 (3,)), tensors so
-    that a sweep over them reuses one compiled graph;
-    t_cur: -1 for the always pass, else the table of this pass (0-d int64).
+    Flags are Python constants, so each (kind, t, padded, counting) is its own small graph: the mask does
+    only the lookups it needs. Without padding a slot's position is the slot itself, so counts are not read.
     """
-    n_tables = qcodes.shape[0]
 
-    def mask_mod(b, h, qi, ki):
-        hk = h // g
-        qs, qn, qv = qmeta[0, b, h, qi], qmeta[1, b, h, qi], qmeta[2, b, h, qi]
-        ks, kn, kv = kmeta[0, b, hk, ki], kmeta[1, b, hk, ki], kmeta[2, b, hk, ki]
-        allowed = (kv > 0) & (qv > 0) & (ks <= qs)
-        always = ((consts[0] > 0) & (ks == qs)) | (kn <= consts[1]) | (qn - kn < consts[2])
-        cur = t_cur < 0
-        prev = t_cur < -1  # False, shaped like t_cur
-        for t in range(n_tables):
-            eq = qcodes[t, b, h, qi] == kcodes[t, b, hk, ki]
-            cur = torch.where(t_cur == t, eq & ~always, cur)
-            prev = prev | (eq & (t < t_cur))
-        cand = torch.where(t_cur < 0, always, cur & ~prev) & allowed
-        return cand | (ki % BS == 0)  # the sentinel of every visited block
+    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, s0, consts,
+            g: int, scale: float):
+        # qslot (B, Hq, Qp) (-1: padding), kslot (B, Hkv, Kp) (FAR: padding or sentinel), sorted order;
+        # qcount/kcount likewise (read only when padded); codes (L, B, H, len); consts = [self, sinks, window].
+        def mask_mod(b, h, qi, ki):
+            hk = h // g
+            qs, ks = qslot[b, h, qi], kslot[b, hk, ki]
+            if padded:
+                qn, kn = qcount[b, h, qi], kcount[b, hk, ki]
+                always = ((consts[0] > 0) & (ks == qs)) | (kn <= consts[1]) | (qn - kn < consts[2])
+            else:  # position = slot
+                always = ((consts[0] > 0) & (ks == qs)) | (ks < consts[1]) | (qs - ks < consts[2])
+            cand = ks <= qs
+            if kind == "always":
+                cand = cand & always
+            else:
+                cand = cand & ~always & (qcodes[t, b, h, qi] == kcodes[t, b, hk, ki])
+                for e in range(t):  # disjoint passes: not already counted by an earlier table
+                    cand = cand & (qcodes[e, b, h, qi] != kcodes[e, b, hk, ki])
+            return cand | (ki % BS == 0)  # the sentinel of every visited block
 
-    def score_mod(score, b, h, qi, ki):
-        if counting:
-            return torch.where(ki % BS == 0, 0.0, score * 0.0)
-        return torch.where(ki % BS == 0, s0[b, h, qi], score)
+        def score_mod(score, b, h, qi, ki):
+            if counting:
+                return torch.where(ki % BS == 0, 0.0, score * 0.0)
+            return torch.where(ki % BS == 0, s0[b, h, qi], score)
 
-    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BS, mask_mod=mask_mod,
-                                  seq_lengths=(q.shape[2], k.shape[2]))
-    return flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, enable_gqa=g > 1)
+        bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BS, mask_mod=mask_mod,
+                                      seq_lengths=(q.shape[2], k.shape[2]), compute_q_blocks=False)
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, enable_gqa=g > 1)
+
+    return torch.compile(run, dynamic=False, fullgraph=True)
 
 
-_COMPILED = {}
+_COMPILED: Dict[Tuple, object] = {}
 
 
-def _compiled(counting: bool):
-    if counting not in _COMPILED:
-        fn = lambda *a: _pass(*a, counting=counting)  # noqa: E731
-        _COMPILED[counting] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return _COMPILED[counting]
+def _compiled(*flags):
+    if flags not in _COMPILED:
+        _COMPILED[flags] = _make_pass(*flags)
+    return _COMPILED[flags]
 
 
 def _ordered(blocks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -94,11 +99,33 @@ def _ordered(blocks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def _block_stats(x: torch.Tensor, valid: torch.Tensor, size: int):
     """Per block of `size` along the last dim: (min, max) of x over valid rows; empty blocks give (FAR, -FAR)."""
     shp = x.shape[:-1] + (x.shape[-1] // size, size)
-    xv = x.view(shp)
-    vv = valid.view(shp)
-    lo = torch.where(vv, xv, torch.full_like(xv, FAR)).amin(-1)
-    hi = torch.where(vv, xv, torch.full_like(xv, -FAR)).amax(-1)
+    xv, vv = x.view(shp), valid.view(shp)
+    lo = xv.masked_fill(~vv, FAR).amin(-1)
+    hi = xv.masked_fill(~vv, -FAR).amax(-1)
     return lo, hi
+
+
+def always_counts(qcount: torch.Tensor, qvalid: torch.Tensor, spec) -> torch.Tensor:
+    """|A(i) ∩ V(i)| per query in closed form from its position p = count - 1: sinks [0, S), window
+    [p - W + 1, p], and self when neither holds it. qcount, qvalid (B, Q) -> (B, Q) int64 (0 for padding)."""
+    p = qcount - 1
+    S, W = int(spec.sink_tokens), int(spec.local_window)
+    sink = p.clamp(min=-1).add(1).clamp(max=S)  # |[0, S) ∩ [0, p]|
+    win = (p + 1).clamp(max=W)  # |[p - W + 1, p] ∩ [0, p]|
+    overlap = (sink - (p + 1 - win)).clamp(min=0)  # positions in both
+    n = sink + win - overlap
+    if spec.include_self:
+        n = n + ((win == 0) & (p >= S)).to(n.dtype)  # self is not already in the window or the sinks
+    return n * qvalid
+
+
+def _with_sentinels(x: torch.Tensor, nKb: int) -> torch.Tensor:
+    """(B, H, K, ...) in key order -> (B, H, nKb * BS, ...): REAL keys per block behind a zero sentinel slot."""
+    B, H, K = x.shape[:3]
+    pad = x.new_zeros((B, H, nKb * REAL - K) + x.shape[3:])
+    blocks = torch.cat([x, pad], 2).view((B, H, nKb, REAL) + x.shape[3:])
+    zero = blocks.new_zeros((B, H, nKb, 1) + x.shape[3:])
+    return torch.cat([zero, blocks], 3).view((B, H, nKb * BS) + x.shape[3:])
 
 
 def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
@@ -110,132 +137,117 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
     dev = query.device
     nQb, nKb = bucket(-(-Q // BS)), bucket(-(-K // REAL))
     Qp, Kp = nQb * BS, nKb * BS
+    padded = not bool(key_valid.all())  # one host sync; without padding the mask reads slots only
 
-    # Original-order metadata (one extra dummy row at the end stands for every padding slot).
+    # Original-order metadata; index K (keys) / Q (queries) is a dummy standing for padding rows.
     count = cands.count  # (B, K)
-    kslot = torch.arange(K, device=dev).expand(B, K)
-    kvalid = key_valid.to(torch.int64)
-    qslot, qcount, qvalid = kslot[:, K - Q:], count[:, K - Q:], kvalid[:, K - Q:]
-    pad1 = lambda x, fill: torch.cat([x, torch.full_like(x[..., :1], fill)], -1)  # noqa: E731
-    kmeta0 = torch.stack([pad1(kslot, FAR), pad1(count, FAR), pad1(kvalid, 0)])  # (3, B, K+1)
-    qmeta0 = torch.stack([pad1(qslot, -1), pad1(qcount, -FAR), pad1(qvalid, 0)])  # (3, B, Q+1)
-    if cands.qcodes is not None:
-        L = cands.qcodes.shape[0]
+    slot = torch.arange(K, device=dev).expand(B, K)
+    kslot0 = torch.cat([slot.masked_fill(~key_valid, FAR), torch.full((B, 1), FAR, device=dev)], -1)  # (B, K+1)
+    kcount0 = torch.cat([count, torch.full((B, 1), FAR, device=dev)], -1)
+    qvalid = key_valid[:, K - Q:]  # (B, Q)
+    qslot0 = torch.cat([slot[:, K - Q:].masked_fill(~qvalid, -1), torch.full((B, 1), -1, device=dev)], -1)
+    qcount0 = torch.cat([count[:, K - Q:], torch.full((B, 1), -FAR, device=dev)], -1)  # (B, Q+1)
+    L = 0 if cands.qcodes is None else cands.qcodes.shape[0]
+    if L:
         qc0 = cands.qcodes.reshape(L, B, Hq, Q).to(torch.int64)  # (L, B, Hq, Q): head h -> KV head h // g
         kc0 = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
-    else:
-        L = 0
-        qc0 = torch.zeros(0, B, Hq, Q, dtype=torch.int64, device=dev)
-        kc0 = torch.zeros(0, B, Hkv, K, dtype=torch.int64, device=dev)
-    qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
-    kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
+        qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
+        kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
 
     # s0(i) = scale * q_i . k_slot(i): a reference score on the scale of the row (float32)
-    qf = query.float()
-    s0 = (qf * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
+    s0 = (query.float() * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
     consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window)],
                           dtype=torch.int64, device=dev)
-
     inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
+
+    n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
     passes: List[int] = ([-1] if (inc_self or sinks > 0 or window > 0) else []) + list(range(L))
     num = torch.zeros(B, Hq, Q, Dv, dtype=torch.float64, device=dev)
     den = torch.zeros(B, Hq, Q, dtype=torch.float64, device=dev)
-    n_cmp = torch.zeros((), dtype=torch.int64, device=dev)
+    bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
+    bq, hq, hk = bq.view(B, 1, 1), hq.view(1, Hq, 1), hk.view(1, Hkv, 1)
+    sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
     for t in passes:
-        # Orders: original for the always pass; (code, slot) per head for table t. Padding rows go last.
+        # Orders: original for the always pass; (code, slot) per head for table t, padding rows last.
         if t < 0:
             qsrc = torch.arange(Q, device=dev).expand(B, Hq, Q)
             ksrc = torch.arange(K, device=dev).expand(B, Hkv, K)
-        else:
-            qkey = torch.where(qvalid[:, None].bool(), qc0[t, ..., :Q], FAR)  # (B, Hq, Q)
-            kkey = torch.where(kvalid[:, None].bool(), kc0[t, ..., :K], FAR)  # (B, Hkv, K)
-            # codes < 2**62 and slots < 2**20 would overflow a packed key: sort twice (stable) instead
-            qsrc = torch.sort(qkey, dim=-1, stable=True).indices  # slots ascending within a code
-            ksrc = torch.sort(kkey, dim=-1, stable=True).indices
-        qsrc = torch.cat([qsrc, torch.full((B, Hq, Qp - Q), Q, device=dev, dtype=torch.int64)], -1)  # (B, Hq, Qp)
-        # Keys: REAL per block behind the block's sentinel slot; trailing slots are padding (index K).
-        kpad = torch.full((B, Hkv, nKb * REAL - K), K, device=dev, dtype=torch.int64)
-        kreal = torch.cat([ksrc, kpad], -1).view(B, Hkv, nKb, REAL)
-        ksrc = torch.cat([torch.full_like(kreal[..., :1], K), kreal], -1).view(B, Hkv, Kp)  # (B, Hkv, Kp)
-        bq = torch.arange(B, device=dev).view(B, 1, 1)
-        qmeta = qmeta0[:, bq, qsrc]  # (3, B, Hq, Qp)
-        kmeta = kmeta0[:, bq, ksrc]  # (3, B, Hkv, Kp)
-        hq = torch.arange(Hq, device=dev).view(1, Hq, 1)
-        hk = torch.arange(Hkv, device=dev).view(1, Hkv, 1)
-        qcodes = qc0[:, bq, hq, qsrc]  # (L, B, Hq, Qp)
-        kcodes = kc0[:, bq, hk, ksrc]  # (L, B, Hkv, Kp)
+        else:  # stable sort by code keeps slots ascending within a bucket
+            qsrc = torch.sort(qc0[t, ..., :Q].masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
+            ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
+        qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
+        ksrc = _with_sentinels(ksrc[..., None] + 1, nKb)[..., 0] - 1  # (B, Hkv, Kp), -1 at sentinel slots
+        ksrc = ksrc.masked_fill(ksrc < 0, K)
+        qslot, kslot = qslot0[bq, qsrc], kslot0[bq, ksrc]  # (B, Hq, Qp), (B, Hkv, Kp)
+        qcount, kcount = qcount0[bq, qsrc], kcount0[bq, ksrc]
+        qv, kv = qslot >= 0, kslot < FAR
 
-        # Block-level facts -> which blocks may hold a pair (partial) and which hold only pairs (full).
-        qv, kv = qmeta[2] > 0, kmeta[2] > 0  # (B, Hq, Qp), (B, Hkv, Kp)
-        qs_lo, qs_hi = _block_stats(qmeta[0], qv, BS)  # (B, Hq, nQb)
-        qn_lo, qn_hi = _block_stats(qmeta[1], qv, BS)
-        ks_lo, ks_hi = _block_stats(kmeta[0], kv, BS)  # (B, Hkv, nKb)
-        kn_lo, kn_hi = _block_stats(kmeta[1], kv, BS)
-        q_all = qv.view(B, Hq, nQb, BS).all(-1)
-        k_all = kv.view(B, Hkv, nKb, BS)[..., 1:].all(-1)
+        # Block-level facts -> blocks that may hold a pair (partial) and blocks holding only pairs (full).
+        qs_lo, qs_hi = _block_stats(qslot, qv, BS)  # (B, Hq, nQb)
+        qn_lo, qn_hi = _block_stats(qcount, qv, BS)
         rep = lambda x: x.repeat_interleave(g, 1)[:, :, None, :]  # noqa: E731  (B, Hkv, nKb) -> (B, Hq, 1, nKb)
-        ks_lo, ks_hi, kn_lo, kn_hi, k_all = map(rep, (ks_lo, ks_hi, kn_lo, kn_hi, k_all))
-        qcol = lambda x: x[..., :, None]  # noqa: E731  (B, Hq, nQb) -> (B, Hq, nQb, 1)
-        causal = ks_lo <= qcol(qs_hi)  # also False where either block is empty (FAR / -FAR)
-        all_in = k_all & qcol(q_all) & (ks_hi <= qcol(qs_lo))  # every pair valid and causal
-        self_may = inc_self & (ks_lo <= qcol(qs_hi)) & (ks_hi >= qcol(qs_lo))
-        sink_may = (kn_lo <= sinks) if sinks > 0 else torch.zeros_like(causal)
-        win_may = (qcol(qn_lo) - kn_hi < window) if window > 0 else torch.zeros_like(causal)
+        ks_lo, ks_hi = map(rep, _block_stats(kslot, kv, BS))
+        kn_lo, kn_hi = map(rep, _block_stats(kcount, kv, BS))
+        q_all = qv.view(B, Hq, nQb, BS).all(-1)[..., None]  # (B, Hq, nQb, 1)
+        k_all = rep(kv.view(B, Hkv, nKb, BS)[..., 1:].all(-1))
+        col = lambda x: x[..., :, None]  # noqa: E731  (B, Hq, nQb) -> (B, Hq, nQb, 1)
+        causal = ks_lo <= col(qs_hi)  # False where either block is empty (FAR / -FAR)
+        all_in = k_all & q_all & (ks_hi <= col(qs_lo))  # every pair valid and causal
+        self_may = (ks_hi >= col(qs_lo)) if inc_self else torch.zeros_like(causal)
+        sink_may = kn_lo <= sinks  # some key is a sink (never with sinks = 0: positions count from 1)
+        win_may = (col(qn_lo) - kn_hi < window) if window > 0 else torch.zeros_like(causal)
         if t < 0:
             may = causal & (self_may | sink_may | win_may)
-            full = all_in & (((kn_hi <= sinks) if sinks > 0 else False) | (qcol(qn_hi) - kn_lo < window))
+            full = all_in & ((kn_hi <= sinks) | (col(qn_hi) - kn_lo < window))
         else:
-            qk_lo, qk_hi = _block_stats(qcodes[t], qv, BS)
-            kk_lo, kk_hi = map(rep, _block_stats(kcodes[t], kv, BS))
-            may = causal & (kk_lo <= qcol(qk_hi)) & (kk_hi >= qcol(qk_lo))
-            one_code = (kk_lo == kk_hi) & (kk_lo == qcol(qk_lo)) & qcol(qk_lo == qk_hi)
-            full = (all_in & one_code & (ks_hi < qcol(qs_lo)) & ~sink_may & ~win_may) if t == 0 \
-                else torch.zeros_like(may)
-        partial = may & ~full
-        kv_num, kv_idx = _ordered(partial)
+            qk_lo, qk_hi = _block_stats(qc0[t][bq, hq, qsrc], qv, BS)
+            kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
+            may = causal & (kk_lo <= col(qk_hi)) & (kk_hi >= col(qk_lo))
+            one_code = (kk_lo == kk_hi) & (kk_lo == col(qk_lo)) & col(qk_lo == qk_hi)
+            full = all_in & one_code & (ks_hi < col(qs_lo)) & ~sink_may & ~win_may if t == 0 else \
+                torch.zeros_like(may)  # later tables exclude earlier collisions pair by pair
+        kv_num, kv_idx = _ordered(may & ~full)
         full_num, full_idx = _ordered(full)
-        m = (kv_num + full_num).to(torch.float32).repeat_interleave(BS, -1)  # (B, Hq, Qp): sentinels per row
+        m = (kv_num + full_num).repeat_interleave(BS, -1)  # (B, Hq, Qp): sentinels seen by each row
 
-        t_cur = torch.tensor(t, dtype=torch.int64, device=dev)
-        common = (kv_num, kv_idx, full_num, full_idx, qmeta, kmeta, qcodes, kcodes)
-        # Main pass: [v | 1 | e_sent] values; sentinel keys are 0 (their score comes from score_mod).
-        bk = torch.arange(B, device=dev).view(B, 1, 1)
-        kmask = (kmeta[2] > 0)[..., None]  # padding and sentinel rows hold zeros
-        kx = key[bk, hk, ksrc.clamp(max=K - 1)] * kmask  # (B, Hkv, Kp, D)
-        vx = torch.zeros(B, Hkv, Kp, Dv + 2, dtype=value.dtype, device=dev)
-        vx[..., :Dv] = value[bk, hk, ksrc.clamp(max=K - 1)] * kmask
-        vx[..., Dv] = kmask[..., 0].to(value.dtype)
-        vx[..., Dv + 1] = (torch.arange(Kp, device=dev) % BS == 0).to(value.dtype)
-        bqq = torch.arange(B, device=dev).view(B, 1, 1)
-        qx = query[bqq, hq, qsrc.clamp(max=Q - 1)] * (qsrc < Q)[..., None]  # (B, Hq, Qp, D)
-        s0x = torch.where(qsrc < Q, s0[bqq, hq, qsrc.clamp(max=Q - 1)], 0.0)  # (B, Hq, Qp)
-        key_ = ("main", tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling)
-        o = _timed(key_, _compiled(False), qx, kx, vx, *common, s0x, consts, t_cur, g, scaling)  # (B, Hq, Qp, Dv+2)
-        o = o.double()  # the merge divides by sentinel weights that may be tiny: float64 keeps it exact enough
-        # counting pass, float32, every score 0: ones column over real keys, sentinel column
-        zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
-        zk = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
-        vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
-        vc[..., 0] = kmask[..., 0].float()
-        vc[..., 1] = vx[..., Dv + 1].float()
-        key_c = ("count", tuple(zq.shape), tuple(zk.shape), L, str(dev))
-        oc = _timed(key_c, _compiled(True), zq, zk, vc, *common, s0x.float(), consts, t_cur, g, 1.0).double()
-
+        # Inputs in this order: queries (padding rows 0), keys/values with sentinel slots (k = 0).
+        if t < 0:  # original order: a reshape, not a gather
+            kx = _with_sentinels(key, nKb)
+            vx = _with_sentinels(value, nKb)
+            qx = torch.cat([query, query.new_zeros(B, Hq, Qp - Q, D)], 2)
+            s0x = torch.cat([s0, s0.new_zeros(B, Hq, Qp - Q)], -1)
+        else:
+            kidx = ksrc.clamp(max=K - 1)
+            kx = key[bq, hk, kidx].masked_fill(~kv[..., None], 0)  # (B, Hkv, Kp, D)
+            vx = value[bq, hk, kidx].masked_fill(~kv[..., None], 0)
+            qidx = qsrc.clamp(max=Q - 1)
+            qx = query[bq, hq, qidx].masked_fill(~(qsrc < Q)[..., None], 0)  # (B, Hq, Qp, D)
+            s0x = s0[bq, hq, qidx]
+        vx = torch.cat([vx, kv[..., None].to(vx.dtype), sentinel.expand(B, Hkv, Kp)[..., None].to(vx.dtype)], -1)
+        qcodes = qc0[:, bq, hq, qsrc] if L else qslot[None]  # (L, B, Hq, Qp); unused by the always pass
+        kcodes = kc0[:, bq, hk, ksrc] if L else kslot[None]
+        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes)
+        kind = "always" if t < 0 else "table"
+        o = _timed(("main", kind, t, padded, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
+                   _compiled(kind, max(t, 0), padded, False), qx, kx, vx, *args, s0x, consts, g, scaling)
         # back to original query order; padding rows (qsrc == Q) drop out
-        pos = torch.empty_like(qsrc)
-        pos.scatter_(-1, qsrc, torch.arange(Qp, device=dev).expand(B, Hq, Qp))
-        pos = pos[..., :Q]  # (B, Hq, Q): where original query i sits in this order
-        o = o.gather(2, pos[..., None].expand(B, Hq, Q, Dv + 2))
-        oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM))
-        mq = m.gather(2, pos)  # (B, Hq, Q)
+        pos = torch.empty_like(qsrc).scatter_(-1, qsrc, torch.arange(Qp, device=dev).expand(B, Hq, Qp))[..., :Q]
+        o = o.gather(2, pos[..., None].expand(B, Hq, Q, Dv + 2)).double()  # (B, Hq, Q, Dv + 2)
+        mq = m.gather(2, pos).double()  # (B, Hq, Q)
         a, b = o[..., Dv + 1], o[..., Dv]
         ok = (mq > 0) & (b > 0)
-        r = torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0)  # Z / e^s0
+        r = torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0)  # Z / e^s0: this pass's softmax mass
         num += torch.where(ok[..., None], o[..., :Dv] / b.clamp(min=1e-300)[..., None], 0.0) * r[..., None]
         den += r
-        okc = (mq > 0) & (oc[..., 0] > 0)
-        n = torch.where(okc, mq * oc[..., 0] / oc[..., 1].clamp(min=1e-300), 0.0)
-        n_cmp += torch.round(n).to(torch.int64).sum()
+        if t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
+            zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
+            vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
+            vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
+            oc = _timed(("count", t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
+                        _compiled(kind, t, padded, True), zq, vc, vc, *args, s0x.float(), consts, g, 1.0)
+            oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
+            n = torch.where((mq > 0) & (oc[..., 0] > 0), mq * oc[..., 0] / oc[..., 1].clamp(min=1e-300), 0.0)
+            n_cmp = n_cmp + torch.round(n).to(torch.int64).sum()
     out = torch.where(den[..., None] > 0, num / den.clamp(min=1e-300)[..., None], 0.0)
     return out.to(value.dtype), n_cmp
 
