@@ -162,8 +162,8 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
 
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
     passes: List[int] = ([-1] if (inc_self or sinks > 0 or window > 0) else []) + list(range(L))
-    num = torch.zeros(B, Hq, Q, Dv, dtype=torch.float64, device=dev)
-    den = torch.zeros(B, Hq, Q, dtype=torch.float64, device=dev)
+    masses: List[torch.Tensor] = []
+    outs: List[torch.Tensor] = []
     bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
     bq, hq, hk = bq.view(B, 1, 1), hq.view(1, Hq, 1), hk.view(1, Hkv, 1)
     sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
@@ -231,14 +231,18 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         o = _timed(("main", kind, t, padded, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
                    _compiled(kind, max(t, 0), padded, False), qx, kx, vx, *args, s0x, consts, g, scaling)
         # back to original query order; padding rows (qsrc == Q) drop out
-        pos = torch.empty_like(qsrc).scatter_(-1, qsrc, torch.arange(Qp, device=dev).expand(B, Hq, Qp))[..., :Q]
-        o = o.gather(2, pos[..., None].expand(B, Hq, Q, Dv + 2)).double()  # (B, Hq, Q, Dv + 2)
-        mq = m.gather(2, pos).double()  # (B, Hq, Q)
-        a, b = o[..., Dv + 1], o[..., Dv]
+        if t < 0:
+            pos = None
+            o, mq = o[:, :, :Q], m[..., :Q]
+        else:
+            pos = torch.empty_like(qsrc).scatter_(-1, qsrc, torch.arange(Qp, device=dev).expand(B, Hq, Qp))[..., :Q]
+            o, mq = o.gather(2, pos[..., None].expand(B, Hq, Q, Dv + 2)), m.gather(2, pos)  # (B, Hq, Q, Dv + 2)
+        a, b = o[..., Dv + 1].double(), o[..., Dv].double()
         ok = (mq > 0) & (b > 0)
-        r = torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0)  # Z / e^s0: this pass's softmax mass
-        num += torch.where(ok[..., None], o[..., :Dv] / b.clamp(min=1e-300)[..., None], 0.0) * r[..., None]
-        den += r
+        # Z / e^s0, this pass's softmax mass (float64: a may be tiny), and its normalised output (float32)
+        masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
+        normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
+        outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
         if t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
             zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
             vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
@@ -246,9 +250,14 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
             oc = _timed(("count", t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
                         _compiled(kind, t, padded, True), zq, vc, vc, *args, s0x.float(), consts, g, 1.0)
             oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
+            mq = mq.double()
             n = torch.where((mq > 0) & (oc[..., 0] > 0), mq * oc[..., 0] / oc[..., 1].clamp(min=1e-300), 0.0)
             n_cmp = n_cmp + torch.round(n).to(torch.int64).sum()
-    out = torch.where(den[..., None] > 0, num / den.clamp(min=1e-300)[..., None], 0.0)
+    if not outs:  # include_self=false and nothing else: every C(i) is empty
+        return value.new_zeros(B, Hq, Q, Dv), n_cmp
+    mass = torch.stack(masses)  # (P, B, Hq, Q)
+    w = (mass / mass.sum(0).clamp(min=1e-300)).float()  # each pass's share of the softmax; 0 rows stay 0
+    out = sum(w[p, ..., None] * outs[p] for p in range(len(outs)))
     return out.to(value.dtype), n_cmp
 
 
