@@ -27,9 +27,9 @@ CONFIG_COLUMNS = {
 SHORT_NAME = {dotted: short for short, dotted in CONFIG_COLUMNS.items()}
 VALUE_COLUMNS = {  # section of results.json -> keys copied as columns
     "metrics": ["perplexity", "nll", "bits_per_byte", "tokens", "accuracy", "choice_accuracy", "n_samples"],
-    "cost": ["comparison_ratio", "comparisons", "full_comparisons", "hash_ops", "is_oracle"],
+    "cost": ["comparison_ratio", "comparisons", "full_comparisons", "hash_ops", "is_oracle", "engine"],  # engine: flex branch
     "diagnostics": ["recall_at_k", "mass_recall"],
-    "timing": ["wall_s", "load_s", "tokens_per_s"],
+    "timing": ["wall_s", "load_s", "tokens_per_s", "compile_s"],  # compile_s: flex branch
     "memory": ["peak_rss_bytes"],
 }
 INT_COLUMNS = ["n_bits", "n_tables", "n_trees", "max_depth", "min_candidates", "k", "sink_tokens", "local_window",

@@ -50,6 +50,10 @@ class AttentionConfig:
     diagnostics: bool = False
     diagnostics_k: int = 32
     diagnostics_queries: int = 64
+    # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
+    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window and lsh),
+    # auto (flex for prefills of >= 1024 queries of window/lsh, masked otherwise; see README).
+    engine: str = "auto"
 
 
 @dataclass

@@ -101,13 +101,14 @@ def _evaluate(cfg: DictConfig, cache_dir: Path) -> Dict[str, Any]:
         metrics = _run_metric(cfg, model, tokenizer, cache_dir)
         eval_s = time.perf_counter() - eval_start
         cost, diagnostics = patch.cost_summary(), patch.diagnostics_summary()
+        compile_timing = patch.timing_summary()  # flex branch: compile_s / compiles, merged into timing below
     finally:
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
     return {
         "metrics": metrics, "cost": cost, "diagnostics": diagnostics, "model_info": loaded.info,
         "timing": {"load_s": loaded.info.get("load_s"), "eval_s": eval_s,
-                   "tokens_per_s": tokens / eval_s if eval_s > 0 else None},
+                   "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing},  # flex branch
         "memory": {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None},
     }
 

@@ -13,10 +13,17 @@ from lsh_bitnet.attention import registry
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
 from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
-from lsh_bitnet.attention.kernel import VARIANTS, SparseSpec, _cfg_get
+from lsh_bitnet.attention.kernel import ENGINES, VARIANTS, SparseSpec, _cfg_get, engines_for
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
 
 from lsh_bitnet.errors import ConfigError
+
+
+def _compile_stats() -> dict:
+    import sys
+
+    flex = sys.modules.get("lsh_bitnet.attention.engines.flex")  # not imported: nothing was compiled
+    return dict(flex.STATS) if flex is not None else {"compile_s": 0.0, "compiles": 0}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -30,6 +37,14 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
     a = lambda key, default=None: _cfg_get(attention_cfg, key, default)  # noqa: E731
     variant = a("name")
     _require(variant in VARIANTS, f"attention={variant!r} is not known: allowed {list(VARIANTS)}")
+    engine = a("engine", "auto")
+    _require(engine in ("auto", *ENGINES), f"attention.engine={engine!r} is not known: allowed "
+             f"{['auto', *ENGINES]}")
+    if engine != "auto" and variant in VARIANTS:
+        why = (" (it needs every score q.k to choose its top k: the dense product that flex skips)"
+               if variant == "oracle_topk" else "")
+        _require(variant in ENGINES[engine], f"attention.engine={engine} cannot run attention={variant}{why}: "
+                 f"set attention.engine= one of {engines_for(variant)} or auto")
     for key in ("sink_tokens", "local_window"):
         _require(a(key, 0) >= 0, f"attention.{key} must be >= 0 (got {a(key)})")
     _require(a("query_chunk", 256) >= 1, f"attention.query_chunk must be >= 1 (got {a('query_chunk')}): "
@@ -92,10 +107,13 @@ class AttentionPatch:
         self.model, self.modules, self.states, self.meter = model, modules, states, meter
         self.diagnostics, self.previous, self.spec = diagnostics, previous, spec
         self.active = True
+        self._compile_s0 = _compile_stats()
 
     def reset(self) -> None:
         """Zero the counters and diagnostics (e.g. after a warm-up batch)."""
         self.meter.reset()
+        for state in self.states:
+            state.engine_calls.clear()
         if self.diagnostics is not None:
             self.diagnostics.reset()
 
@@ -111,7 +129,23 @@ class AttentionPatch:
 
     def cost_summary(self) -> dict:
         patched = [s.patched for s in self.states]
-        return self.meter.summary(patched, is_oracle=self.spec.variant == "oracle_topk" and any(patched))
+        summary = self.meter.summary(patched, is_oracle=self.spec.variant == "oracle_topk" and any(patched))
+        calls: dict = {}
+        for state in self.states:
+            for engine, n in state.engine_calls.items():
+                calls[engine] = calls.get(engine, 0) + n
+        # engine: what ran ("flex", "masked", or "flex+masked" when auto split prefill and decode steps)
+        summary["engine"] = "+".join(sorted(calls)) or "masked"
+        summary["engine_requested"] = self.spec.engine
+        summary["engine_calls"] = calls
+        return summary
+
+    def timing_summary(self) -> dict:
+        """{"compile_s": first-call seconds of every flex graph compiled since patching (compilation plus
+        one run; 0 on the masked engine), "compiles": how many}: the runner merges it into `timing`."""
+        now = _compile_stats()
+        return {"compile_s": now["compile_s"] - self._compile_s0["compile_s"],
+                "compiles": now["compiles"] - self._compile_s0["compiles"]}
 
     def diagnostics_summary(self) -> Optional[dict]:
         return self.diagnostics.summary() if self.diagnostics is not None else None
