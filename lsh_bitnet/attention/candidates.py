@@ -60,7 +60,8 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
 class Candidates:
     """Per-call state: positions of every slot, hash codes of every query and key."""
 
-    def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None):
+    def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None,
+                 key_codes: Optional[torch.Tensor] = None):  # flex branch: key_codes (B, Hkv, K, L), cached
         B, Hq, Q, D = query.shape  # query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K)
         Hkv, K = key.shape[1], key.shape[2]
         self.spec, self.hasher = spec, hasher
@@ -78,7 +79,8 @@ class Candidates:
             self.bits = hasher.n_bits
             code_dtype = torch.int32 if self.bits <= INT32_BITS else torch.int64
             # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
-            self.kcodes = hasher.codes(key).to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
+            kc = hasher.codes(key) if key_codes is None else key_codes  # flex branch: decode reuses cached codes
+            self.kcodes = kc.to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
             qflat = self.query.reshape(B, Hkv, self.g * Q, D)
             qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, self.g, Q, -1)
             self.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)

@@ -119,12 +119,15 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             *, spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
-                            engine: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                            engine: Optional[str] = None, key_codes: Optional[torch.Tensor] = None,
+                            reused_keys: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
-    (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...).
+    (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...). `key_codes`
+    (B, Hkv, K, L): key codes computed earlier, of which the first `reused_keys` were hashed by an earlier
+    call (codecache.py) and are not counted again in hash_ops.
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
     Hkv, K = key.shape[1], key.shape[2]
@@ -140,14 +143,14 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     hash_ops = torch.zeros((), dtype=torch.int64, device=key.device)
     selection_ops = torch.zeros((), dtype=torch.int64, device=key.device)  # set by the rules that select
     if spec.hashed:
-        # Keys are hashed every call (cached keys included in decode): count what is computed.
-        hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid.sum() * Hkv)
+        # Count what is computed: keys reused from the code cache were hashed (and counted) by an earlier call.
+        hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid[:, reused_keys:].sum() * Hkv)
 
     if spec.variant == "full" and observe is None:
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
-    cands = Candidates(query, key, key_valid, spec, hasher)
+    cands = Candidates(query, key, key_valid, spec, hasher, key_codes=key_codes)
     if observe is not None:
         observe(cands, scaling)
     if spec.variant == "full":

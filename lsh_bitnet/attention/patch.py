@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 
 from lsh_bitnet.attention import registry
+from lsh_bitnet.attention.codecache import KeyCodeCache
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
 from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
@@ -168,6 +169,7 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg) -> AttentionP
     if _cfg_get(attention_cfg, "diagnostics", False):
         diagnostics = DiagnosticsMeter(n_layers, int(_cfg_get(attention_cfg, "diagnostics_k", 32)),
                                        int(_cfg_get(attention_cfg, "diagnostics_queries", 64)))
+    codecache = KeyCodeCache() if spec.hashed else None  # decode hashes each key once (codecache.py)
     states = []
     for module in modules:
         patched = module.layer_idx in chosen
@@ -179,7 +181,8 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg) -> AttentionP
                             else (spec.max_depth, spec.n_trees))
             hasher = build_hasher(_cfg_get(hasher_cfg, "name"), int(bits), int(module.head_dim), n_kv, int(tables),
                                   int(_cfg_get(hasher_cfg, "seed", 0)), module.layer_idx)
-        state = LayerState(module.layer_idx, spec if patched else FULL_SPEC, hasher, meter, patched, diagnostics)
+        state = LayerState(module.layer_idx, spec if patched else FULL_SPEC, hasher, meter, patched, diagnostics,
+                           codecache=codecache)
         setattr(module, STATE_ATTR, state)
         states.append(state)
 

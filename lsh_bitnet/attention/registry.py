@@ -31,6 +31,7 @@ class LayerState:
     patched: bool  # False: kept at full attention (attention.layers), still counted at full cost
     diagnostics: Optional[object] = None  # DiagnosticsMeter when attention.diagnostics is true
     engine_calls: Dict[str, int] = field(default_factory=dict)  # engine -> calls that ran on it (cost.engine)
+    codecache: Optional[object] = None  # KeyCodeCache shared by the layers of one patch (hashed variants)
 
 
 def lsh_bitnet_mask(**kwargs):
@@ -106,12 +107,22 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     observe = None
     if state is not None and state.diagnostics is not None and state.patched:
         observe = lambda cands, s: state.diagnostics.observe(state.layer_idx, cands, s)  # noqa: E731
+    key_codes, reused = None, 0
+    cache = state.codecache if state is not None else None
+    if cache is not None:
+        if state.layer_idx == 0:  # layer 0 checks, once per forward, how many keys the last forward had
+            cache.begin_forward(attention_mask, key, key_valid)
+        if state.patched and spec.hashed:
+            hasher = state.hasher
+            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key,
+                                            getattr(hasher, "key_codes", hasher.codes))
     engine = resolve_engine(spec, query, Q)
     if state is not None and state.patched:
         state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
     out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec,
                                           hasher=state.hasher if state is not None else None,
-                                          scaling=scaling, all_valid=all_valid, observe=observe, engine=engine)
+                                          scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
+                                          key_codes=key_codes, reused_keys=reused)
     if state is not None:
         state.meter.add(state.layer_idx, counts)
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights

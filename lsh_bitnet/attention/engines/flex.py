@@ -17,6 +17,7 @@ counts are the same trick with every score 0: |pass| = m b / a exactly (rounded;
 the always pass is counted in closed form from positions instead (no second pass).
 """
 import time
+from types import SimpleNamespace
 from typing import Dict, List, Tuple
 
 import torch
@@ -128,18 +129,70 @@ def _with_sentinels(x: torch.Tensor, nKb: int) -> torch.Tensor:
     return torch.cat([zero, blocks], 3).view((B, H, nKb * BS) + x.shape[3:])
 
 
-def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
-    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh, equal to the masked engine's."""
+def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
+    """Order and block masks of pass t (-1: always pass): which (query block, key block) may hold a pair
+    (partial: mask_mod decides per element) and which hold only pairs (full: no mask_mod)."""
+    B, Hq, Hkv, Q, K, g, dev, nQb, nKb = c.B, c.Hq, c.Hkv, c.Q, c.K, c.g, c.dev, c.nQb, c.nKb
+    Qp, bq, hq, hk, qvalid, key_valid = c.Qp, c.bq, c.hq, c.hk, c.qvalid, c.key_valid
+    qc0, kc0, inc_self, sinks, window = c.qc0, c.kc0, c.inc_self, c.sinks, c.window
+    qslot0, kslot0, qcount0, kcount0 = c.qslot0, c.kslot0, c.qcount0, c.kcount0
+    # Orders: original for the always pass; (code, slot) per head for table t, padding rows last.
+    if t < 0:
+        qsrc = torch.arange(Q, device=dev).expand(B, Hq, Q)
+        ksrc = torch.arange(K, device=dev).expand(B, Hkv, K)
+    else:  # stable sort by code keeps slots ascending within a bucket
+        qsrc = torch.sort(qc0[t, ..., :Q].masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
+        ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
+    qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
+    ksrc = _with_sentinels(ksrc[..., None] + 1, nKb)[..., 0] - 1  # (B, Hkv, Kp), -1 at sentinel slots
+    ksrc = ksrc.masked_fill(ksrc < 0, K)
+    qslot, kslot = qslot0[bq, qsrc], kslot0[bq, ksrc]  # (B, Hq, Qp), (B, Hkv, Kp)
+    qcount, kcount = qcount0[bq, qsrc], kcount0[bq, ksrc]
+    qv, kv = qslot >= 0, kslot < FAR
+
+    # Block-level facts -> blocks that may hold a pair (partial) and blocks holding only pairs (full).
+    qs_lo, qs_hi = _block_stats(qslot, qv, BS)  # (B, Hq, nQb)
+    qn_lo, qn_hi = _block_stats(qcount, qv, BS)
+    rep = lambda x: x.repeat_interleave(g, 1)[:, :, None, :]  # noqa: E731  (B, Hkv, nKb) -> (B, Hq, 1, nKb)
+    ks_lo, ks_hi = map(rep, _block_stats(kslot, kv, BS))
+    kn_lo, kn_hi = map(rep, _block_stats(kcount, kv, BS))
+    q_all = qv.view(B, Hq, nQb, BS).all(-1)[..., None]  # (B, Hq, nQb, 1)
+    k_all = rep(kv.view(B, Hkv, nKb, BS)[..., 1:].all(-1))
+    col = lambda x: x[..., :, None]  # noqa: E731  (B, Hq, nQb) -> (B, Hq, nQb, 1)
+    causal = ks_lo <= col(qs_hi)  # False where either block is empty (FAR / -FAR)
+    all_in = k_all & q_all & (ks_hi <= col(qs_lo))  # every pair valid and causal
+    self_may = (ks_hi >= col(qs_lo)) if inc_self else torch.zeros_like(causal)
+    sink_may = kn_lo <= sinks  # some key is a sink (never with sinks = 0: positions count from 1)
+    win_may = (col(qn_lo) - kn_hi < window) if window > 0 else torch.zeros_like(causal)
+    if t < 0:
+        may = causal & (self_may | sink_may | win_may)
+        full = all_in & ((kn_hi <= sinks) | (col(qn_hi) - kn_lo < window))
+    else:
+        qk_lo, qk_hi = _block_stats(qc0[t][bq, hq, qsrc], qv, BS)
+        kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
+        may = causal & (kk_lo <= col(qk_hi)) & (kk_hi >= col(qk_lo))
+        one_code = (kk_lo == kk_hi) & (kk_lo == col(qk_lo)) & col(qk_lo == qk_hi)
+        full = all_in & one_code & (ks_hi < col(qs_lo)) & ~sink_may & ~win_may if t == 0 else \
+            torch.zeros_like(may)  # later tables exclude earlier collisions pair by pair
+    kv_num, kv_idx = _ordered(may & ~full)
+    full_num, full_idx = _ordered(full)
+    m = (kv_num + full_num).repeat_interleave(BS, -1)  # (B, Hq, Qp): sentinels seen by each row
+    return SimpleNamespace(qsrc=qsrc, ksrc=ksrc, qslot=qslot, kslot=kslot, qcount=qcount, kcount=kcount, qv=qv,
+                           kv=kv, partial=may & ~full, full=full, kv_num=kv_num, kv_idx=kv_idx, full_num=full_num,
+                           full_idx=full_idx, m=m)
+
+
+def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
+    """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row."""
     spec = cands.spec
     B, Hq, Q, D = query.shape
-    Hkv, K, Dv = key.shape[1], key.shape[2], value.shape[-1]
+    Hkv, K = key.shape[1], key.shape[2]
     g = Hq // Hkv
     dev = query.device
     nQb, nKb = bucket(-(-Q // BS)), bucket(-(-K // REAL))
     Qp, Kp = nQb * BS, nKb * BS
     padded = not bool(key_valid.all())  # one host sync; without padding the mask reads slots only
 
-    # Original-order metadata; index K (keys) / Q (queries) is a dummy standing for padding rows.
     count = cands.count  # (B, K)
     slot = torch.arange(K, device=dev).expand(B, K)
     kslot0 = torch.cat([slot.masked_fill(~key_valid, FAR), torch.full((B, 1), FAR, device=dev)], -1)  # (B, K+1)
@@ -148,67 +201,48 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
     qslot0 = torch.cat([slot[:, K - Q:].masked_fill(~qvalid, -1), torch.full((B, 1), -1, device=dev)], -1)
     qcount0 = torch.cat([count[:, K - Q:], torch.full((B, 1), -FAR, device=dev)], -1)  # (B, Q+1)
     L = 0 if cands.qcodes is None else cands.qcodes.shape[0]
+    qc0 = kc0 = None
     if L:
         qc0 = cands.qcodes.reshape(L, B, Hq, Q).to(torch.int64)  # (L, B, Hq, Q): head h -> KV head h // g
         kc0 = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
         qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
         kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
 
+    inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
+    bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
+    bq, hq, hk = bq.view(B, 1, 1), hq.view(1, Hq, 1), hk.view(1, Hkv, 1)
+    passes: List[int] = ([-1] if (inc_self or sinks > 0 or window > 0) else []) + list(range(L))
+    sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
+    return SimpleNamespace(spec=spec, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel, B=B, Hq=Hq,
+                           Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
+                           key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window, qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0,
+                           passes=passes)
+
+
+def layouts(query, key, key_valid, cands):
+    """[(t, layout)] of every pass (t = -1: the always pass), block masks only: what tests inspect."""
+    c = _prepare(query, key, key_valid, cands)
+    return [(t, _layout(c, t)) for t in c.passes]
+
+
+def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
+    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh, equal to the masked engine's."""
+    c = _prepare(query, key, key_valid, cands)
+    spec, B, Hq, Hkv, Q, K, D, g, dev = c.spec, c.B, c.Hq, c.Hkv, c.Q, c.K, c.D, c.g, c.dev
+    Dv, nKb, Qp, Kp, padded, L, bq, hq, hk = value.shape[-1], c.nKb, c.Qp, c.Kp, c.padded, c.L, c.bq, c.hq, c.hk
+    qc0, kc0, qvalid, count, sentinel = c.qc0, c.kc0, c.qvalid, c.count, c.sentinel
     # s0(i) = scale * q_i . k_slot(i): a reference score on the scale of the row (float32)
     s0 = (query.float() * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
     consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window)],
                           dtype=torch.int64, device=dev)
-    inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
-
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
-    passes: List[int] = ([-1] if (inc_self or sinks > 0 or window > 0) else []) + list(range(L))
     masses: List[torch.Tensor] = []
     outs: List[torch.Tensor] = []
-    bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
-    bq, hq, hk = bq.view(B, 1, 1), hq.view(1, Hq, 1), hk.view(1, Hkv, 1)
-    sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
-    for t in passes:
-        # Orders: original for the always pass; (code, slot) per head for table t, padding rows last.
-        if t < 0:
-            qsrc = torch.arange(Q, device=dev).expand(B, Hq, Q)
-            ksrc = torch.arange(K, device=dev).expand(B, Hkv, K)
-        else:  # stable sort by code keeps slots ascending within a bucket
-            qsrc = torch.sort(qc0[t, ..., :Q].masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
-            ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
-        qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
-        ksrc = _with_sentinels(ksrc[..., None] + 1, nKb)[..., 0] - 1  # (B, Hkv, Kp), -1 at sentinel slots
-        ksrc = ksrc.masked_fill(ksrc < 0, K)
-        qslot, kslot = qslot0[bq, qsrc], kslot0[bq, ksrc]  # (B, Hq, Qp), (B, Hkv, Kp)
-        qcount, kcount = qcount0[bq, qsrc], kcount0[bq, ksrc]
-        qv, kv = qslot >= 0, kslot < FAR
-
-        # Block-level facts -> blocks that may hold a pair (partial) and blocks holding only pairs (full).
-        qs_lo, qs_hi = _block_stats(qslot, qv, BS)  # (B, Hq, nQb)
-        qn_lo, qn_hi = _block_stats(qcount, qv, BS)
-        rep = lambda x: x.repeat_interleave(g, 1)[:, :, None, :]  # noqa: E731  (B, Hkv, nKb) -> (B, Hq, 1, nKb)
-        ks_lo, ks_hi = map(rep, _block_stats(kslot, kv, BS))
-        kn_lo, kn_hi = map(rep, _block_stats(kcount, kv, BS))
-        q_all = qv.view(B, Hq, nQb, BS).all(-1)[..., None]  # (B, Hq, nQb, 1)
-        k_all = rep(kv.view(B, Hkv, nKb, BS)[..., 1:].all(-1))
-        col = lambda x: x[..., :, None]  # noqa: E731  (B, Hq, nQb) -> (B, Hq, nQb, 1)
-        causal = ks_lo <= col(qs_hi)  # False where either block is empty (FAR / -FAR)
-        all_in = k_all & q_all & (ks_hi <= col(qs_lo))  # every pair valid and causal
-        self_may = (ks_hi >= col(qs_lo)) if inc_self else torch.zeros_like(causal)
-        sink_may = kn_lo <= sinks  # some key is a sink (never with sinks = 0: positions count from 1)
-        win_may = (col(qn_lo) - kn_hi < window) if window > 0 else torch.zeros_like(causal)
-        if t < 0:
-            may = causal & (self_may | sink_may | win_may)
-            full = all_in & ((kn_hi <= sinks) | (col(qn_hi) - kn_lo < window))
-        else:
-            qk_lo, qk_hi = _block_stats(qc0[t][bq, hq, qsrc], qv, BS)
-            kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
-            may = causal & (kk_lo <= col(qk_hi)) & (kk_hi >= col(qk_lo))
-            one_code = (kk_lo == kk_hi) & (kk_lo == col(qk_lo)) & col(qk_lo == qk_hi)
-            full = all_in & one_code & (ks_hi < col(qs_lo)) & ~sink_may & ~win_may if t == 0 else \
-                torch.zeros_like(may)  # later tables exclude earlier collisions pair by pair
-        kv_num, kv_idx = _ordered(may & ~full)
-        full_num, full_idx = _ordered(full)
-        m = (kv_num + full_num).repeat_interleave(BS, -1)  # (B, Hq, Qp): sentinels seen by each row
+    for t in c.passes:
+        lay = _layout(c, t)
+        qsrc, ksrc, qslot, kslot, qcount, kcount = lay.qsrc, lay.ksrc, lay.qslot, lay.kslot, lay.qcount, lay.kcount
+        qv, kv, m = lay.qv, lay.kv, lay.m
+        kv_num, kv_idx, full_num, full_idx = lay.kv_num, lay.kv_idx, lay.full_num, lay.full_idx
 
         # Inputs in this order: queries (padding rows 0), keys/values with sentinel slots (k = 0).
         if t < 0:  # original order: a reshape, not a gather
