@@ -215,8 +215,8 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
     return SimpleNamespace(spec=spec, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel, B=B, Hq=Hq,
                            Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
-                           key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window, qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0,
-                           passes=passes)
+                           key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
+                           qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes)
 
 
 def layouts(query, key, key_valid, cands):
