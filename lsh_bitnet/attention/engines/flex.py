@@ -36,8 +36,9 @@ STATS = {"compile_s": 0.0, "compiles": 0}
 
 
 def bucket(n_blocks: int) -> int:
-    """Round a block count up to 1/8-octave steps so a growing cache recompiles O(log T) times, not per block."""
-    step = 1 << max(0, n_blocks.bit_length() - 4)
+    """Round a block count up to quarter-octave steps (at most 25% padding blocks, never visited), so a growing
+    cache recompiles 4 times per doubling, not once per block."""
+    step = 1 << max(0, n_blocks.bit_length() - 3)
     return -(-n_blocks // step) * step
 
 
@@ -156,7 +157,8 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
     rep = lambda x: x.repeat_interleave(g, 1)[:, :, None, :]  # noqa: E731  (B, Hkv, nKb) -> (B, Hq, 1, nKb)
     ks_lo, ks_hi = map(rep, _block_stats(kslot, kv, BS))
     kn_lo, kn_hi = map(rep, _block_stats(kcount, kv, BS))
-    q_all = qv.view(B, Hq, nQb, BS).all(-1)[..., None]  # (B, Hq, nQb, 1)
+    # rows past Q (qsrc == Q) may see a full block: their output is dropped; invalid real queries may not
+    q_all = (qv | (qsrc == Q)).view(B, Hq, nQb, BS).all(-1)[..., None]  # (B, Hq, nQb, 1)
     k_all = rep(kv.view(B, Hkv, nKb, BS)[..., 1:].all(-1))
     col = lambda x: x[..., :, None]  # noqa: E731  (B, Hq, nQb) -> (B, Hq, nQb, 1)
     causal = ks_lo <= col(qs_hi)  # False where either block is empty (FAR / -FAR)
