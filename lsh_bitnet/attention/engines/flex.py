@@ -52,10 +52,16 @@ def _make_pass(kind: str, t: int, padded: bool, counting: bool):
     def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, s0, consts,
             g: int, scale: float):
         # qslot (B, Hq, Qp) (-1: padding), kslot (B, Hkv, Kp) (FAR: padding or sentinel), sorted order;
-        # qcount/kcount likewise (read only when padded); codes (L, B, H, len); consts = [self, sinks, window].
+        # qcount/kcount likewise (read only when padded); codes (L, B, H, len);
+        # consts = [self, sinks, window, K - Q, Q, K] (tensors: one graph serves every length of a bucket).
         def mask_mod(b, h, qi, ki):
             hk = h // g
-            qs, ks = qslot[b, h, qi], kslot[b, hk, ki]
+            if kind == "always" and not padded:  # original order, no padding: slots from indices, no lookups
+                qs = torch.where(qi < consts[4], qi + consts[3], -1)
+                ks = ki - ki // BS - 1  # REAL keys behind each block's sentinel
+                ks = torch.where((ki % BS != 0) & (ks < consts[5]), ks, 1 << 30)  # int32 indices here
+            else:
+                qs, ks = qslot[b, h, qi], kslot[b, hk, ki]
             if padded:
                 qn, kn = qcount[b, h, qi], kcount[b, hk, ki]
                 always = ((consts[0] > 0) & (ks == qs)) | (kn <= consts[1]) | (qn - kn < consts[2])
@@ -235,7 +241,7 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
     qc0, kc0, qvalid, count, sentinel = c.qc0, c.kc0, c.qvalid, c.count, c.sentinel
     # s0(i) = scale * q_i . k_slot(i): a reference score on the scale of the row (float32)
     s0 = (query.float() * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
-    consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window)],
+    consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window), K - Q, Q, K],
                           dtype=torch.int64, device=dev)
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
     masses: List[torch.Tensor] = []
