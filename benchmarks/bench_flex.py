@@ -42,13 +42,27 @@ def inputs(T: int, Q: int = None):
     return q, k, v, torch.ones(1, T, dtype=torch.bool)
 
 
+HASHERS = {}
+
+
 def call(name, engine, q, k, v, valid):
     if name == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=True), None
     spec, bits = SETTINGS[name]
     spec = SparseSpec(**{**spec.__dict__, "engine": engine})
-    hasher = build_hasher("simhash", bits, D, HKV, spec.n_tables, 0, 0) if bits else None
-    return sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine=engine)
+    hasher, codes, reused = None, None, 0
+    if bits:
+        if name not in HASHERS:
+            HASHERS[name] = build_hasher("simhash", bits, D, HKV, spec.n_tables, 0, 0)
+        hasher = HASHERS[name]
+        if q.shape[2] == 1:  # decode: the key-code cache holds the codes of the K - 1 cached keys
+            K = k.shape[2]
+            if (name, K) not in HASHERS:
+                HASHERS[name, K] = hasher.codes(k[:, :, :K - 1])
+            codes = torch.cat([HASHERS[name, K], hasher.codes(k[:, :, K - 1:])], 2)  # hash the new key only
+            reused = K - 1
+    return sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine=engine, key_codes=codes,
+                                   reused_keys=reused)
 
 
 def rss_kib(field: str) -> int:
@@ -79,7 +93,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory", action="store_true")
-    ap.add_argument("--decode", type=int, default=0, help="cache length for one decode step (0: prefill table)")
+    ap.add_argument("--decode", type=int, default=0, help="cache length for one decode step (0: prefill table); "
+                    "keys hashed earlier come from a key-code cache as in generation (codecache.py)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:

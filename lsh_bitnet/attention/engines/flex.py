@@ -14,7 +14,7 @@ Values carry two extra columns, [v | 1 | e_sent]. Every visited block adds one s
 a pass returns b = Z / (Z + m e^s0) in the ones column and a = m e^s0 / (Z + m e^s0) in the sentinel
 column: Z / e^s0 = m b / a, the weight of the pass, and v-part / b is its normalised output. The
 counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22);
-the always pass is counted in closed form from positions instead (no second pass).
+the always pass, and table 0 of a call without padding, are counted in closed form instead (no second pass).
 """
 import time
 from types import SimpleNamespace
@@ -190,6 +190,34 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
                            full_idx=full_idx, m=m)
 
 
+def first_table_counts(qc: torch.Tensor, kc: torch.Tensor, spec, g: int) -> torch.Tensor:
+    """|pass 0| without a counting pass, for calls without padding (position = slot): the keys j <= i
+    sharing the query's table-0 code, less those already in the always set. qc (B, Hq, Q), kc (B, Hkv, K)
+    int64 codes >= 0 -> int64 0-d. Memory O(Q * (W + S)) per head, W = local_window, S = sink_tokens."""
+    B, Hq, Q = qc.shape
+    K = kc.shape[-1]
+    slots = torch.arange(K - Q, K, device=qc.device)  # (Q,)
+    kr = kc.repeat_interleave(g, 1)  # (B, Hq, K)
+    # Same code and j <= i: a range of the keys sorted by (code, slot), found by binary search.
+    ordered = torch.sort(kr * (K + 1) + torch.arange(K, device=kc.device), dim=-1).values  # (B, Hq, K)
+    hi = torch.searchsorted(ordered, qc * (K + 1) + slots, right=True)
+    lo = torch.searchsorted(ordered, qc * (K + 1))
+    n = (hi - lo).sum()
+    S, W = int(spec.sink_tokens), int(spec.local_window)
+    if W > 0:  # window: j = i - d, d < W (codes of j < 0 are -1 and match nothing)
+        padded = torch.cat([kr.new_full((B, Hq, W - 1), -1), kr], -1)  # (B, Hq, K + W - 1)
+        win = padded.unfold(-1, W, 1)[:, :, K - Q:]  # (B, Hq, Q, W): keys i - W + 1 .. i
+        n = n - (win == qc[..., None]).sum()
+    if S > 0:  # sinks j < S not already in the window
+        j = torch.arange(min(S, K), device=qc.device)
+        outside = (j[None, :] <= slots[:, None]) & (j[None, :] < slots[:, None] - W + 1)  # (Q, S)
+        n = n - ((kr[..., None, :min(S, K)] == qc[..., None]) & outside).sum()
+    if spec.include_self and W == 0:  # self, unless it is a sink
+        own = kr[..., K - Q:] == qc  # (B, Hq, Q)
+        n = n - (own & (slots >= S)).sum()
+    return n
+
+
 def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row."""
     spec = cands.spec
@@ -285,7 +313,9 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
         normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
         outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
-        if t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
+        if t == 0 and not padded:
+            n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g)
+        elif t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
             zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
             vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
             vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
