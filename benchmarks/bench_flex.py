@@ -4,6 +4,7 @@ SDPA, side by side in one process, next to its comparison ratio and the ideal sp
     python benchmarks/bench_flex.py --seq-lens 2048,4096,8192 --repeats 3
     python benchmarks/bench_flex.py --seq-lens 32768 --engines flex --memory      # + peak memory (Linux)
     python benchmarks/bench_flex.py --decode 8192                                 # one decode step vs a cache
+    python benchmarks/bench_flex.py --e2e 4096 --repeats 1                        # SmolLM2 end to end
 
 Random float32 q, k, v (so SimHash buckets are uniform); one attention call = one layer of one sequence.
 Repeats interleave SDPA and every setting, best of --repeats. The first flex call of a shape compiles:
@@ -84,6 +85,53 @@ def memory_child(name, engine, T):
     print(json.dumps({"grown_bytes": (peak - base) * 1024}))
 
 
+E2E = {  # name -> attention config for patch_model (all layers patched)
+    "full": {"name": "full"},
+    "window_masked": {"name": "window", "sink_tokens": 4, "local_window": 256, "engine": "masked"},
+    "window_flex": {"name": "window", "sink_tokens": 4, "local_window": 256, "engine": "flex"},
+    "lsh8_flex": {"name": "lsh", "n_tables": 1, "sink_tokens": 4, "local_window": 64, "engine": "flex"},
+}
+
+
+def e2e(seq_len: int, repeats: int, text: str, names):
+    """SmolLM2-135M forward over one window of real text, every layer patched: steady time and NLL."""
+    from bench_attention import GGUF_FILE
+
+    from lsh_bitnet.attention import patch_model
+    from lsh_bitnet.config import ModelConfig
+    from lsh_bitnet.models import load_model
+
+    cache = Path(os.environ.get("LSH_BITNET_CACHE", "~/.cache/lsh_bitnet")).expanduser()
+    loaded = load_model(ModelConfig(name="smollm2_135m", gguf_file=GGUF_FILE, device="cpu"), cache)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    ids = tok(Path(text).read_text()[: seq_len * 8], return_tensors="pt").input_ids[:, :seq_len]
+    assert ids.shape[1] == seq_len, "text too short"
+    hasher = {"name": "simhash", "n_bits": 8, "seed": 0}
+    best, first, nll, ratio, compile_s = {}, {}, {}, {}, {}
+    with torch.no_grad():
+        for rep in range(repeats + 1):  # rep 0: first calls (compilation)
+            for name in names:
+                patch = patch_model(model, E2E[name], hasher)
+                try:
+                    start = time.perf_counter()
+                    out = model(ids, labels=ids)
+                    took = time.perf_counter() - start
+                    if rep == 0:
+                        first[name], nll[name] = took, out.loss.item()
+                        ratio[name] = patch.cost_summary()["comparison_ratio"]
+                        compile_s[name] = patch.timing_summary()["compile_s"]
+                    else:
+                        best[name] = min(best.get(name, 1e9), took)
+                finally:
+                    patch.unpatch()
+    print(f"\nSmolLM2-135M, one window of {seq_len} tokens, all 30 layers patched (best of {repeats}; "
+          f"load {os.getloadavg()[0]:.1f})")
+    print(f"{'setting':<14} {'first_s':>8} {'compile_s':>9} {'steady_s':>9} {'x full':>7} {'comp_ratio':>10} {'nll':>8}")
+    for name in names:
+        print(f"{name:<14} {first[name]:>8.2f} {compile_s[name]:>9.2f} {best[name]:>9.2f} "
+              f"{best[name] / best['full']:>7.3f} {ratio[name]:>10.4f} {nll[name]:>8.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seq-lens", default="2048,4096,8192")
@@ -95,8 +143,13 @@ def main():
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--decode", type=int, default=0, help="cache length for one decode step (0: prefill table); "
                     "keys hashed earlier come from a key-code cache as in generation (codecache.py)")
+    ap.add_argument("--e2e", type=int, default=0, help="SmolLM2 end to end at this eval.seq_len instead")
+    ap.add_argument("--text", default="../shared/data/wikitext-2/valid.txt")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.e2e:
+        torch.set_num_threads(args.threads)
+        return e2e(args.e2e, args.repeats, args.text, list(E2E))
     if args.memory_child:
         name, engine, T = args.memory_child.split(":")
         return memory_child(name, engine, int(T))
