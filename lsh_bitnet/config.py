@@ -52,7 +52,7 @@ class AttentionConfig:
     diagnostics_queries: int = 64
     # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
     # flex (compiled flex_attention over block masks: skips blocks with no candidate; window and lsh),
-    # auto (flex for prefills of >= 1024 queries of window/lsh, masked otherwise; see README).
+    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables; else masked; README).
     engine: str = "auto"
 
 

@@ -18,8 +18,10 @@ HASHED_VARIANTS = ("lsh", "lsh_forest")
 # top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
 ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
-# sorting and block-mask building exceeds the dense product (docs/BENCHMARKS.md, "flex engine").
-AUTO_FLEX_MIN_QUERIES = 1024
+# sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
+# counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
+AUTO_FLEX_MIN_QUERIES = 2048
+AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
 
 
 def _cfg_get(cfg: Any, key: str, default=None):
@@ -72,7 +74,8 @@ def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
         return "masked"
     if engine == "auto":
         grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
-        return "flex" if spec.variant in ENGINES["flex"] and Q >= AUTO_FLEX_MIN_QUERIES and not grad else "masked"
+        need = AUTO_FLEX_MIN_QUERIES_TABLES if spec.variant == "lsh" and spec.n_tables > 1 else AUTO_FLEX_MIN_QUERIES
+        return "flex" if spec.variant in ENGINES["flex"] and Q >= need and not grad else "masked"
     if spec.variant not in ENGINES[engine]:
         raise ValueError(f"attention.engine={engine} cannot run attention={spec.variant}: use attention.engine= one "
                          f"of {engines_for(spec.variant)}")
