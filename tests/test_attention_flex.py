@@ -10,7 +10,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from lsh_bitnet.attention import SparseSpec, build_hasher, patch_model, validate_attention_config
 from lsh_bitnet.attention.candidates import Candidates
 from lsh_bitnet.attention.engines import flex
-from lsh_bitnet.attention.kernel import sparse_attention_counts
+from lsh_bitnet.attention.kernel import resolve_engine, sparse_attention_counts
 from lsh_bitnet.errors import ConfigError
 
 B, HQ, HKV, D, T = 2, 4, 2, 16, 150
@@ -147,7 +147,15 @@ def test_engine_config_errors():
         validate_attention_config({"name": "oracle_topk", "k": 4, "engine": "flex"}, hasher)
     with pytest.raises(ConfigError, match="attention.engine='fast' is not known"):
         validate_attention_config({"name": "lsh", "engine": "fast"}, hasher)
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention.min_collisions=2"):
+        validate_attention_config({"name": "lsh", "engine": "flex", "min_collisions": 2}, hasher)
     validate_attention_config({"name": "lsh", "engine": "flex"}, hasher)
+    auto = SparseSpec("lsh", engine="auto")
+    auto.min_collisions = 2  # a rule flex does not run (SPEC section 7): auto must fall back to masked
+    assert resolve_engine(auto, torch.zeros(1), 8192) == "masked"
+    assert resolve_engine(SparseSpec("lsh", engine="auto"), torch.zeros(1), 8192) == "flex"
+    assert resolve_engine(SparseSpec("lsh", engine="auto"), torch.zeros(1), 1) == "masked"  # decode step
+    assert resolve_engine(SparseSpec("oracle_topk", engine="auto", k=4), torch.zeros(1), 8192) == "masked"
 
 
 # ----------------------------------------------------------------------------- key-code cache in decode

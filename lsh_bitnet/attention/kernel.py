@@ -67,6 +67,18 @@ def engines_for(variant: str):
     return [e for e, variants in ENGINES.items() if variant in variants]
 
 
+def flex_unsupported(spec) -> Optional[str]:
+    """Why flex cannot run this spec (None if it can). Rules beyond the plain union of SPEC section 7
+    (m-of-L, the sampling estimator) are read with getattr so this holds before and after they exist."""
+    if spec.variant not in ENGINES["flex"]:
+        return f"attention={spec.variant}"
+    if int(getattr(spec, "min_collisions", 1)) != 1:
+        return "attention.min_collisions > 1"
+    if str(getattr(spec, "estimator", "softmax")) != "softmax":
+        return f"attention.estimator={getattr(spec, 'estimator')}"
+    return None
+
+
 def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
     """The engine that runs this call: `masked` or `flex` (`full` always runs stock SDPA)."""
     engine = spec.engine
@@ -75,10 +87,9 @@ def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
     if engine == "auto":
         grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
         need = AUTO_FLEX_MIN_QUERIES_TABLES if spec.variant == "lsh" and spec.n_tables > 1 else AUTO_FLEX_MIN_QUERIES
-        return "flex" if spec.variant in ENGINES["flex"] and Q >= need and not grad else "masked"
-    if spec.variant not in ENGINES[engine]:
-        raise ValueError(f"attention.engine={engine} cannot run attention={spec.variant}: use attention.engine= one "
-                         f"of {engines_for(spec.variant)}")
+        return "flex" if flex_unsupported(spec) is None and Q >= need and not grad else "masked"
+    if engine == "flex" and flex_unsupported(spec) is not None:
+        raise ValueError(f"attention.engine=flex cannot run {flex_unsupported(spec)}: use attention.engine=masked")
     return engine
 
 

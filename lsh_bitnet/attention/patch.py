@@ -41,6 +41,10 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
     engine = a("engine", "auto")
     _require(engine in ("auto", *ENGINES), f"attention.engine={engine!r} is not known: allowed "
              f"{['auto', *ENGINES]}")
+    if engine == "flex" and variant in ENGINES["flex"]:  # flex runs the plain union with softmax weights only
+        for key, plain in (("min_collisions", 1), ("estimator", "softmax")):
+            _require(a(key, plain) == plain, f"attention.engine=flex cannot run attention.{key}={a(key)}: set "
+                     f"attention.engine= one of ['masked', 'auto']")
     if engine != "auto" and variant in VARIANTS:
         why = (" (it needs every score q.k to choose its top k: the dense product that flex skips)"
                if variant == "oracle_topk" else "")
