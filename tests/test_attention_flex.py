@@ -167,7 +167,7 @@ def tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as evaluation runs: inference tensors keep no version counter
 def generate(model, patch, prompt, steps):
     """Greedy loop with a KV cache; returns logits of every step and hash_ops after each forward."""
     cache, x, out, hash_ops = DynamicCache(), prompt, [], []
