@@ -84,6 +84,10 @@ class AttentionConfig:
     diagnostics: bool = False
     diagnostics_k: int = 32
     diagnostics_queries: int = 64
+    # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
+    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window and lsh),
+    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables; else masked; README).
+    engine: str = "auto"
 
 
 @dataclass

@@ -236,13 +236,14 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
         metrics = _run_metric(cfg, model, tokenizer, cache_dir, text, sink)
         eval_s = time.perf_counter() - eval_start
         record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
+        compile_timing = patch.timing_summary()  # flex engine: compile_s / compiles, merged into timing below
     finally:
         watch.remove()
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
     record["metrics"] = metrics
     record["timing"] = {"load_s": loaded.info.get("load_s"), "eval_s": eval_s,
-                        "tokens_per_s": tokens / eval_s if eval_s > 0 else None}
+                        "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
     record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
     bad = nonfinite_paths(metrics)
     if bad or watch.bad:

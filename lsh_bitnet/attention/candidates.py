@@ -23,7 +23,8 @@ INT32_BITS = 30
 class Candidates:
     """Per-call state: positions of every slot, hash codes of every query and key."""
 
-    def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None):
+    def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None,
+                 key_codes: Optional[torch.Tensor] = None):  # flex branch: key_codes (B, Hkv, K, L), cached
         B, Hq, Q, D = query.shape  # query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K)
         Hkv, K = key.shape[1], key.shape[2]
         self.spec, self.hasher = spec, hasher
@@ -51,7 +52,8 @@ class Candidates:
                              hasher.key_bits(key).flatten(-2).float().mul(2).sub(1))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
                 return
             # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
-            self.kcodes = hasher.key_codes(key).to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
+            kc = hasher.key_codes(key) if key_codes is None else key_codes  # decode reuses cached codes (codecache.py)
+            self.kcodes = kc.to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
             qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, self.g, Q, -1)
             self.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)
             if spec.variant in ("lsh", "lsh_topk"):

@@ -107,7 +107,8 @@ def calibration_centers(model, tokenizer, text: str, seq_len: int, n_tokens: int
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{id(centers)}")
-        torch.save({"centers": centers, "key": key}, tmp)
+        # the key as plain JSON values: torch.load(weights_only=True) refuses our config Enums
+        torch.save({"centers": centers, "key": json.loads(json.dumps(key, sort_keys=True, default=str))}, tmp)
         tmp.replace(path)  # atomic: a concurrent job sees the whole file or none
     return centers
 

@@ -13,6 +13,46 @@ import torch.nn.functional as F
 from lsh_bitnet.attention.candidates import Candidates
 from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
+# Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
+# top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
+ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
+# `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
+# sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
+# counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
+AUTO_FLEX_MIN_QUERIES = 2048
+AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
+
+
+def engines_for(variant: str):
+    return [e for e, variants in ENGINES.items() if variant in variants]
+
+
+def flex_unsupported(spec) -> Optional[str]:
+    """Why flex cannot run this spec (None if it can). Rules beyond the plain union of SPEC section 7
+    (m-of-L, the sampling estimator) are read with getattr so this holds before and after they exist."""
+    if spec.variant not in ENGINES["flex"]:
+        return f"attention={spec.variant}"
+    if int(getattr(spec, "min_collisions", 1)) != 1:
+        return "attention.min_collisions > 1"
+    if str(getattr(spec, "estimator", "softmax")) != "softmax":
+        return f"attention.estimator={getattr(spec, 'estimator')}"
+    return None
+
+
+def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
+    """The engine that runs this call: `masked` or `flex` (`full` always runs stock SDPA)."""
+    engine = spec.engine
+    if spec.variant == "full":
+        return "masked"
+    if engine == "auto":
+        grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
+        need = AUTO_FLEX_MIN_QUERIES_TABLES if spec.variant == "lsh" and spec.n_tables > 1 else AUTO_FLEX_MIN_QUERIES
+        return "flex" if flex_unsupported(spec) is None and Q >= need and not grad else "masked"
+    if engine == "flex" and flex_unsupported(spec) is not None:
+        raise ValueError(f"attention.engine=flex cannot run {flex_unsupported(spec)}: use attention.engine=masked")
+    return engine
+
+
 @dataclass
 class LayerCost:
     comparisons: int
@@ -53,12 +93,15 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             *, spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
-                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+                            engine: Optional[str] = None, key_codes: Optional[torch.Tensor] = None,
+                            reused_keys: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
-    (retrieval diagnostics).
+    (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...). `key_codes`
+    (B, Hkv, K, L): key codes computed earlier, of which the first `reused_keys` were hashed by an earlier
+    call (codecache.py) and are not counted again in hash_ops.
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
     Hkv, K = key.shape[1], key.shape[2]
@@ -76,14 +119,14 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     if spec.hashed and hasher is None:
         raise ValueError(f"attention={spec.variant} needs a hasher (got None)")
     if spec.hashed:
-        # Keys are hashed every call (cached keys included in decode): count what is computed.
-        hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid.sum() * Hkv)
+        # Count what is computed: keys reused from the code cache were hashed (and counted) by an earlier call.
+        hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid[:, reused_keys:].sum() * Hkv)
 
     if spec.variant == "full" and observe is None:
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
-    cands = Candidates(query, key, key_valid, spec, hasher)
+    cands = Candidates(query, key, key_valid, spec, hasher, key_codes=key_codes)
     selection_ops = cands.selection_ops(full)
     if observe is not None:
         observe(cands, scaling)
@@ -91,6 +134,11 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
+    if (engine or resolve_engine(spec, query, Q)) == "flex":
+        from lsh_bitnet.attention.engines.flex import flex_sparse_attention
+
+        out, comparisons = flex_sparse_attention(query, key, value, key_valid, cands, scaling)
+        return out, torch.stack([comparisons, full, hash_ops, selection_ops])
     chunk = max(1, int(spec.query_chunk))
     comparisons = torch.zeros((), dtype=torch.int64, device=key.device)
     outs = []

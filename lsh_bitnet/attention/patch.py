@@ -10,14 +10,23 @@ from typing import List, Optional
 import torch
 
 from lsh_bitnet.attention import registry
+from lsh_bitnet.attention.codecache import KeyCodeCache
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
 from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
+from lsh_bitnet.attention.kernel import ENGINES, engines_for
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
 from lsh_bitnet.attention.spec import (CALIBRATION_SOURCES, CENTERS, ESTIMATORS, HASHED_VARIANTS, TOPK_SCORES,
                                        SparseSpec, typed_attention, typed_hasher)
 
 from lsh_bitnet.errors import ConfigError
+
+
+def _compile_stats() -> dict:
+    import sys
+
+    flex = sys.modules.get("lsh_bitnet.attention.engines.flex")  # not imported: nothing was compiled
+    return dict(flex.STATS) if flex is not None else {"compile_s": 0.0, "compiles": 0}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -30,6 +39,19 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
     """Value checks on the attention and hasher groups; shape checks only when head_dim / n_layers are given."""
     a, h = typed_attention(attention_cfg), typed_hasher(hasher_cfg)
     variant = a.name
+    engine = a.engine
+    _require(engine in ("auto", *ENGINES), f"attention.engine={engine!r} is not known: allowed "
+             f"{['auto', *ENGINES]}")
+    if engine == "flex" and variant in ENGINES["flex"]:  # flex runs the plain union with softmax weights only
+        for key, plain in (("min_collisions", 1), ("estimator", "softmax")):
+            value = getattr(a, key, plain)
+            _require(value == plain, f"attention.engine=flex cannot run attention.{key}={value}: set "
+                     f"attention.engine= one of ['masked', 'auto']")
+    if engine != "auto":
+        why = (" (it needs every score q.k to choose its top k: the dense product that flex skips)"
+               if variant in ("oracle_topk", "lsh_topk") else "")
+        _require(variant in ENGINES[engine], f"attention.engine={engine} cannot run attention={variant}{why}: "
+                 f"set attention.engine= one of {engines_for(variant)} or auto")
     for key in ("sink_tokens", "local_window"):
         _require(getattr(a, key) >= 0, f"attention.{key} must be >= 0 (got {getattr(a, key)})")
     _require(a.query_chunk >= 1, f"attention.query_chunk must be >= 1 (got {a.query_chunk}): "
@@ -106,10 +128,13 @@ class AttentionPatch:
         self.diagnostics, self.previous, self.spec = diagnostics, previous, spec
         self.head_dim, self.causal = head_dim, causal
         self.active = True
+        self._compile_s0 = _compile_stats()
 
     def reset(self) -> None:
         """Zero the counters and diagnostics (e.g. after a warm-up batch)."""
         self.meter.reset()
+        for state in self.states:
+            state.engine_calls.clear()
         if self.diagnostics is not None:
             self.diagnostics.reset()
 
@@ -136,7 +161,21 @@ class AttentionPatch:
         work = out["comparisons"] * self.head_dim + out["hash_ops"] + out["selection_ops"]
         out["mac_ratio"] = work / full if full > 0 else None
         out["causal"] = bool(self.causal)
+        calls: dict = {}
+        for state in self.states:
+            for engine, n in state.engine_calls.items():
+                calls[engine] = calls.get(engine, 0) + n
+        # engine: what ran ("flex", "masked", or "flex+masked" when auto split prefill and decode steps)
+        out["engine"] = "+".join(sorted(calls)) or "masked"
+        out["engine_requested"] = self.spec.engine
+        out["engine_calls"] = calls
         return out
+    def timing_summary(self) -> dict:
+        """{"compile_s": first-call seconds of every flex graph compiled since patching (compilation plus
+        one run; 0 on the masked engine), "compiles": how many}: the runner merges it into `timing`."""
+        now = _compile_stats()
+        return {"compile_s": now["compile_s"] - self._compile_s0["compile_s"],
+                "compiles": now["compiles"] - self._compile_s0["compiles"]}
 
     def diagnostics_summary(self) -> Optional[dict]:
         return self.diagnostics.summary() if self.diagnostics is not None else None
@@ -166,6 +205,9 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg, centers: Opti
     if center == "calibration" and centers is None:
         raise ConfigError("hasher.center=calibration needs the calibration mean keys: the runner computes them "
                           "(lsh_bitnet.attention.centering.calibration_centers); or set hasher.center=none")
+    # decode hashes each key once (codecache.py); the soft lsh_topk score re-reads key bits, not codes
+    cached_codes = spec.hashed and not (spec.variant == "lsh_topk" and spec.score == "soft")
+    codecache = KeyCodeCache() if cached_codes else None
     states = []
     for module in modules:
         patched = module.layer_idx in chosen
@@ -179,7 +221,8 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg, centers: Opti
             hasher.center = center
             if center == "calibration":
                 hasher.mu = centers[module.layer_idx].float()  # (Hkv, D)
-        state = LayerState(module.layer_idx, spec if patched else FULL_SPEC, hasher, meter, patched, diagnostics)
+        state = LayerState(module.layer_idx, spec if patched else FULL_SPEC, hasher, meter, patched, diagnostics,
+                           codecache=codecache)
         setattr(module, STATE_ATTR, state)
         states.append(state)
 

@@ -7,15 +7,15 @@ Two registrations under one name:
   runs `sparse_attention_counts`; a module without state gets full attention, uncounted.
 """
 import weakref
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from lsh_bitnet.attention.cost import CostMeter
-from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention_counts
+from lsh_bitnet.attention.kernel import SparseSpec, resolve_engine, sparse_attention_counts
 
 IMPLEMENTATION = "lsh_bitnet"
 STATE_ATTR = "_lsh_bitnet_state"
@@ -30,6 +30,8 @@ class LayerState:
     meter: CostMeter
     patched: bool  # False: kept at full attention (attention.layers), still counted at full cost
     diagnostics: Optional[object] = None  # DiagnosticsMeter when attention.diagnostics is true
+    engine_calls: Dict[str, int] = field(default_factory=dict)  # engine -> calls that ran on it (cost.engine)
+    codecache: Optional[object] = None  # KeyCodeCache shared by the layers of one patch (hashed variants)
 
 
 def lsh_bitnet_mask(**kwargs):
@@ -105,9 +107,24 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     observe = None
     if state is not None and state.diagnostics is not None and state.patched:
         observe = lambda cands, s: state.diagnostics.observe(state.layer_idx, cands, s)  # noqa: E731
+    key_codes, reused = None, 0
+    cache = state.codecache if state is not None else None
+    if cache is not None:
+        if state.layer_idx == 0:  # layer 0 checks, once per forward, how many keys the last forward had
+            cache.begin_forward(attention_mask, key, key_valid)
+        if state.patched and spec.hashed:
+            hasher = state.hasher
+            if getattr(hasher, "center", "none") == "prompt" and Q == K:  # mu must exist before keys are coded
+                hasher.set_prompt_center(key, key_valid)
+            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key,
+                                            getattr(hasher, "key_codes", hasher.codes))
+    engine = resolve_engine(spec, query, Q)
+    if state is not None and state.patched:
+        state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
     out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec,
                                           hasher=state.hasher if state is not None else None,
-                                          scaling=scaling, all_valid=all_valid, observe=observe)
+                                          scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
+                                          key_codes=key_codes, reused_keys=reused)
     if state is not None:
         state.meter.add(state.layer_idx, counts)
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights

@@ -71,6 +71,7 @@ class SparseSpec:
     score: str = LSHTopKAttentionConfig.score
     estimator: str = AttentionConfig.estimator
     query_chunk: int = AttentionConfig.query_chunk
+    engine: str = AttentionConfig.engine  # auto | masked | flex (SPEC section 8): how it is computed, never what
 
     @classmethod
     def from_config(cls, attention_cfg) -> "SparseSpec":

@@ -1,0 +1,59 @@
+"""Key codes hashed once per key in KV-cache decoding (issue 9, item 3): `hash_ops` grows with new tokens only.
+
+Each hashed layer keeps the codes of the keys it saw in the previous forward. They may be reused only if
+the new call's keys start with exactly the same keys, and checking that per layer would cost as much as
+hashing. One check per forward suffices: the keys of layer 0 are a function of (token, position) alone,
+so if layer 0's keys over the cached prefix are bitwise equal to the previous forward's (and the padding
+is the same), every input of the model over that prefix is the same, hence so is every layer's key there.
+The check compares the whole prefix of layer 0 (first/last keys only would accept a different sequence
+that shares them: a layer-0 key sees its own token only). Cost: one O(K * D) copy and comparison per
+forward, for one layer. A layer's cached codes are used only if they come from the forward right before this one.
+"""
+import weakref
+from typing import Dict, Optional, Tuple
+
+import torch
+
+
+class KeyCodeCache:
+    def __init__(self):
+        self.epoch = 0  # forwards seen (counted at layer 0)
+        self.prefix = 0  # keys of this forward known equal to the previous forward's
+        self._mask_ref = None  # the attention mask object of the current forward (shared by its layers)
+        self._keys: Optional[torch.Tensor] = None  # layer-0 keys of the previous forward (a copy)
+        self._valid: Optional[torch.Tensor] = None
+        self._codes: Dict[int, Tuple[int, torch.Tensor]] = {}  # layer -> (epoch, codes (B, Hkv, K, L))
+
+    def begin_forward(self, attention_mask, key: torch.Tensor, key_valid: torch.Tensor) -> None:
+        """Called by layer 0: how many leading keys equal the previous forward's."""
+        prev, n = self._keys, 0
+        if (prev is not None and attention_mask is not None and prev.shape[0] == key.shape[0] and prev.shape[1:2] == key.shape[1:2]
+                and prev.shape[2] <= key.shape[2] and prev.shape[3] == key.shape[3] and prev.dtype == key.dtype
+                and prev.device == key.device):
+            n = prev.shape[2]
+            if not (torch.equal(key[:, :, :n], prev) and torch.equal(key_valid[:, :n], self._valid)):
+                n = 0
+        self.epoch += 1
+        self.prefix = n
+        self._mask_ref = weakref.ref(attention_mask) if attention_mask is not None else None
+        # A copy, not a reference: a static KV cache writes in place, and inference tensors (torch.inference_mode,
+        # as in evaluation) keep no version counter to notice it. One layer's keys, once per forward.
+        self._keys, self._valid = key.detach().clone(), key_valid.clone()
+
+    def codes(self, layer_idx: int, attention_mask, key: torch.Tensor, hash_keys) -> Tuple[torch.Tensor, int]:
+        """Codes (B, Hkv, K, L) of every key of this call and how many were reused (not hashed now)."""
+        same_forward = self._mask_ref is not None and self._mask_ref() is attention_mask
+        epoch, cached = self._codes.get(layer_idx, (-1, None))
+        reuse = 0
+        if same_forward and cached is not None and epoch == self.epoch - 1:
+            reuse = min(self.prefix, cached.shape[2])
+        if reuse > 0:
+            codes = torch.cat([cached[:, :, :reuse], hash_keys(key[:, :, reuse:])], 2)
+        else:
+            codes = hash_keys(key)
+        if same_forward:
+            self._codes[layer_idx] = (self.epoch, codes)
+        return codes, reuse
+
+    def clear(self) -> None:
+        self.__init__()

@@ -1,0 +1,1 @@
+"""Attention engines (SPEC section 8): how softmax(q.k) v is computed over the candidate sets."""

@@ -1,0 +1,222 @@
+"""The flex engine (SPEC section 8) against the masked engine, its block masks against the exact candidate
+sets, compilation reuse, and the decode-time key-code cache.
+
+Compiling flex graphs costs seconds each on CPU, so the engine-equality cases share a few shapes.
+"""
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from lsh_bitnet.attention import SparseSpec, build_hasher, patch_model, validate_attention_config
+from lsh_bitnet.attention.candidates import Candidates
+from lsh_bitnet.attention.engines import flex
+from lsh_bitnet.attention.kernel import resolve_engine, sparse_attention_counts
+from lsh_bitnet.errors import ConfigError
+
+B, HQ, HKV, D, T = 2, 4, 2, 16, 150
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def data(seed=0, T_=T, pad=True, dtype=torch.float32, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, T_, D, generator=gen) for h in (HQ, HKV, HKV))
+    valid = torch.ones(B, T_, dtype=torch.bool)
+    if pad:  # left padding on row 0, a hole in row 1
+        valid[0, :9] = False
+        valid[1, 60:63] = False
+    return [x.to(device=device, dtype=dtype) for x in (q, k, v)] + [valid.to(device)]
+
+
+def hasher_for(spec, bits=3):
+    return build_hasher("simhash", bits, D, HKV, spec.n_tables, 0, 0) if spec.variant == "lsh" else None
+
+
+def both_engines(spec, q, k, v, valid, hasher):
+    with torch.no_grad():
+        ref, ref_counts = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="masked")
+        out, counts = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
+    return ref, ref_counts, out, counts
+
+
+CASES = {  # (spec, query counts to test: prefill and a decode-like tail)
+    "window_sinks_pad": (SparseSpec("window", sink_tokens=3, local_window=5), [T, 1]),
+    "lsh_3tables_sinks_window_pad": (SparseSpec("lsh", n_tables=3, sink_tokens=2, local_window=4), [T]),
+    "lsh_2tables_decode": (SparseSpec("lsh", n_tables=2, sink_tokens=1, local_window=2), [1, 40]),
+    "lsh_no_self_empty_rows": (SparseSpec("lsh", n_tables=1, include_self=False), [T]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_flex_equals_masked(name):
+    """Outputs to 1e-4 (float32) and identical integer counts, with padding, GQA 2:1 and decode steps."""
+    spec, n_queries = CASES[name]
+    q, k, v, valid = data(pad=name not in ("lsh_no_self_empty_rows", "lsh_2tables_decode"))  # both count paths
+    hasher = hasher_for(spec)
+    for Q in n_queries:
+        ref, ref_counts, out, counts = both_engines(spec, q[:, :, T - Q:], k, v, valid, hasher)
+        assert torch.equal(counts, ref_counts), (name, Q, counts.tolist(), ref_counts.tolist())
+        assert (out - ref).abs().max().item() <= 1e-4, (name, Q)
+        assert 0 < counts[0] < counts[1]  # a real sparse case, not all or nothing
+    if name == "lsh_no_self_empty_rows":
+        assert (ref.abs().amax(-1) == 0).any()  # some C(i) empty: zero rows on both engines
+
+
+def pass_sets(spec, cands, q_idx):
+    """Exact pairs of each pass, written out from codes and positions: {t: (B, Hq, Q, K) bool}."""
+    cand, valid = cands.mask(q_idx, cands.K)  # (B, Hkv|1, g|1, Q, K)
+    Bq, Q, K = cand.shape[0], len(q_idx), cands.K
+    cand = cand.expand(Bq, cands.Hkv, cands.g, Q, K).reshape(Bq, -1, Q, K)
+    allowed = valid.reshape(Bq, 1, Q, K)
+    slots = q_idx + cands.q_offset
+    p_q = cands.count[:, slots] - 1  # (B, Q) positions
+    p_k = cands.count - 1  # (B, K)
+    j = torch.arange(K)
+    always = (p_k[:, None, :] < spec.sink_tokens) | (p_q[:, :, None] - p_k[:, None, :] < spec.local_window)
+    if spec.include_self:
+        always = always | (j[None, None, :] == slots[None, :, None])
+    always = (always[:, None] & allowed).expand_as(cand)
+    sets, seen = {}, always.clone()
+    if spec.include_self or spec.sink_tokens or spec.local_window:
+        sets[-1] = always
+    for t in range(0 if cands.qcodes is None else cands.qcodes.shape[0]):
+        qc = cands.qcodes[t].reshape(Bq, -1, cands.Q)[..., q_idx]  # (B, Hq, Q)
+        kc = cands.kcodes[t].repeat_interleave(cands.g, 1)  # (B, Hq, K)
+        hit = (qc[..., None] == kc[..., None, :]) & allowed & ~seen
+        sets[t], seen = hit, seen | hit
+    assert torch.equal(seen, cand)  # the passes are disjoint and their union is C(i)
+    return sets
+
+
+@pytest.mark.parametrize("spec", [SparseSpec("window", sink_tokens=3, local_window=200),
+                                  SparseSpec("lsh", n_tables=3, sink_tokens=2, local_window=130),
+                                  SparseSpec("lsh", n_tables=1, include_self=False)], ids=["window", "lsh3", "lsh1"])
+@pytest.mark.parametrize("Q", [400, 1])
+def test_block_masks_cover_every_pair(spec, Q):
+    """Every candidate pair lies in a partial or full block of its pass; full blocks hold pairs only."""
+    K = 400
+    q, k, v, valid = data(seed=1, T_=K)
+    q = q[:, :, K - Q:]
+    cands = Candidates(q, k, valid, spec, hasher_for(spec, bits=2))
+    sets = pass_sets(spec, cands, torch.arange(Q))
+    lays = dict(flex.layouts(q, k, valid, cands))
+    assert sorted(lays) == sorted(sets)
+    for t, lay in lays.items():
+        exact = sets[t]  # (B, Hq, Q, K)
+        for b in range(B):
+            for h in range(HQ):
+                qsrc, ksrc = lay.qsrc[b, h], lay.ksrc[b, h // (HQ // HKV)]
+                qi, kj = (qsrc < Q).nonzero()[:, 0], (ksrc < K).nonzero()[:, 0]  # rows holding real tokens
+                blocks = torch.zeros(lay.partial.shape[-2:], dtype=torch.int64)
+                pairs = exact[b, h][qsrc[qi]][:, ksrc[kj]]  # (real query rows, real key rows) in pass order
+                bi, bj = pairs.nonzero().unbind(1)
+                blocks.index_put_((qi[bi] // flex.BS, kj[bj] // flex.BS), torch.ones_like(bi), accumulate=True)
+                covered = lay.partial[b, h] | lay.full[b, h]
+                assert not (blocks.bool() & ~covered).any(), f"pass {t}: a pair in a skipped block"
+                for fq, fk in lay.full[b, h].nonzero().tolist():
+                    rows = qi[(qi // flex.BS) == fq]
+                    cols = kj[(kj // flex.BS) == fk]
+                    assert len(cols) == flex.REAL and exact[b, h][qsrc[rows]][:, ksrc[cols]].all()
+        if Q > 1 and t == -1 and spec.variant == "window":
+            assert lay.full.any() and not (lay.partial | lay.full).all()  # the band has full and skipped blocks
+
+
+def test_same_shape_does_not_recompile():
+    """A second call of the same padded shape, new data and a different length in the same block bucket."""
+    spec = SparseSpec("lsh", n_tables=1, sink_tokens=1, local_window=3)
+    hasher = hasher_for(spec)
+    with torch.no_grad():
+        q, k, v, valid = data(seed=2, T_=200, pad=False)
+        sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compiles = flex.STATS["compiles"]
+        for seed, T_ in ((3, 200), (4, 210)):  # 200 and 210 keys both pad to 2 key blocks of 127
+            q, k, v, valid = data(seed=seed, T_=T_, pad=False)
+            sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert flex.STATS["compiles"] == compiles
+
+
+def test_block_buckets_bound_recompiles():
+    sizes = {flex.bucket(n) for n in range(1, 1025)}  # up to 128k keys
+    assert len(sizes) <= 4 * 10 + 4 and all(n <= flex.bucket(n) <= 1.25 * n for n in range(1, 1025))
+
+
+def test_engine_config_errors():
+    hasher = {"name": "simhash", "n_bits": 4, "seed": 0}
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention=oracle_topk.*masked"):
+        validate_attention_config({"name": "oracle_topk", "k": 4, "engine": "flex"}, hasher)
+    with pytest.raises(ConfigError, match="attention.engine='fast' is not known"):
+        validate_attention_config({"name": "lsh", "engine": "fast"}, hasher)
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention.min_collisions=2"):
+        validate_attention_config({"name": "lsh", "engine": "flex", "min_collisions": 2}, hasher)
+    validate_attention_config({"name": "lsh", "engine": "flex"}, hasher)
+    auto = SparseSpec("lsh", engine="auto")
+    auto.min_collisions = 2  # a rule flex does not run (SPEC section 7): auto must fall back to masked
+    assert resolve_engine(auto, torch.zeros(1), 8192) == "masked"
+    assert resolve_engine(SparseSpec("lsh", engine="auto"), torch.zeros(1), 8192) == "flex"
+    assert resolve_engine(SparseSpec("lsh", engine="auto"), torch.zeros(1), 1) == "masked"  # decode step
+    assert resolve_engine(SparseSpec("oracle_topk", engine="auto", k=4), torch.zeros(1), 8192) == "masked"
+
+
+# ----------------------------------------------------------------------------- key-code cache in decode
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                      num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=128,
+                      initializer_range=0.1, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.inference_mode()  # as evaluation runs: inference tensors keep no version counter
+def generate(model, patch, prompt, steps):
+    """Greedy loop with a KV cache; returns logits of every step and hash_ops after each forward."""
+    cache, x, out, hash_ops = DynamicCache(), prompt, [], []
+    for _ in range(steps + 1):
+        logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1]
+        out.append(logits)
+        hash_ops.append(patch.cost_summary()["hash_ops"])
+        x = logits.argmax(-1, keepdim=True)
+    return torch.stack(out), hash_ops
+
+
+def test_decode_hashes_each_key_once():
+    model = tiny_llama()
+    attention = {"name": "lsh", "n_tables": 2, "sink_tokens": 1, "local_window": 2, "engine": "masked"}
+    hasher_cfg = {"name": "simhash", "n_bits": 3, "seed": 0}
+    prompt = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    other = prompt.clone()
+    other[0, 5] = (other[0, 5] + 1) % 300  # same first and last token, same length: must not hit the cache
+    patch = patch_model(model, attention, hasher_cfg)
+    try:
+        hasher = patch.states[0].hasher
+        per_token = hasher.ops_per_vector * (4 + 2) * 2  # (query heads + KV heads) x 2 layers
+        cached, hops = generate(model, patch, prompt, steps=4)
+        assert [b - a for a, b in zip(hops, hops[1:])] == [per_token] * 4  # one new query, one new key per step
+        cost_cached = patch.cost_summary()
+        patch.reset()
+        cached_other, hops_other = generate(model, patch, other, steps=1)
+        assert hops_other[0] == per_token * 12  # the whole prompt hashed again
+        patch.reset()
+        for state in patch.states:
+            state.codecache = None  # the uncached path: every key hashed on every call
+        uncached, hops_uncached = generate(model, patch, prompt, steps=4)
+        cost_uncached = patch.cost_summary()
+        uncached_other, _ = generate(model, patch, other, steps=1)
+    finally:
+        patch.unpatch()
+    assert torch.equal(cached, uncached) and torch.equal(cached_other, uncached_other)
+    assert cost_cached["comparisons"] == cost_uncached["comparisons"]
+    assert hops_uncached[1] - hops_uncached[0] == hasher.ops_per_vector * (4 + 2 * 13) * 2  # 13 keys re-hashed
+
+
+@CUDA
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("name", ["window_sinks_pad", "lsh_3tables_sinks_window_pad"])
+def test_flex_equals_masked_cuda(name, dtype, tol):
+    spec, n_queries = CASES[name]
+    q, k, v, valid = data(dtype=dtype, device="cuda")
+    hasher = hasher_for(spec)
+    for Q in n_queries:
+        ref, ref_counts, out, counts = both_engines(spec, q[:, :, T - Q:], k, v, valid, hasher)
+        assert torch.equal(counts, ref_counts)
+        assert (out.float() - ref.float()).abs().max().item() <= tol
