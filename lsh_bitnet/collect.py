@@ -60,8 +60,9 @@ def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- tables and report
 METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
-                 "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"]}
-TAIL = ["comparison_ratio", "mac_ratio", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
+                 "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"],
+                 "passkey_accuracy": ["accuracy", "n_samples"]}
+TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 HIDDEN = ("_group", "_seeds", "_setting_extra")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path

@@ -9,6 +9,7 @@ import pandas as pd
 PRIMARY_Y: Dict[str, Tuple[str, bool]] = {
     "perplexity": ("perplexity", True),
     "synthetic_accuracy": ("accuracy", False),
+    "passkey_accuracy": ("accuracy", False),
 }
 # More panels beside the primary one: the synthetic task's multiple-choice score reads differently.
 EXTRA_Y: Dict[str, List[str]] = {"synthetic_accuracy": ["choice_accuracy"]}
