@@ -45,7 +45,8 @@ def visible_config(_root_: Any) -> str:
     node = OmegaConf.to_container(_root_, resolve=False)
     for key in ("hydra", *HIDDEN_KEYS):
         node.pop(key, None)
-    return OmegaConf.to_yaml(node).rstrip()
+    # Hydra fills its help template with string.Template: a literal `$` (the `${seed}` defaults) must be `$$`.
+    return OmegaConf.to_yaml(node).rstrip().replace("$", "$$")
 
 
 def register_help_resolvers() -> None:

@@ -21,7 +21,7 @@ def test_help_has_examples_and_hides_schemas_and_test_hooks():
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "Examples:" in text and "python launch.py attention=lsh hasher.n_bits=4" in text
-    assert "  attention: full, lsh, lsh_forest, oracle_topk, window" in text
+    assert "  attention: full, lsh, lsh_forest, lsh_topk, oracle_topk, window" in text
     assert "schema" not in text and "fail_on_purpose" not in text
     assert "\nhasher:\n  name: simhash\n  n_bits: 8" in text  # the composed config is still shown
 
@@ -36,7 +36,7 @@ def test_completion_offers_no_schema_group_nor_test_hooks():
     assert _complete("sch") == [] and _complete("+sch") == []
     top = _complete("")
     assert "attention=" in top and "fail_on_purpose=" not in top and not any(w.startswith("schema") for w in top)
-    assert _complete("attention=l") == ["attention=lsh", "attention=lsh_forest"]
+    assert _complete("attention=l") == ["attention=lsh", "attention=lsh_forest", "attention=lsh_topk"]
 
 
 def test_console_script_runs_launch_py():
