@@ -92,7 +92,8 @@ def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None
     jobs = sweep_jobs(sweep_dir, sweep_id)
     every = sorted(p.parent for p in Path(sweep_dir).rglob("results.json"))
     dirs = every if jobs is None else jobs
-    older = len(set(every) - set(dirs))
+    # Registered dirs are absolute, a relative sweep dir's are not: compare resolved paths.
+    older = len({p.resolve() for p in every} - {p.resolve() for p in dirs})
     from lsh_bitnet.jobs import job_busy
 
     for job in dirs:

@@ -114,7 +114,7 @@ LONG_VARIANTS = [["attention=full"], ["attention=window"], ["attention=oracle_to
 @pytest.mark.parametrize("variant", LONG_VARIANTS, ids=lambda v: v[0].split("=")[1])
 def test_long_windows_run_for_every_variant(tmp_path, cache_dir, variant, seq_len):
     """One window of 4096 tokens on the tiny model (1 token per byte): finite perplexity, exact
-    full comparison count. Memory on SmolLM2 is measured in docs/FINDINGS-data-draft.md."""
+    full comparison count. Memory on SmolLM2 is in docs/FINDINGS.md section 3."""
     path = tmp_path / "long.txt"
     path.write_text((TEXT * 4)[: seq_len + 10], encoding="utf-8")
     cfg = compose_config(["model=tiny_bitnet", "dataset=text_file", f"dataset.path={path}", "metric=perplexity",

@@ -479,7 +479,7 @@ def test_job_dead_without_result_is_recorded_and_does_not_end_the_sweep(state, s
         submitit.Job.results(_FakeJob("7_1", state, tmp_path))
 
 
-def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path):
+def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path, monkeypatch):
     from lsh_bitnet.sweep import MEMBERS_DIR, sweep_status
 
     for name, status in (("old", "failed"), ("a", "ok"), ("b", "ok")):
@@ -495,3 +495,6 @@ def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path):
     assert [(p.name, e.split(":")[0]) for p, e in failed] == [("died", "no results.json")]
     ok, failed, older = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
     assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"] and older == 0
+    monkeypatch.chdir(tmp_path.parent)  # a relative sweep dir (hydra.sweep.dir=multirun/x): jobs register absolute
+    ok, failed, older = sweep_status(Path(tmp_path.name), "s1")
+    assert len(ok) == 2 and older == 1
