@@ -24,7 +24,7 @@ class Candidates:
     """Per-call state: positions of every slot, hash codes of every query and key."""
 
     def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None,
-                 key_codes: Optional[torch.Tensor] = None):  # flex branch: key_codes (B, Hkv, K, L), cached
+                 key_codes: Optional[torch.Tensor] = None):  # key_codes (B, Hkv, K, L): cached (codecache.py)
         B, Hq, Q, D = query.shape  # query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K)
         Hkv, K = key.shape[1], key.shape[2]
         self.spec, self.hasher = spec, hasher

@@ -28,14 +28,13 @@ def engines_for(variant: str):
 
 
 def flex_unsupported(spec) -> Optional[str]:
-    """Why flex cannot run this spec (None if it can). Rules beyond the plain union of SPEC section 7
-    (m-of-L, the sampling estimator) are read with getattr so this holds before and after they exist."""
+    """Why flex cannot run this spec (None if it can): it runs the plain union with softmax weights only."""
     if spec.variant not in ENGINES["flex"]:
         return f"attention={spec.variant}"
-    if int(getattr(spec, "min_collisions", 1)) != 1:
+    if spec.min_collisions != 1:
         return "attention.min_collisions > 1"
-    if str(getattr(spec, "estimator", "softmax")) != "softmax":
-        return f"attention.estimator={getattr(spec, 'estimator')}"
+    if spec.estimator != "softmax":
+        return f"attention.estimator={spec.estimator}"
     return None
 
 

@@ -117,7 +117,7 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
             if getattr(hasher, "center", "none") == "prompt" and Q == K:  # mu must exist before keys are coded
                 hasher.set_prompt_center(key, key_valid)
             key_codes, reused = cache.codes(state.layer_idx, attention_mask, key,
-                                            getattr(hasher, "key_codes", hasher.codes))
+                                            hasher.key_codes)
     engine = resolve_engine(spec, query, Q)
     if state is not None and state.patched:
         state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1

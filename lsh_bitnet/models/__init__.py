@@ -54,7 +54,7 @@ def _finalize(model, tokenizer, dtype, device: str):
 def describe_model(cfg, source, dtype: str) -> str:
     """What ran, for tables and plot titles: `SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32)`.
 
-    [publish branch] The option name (smollm2_135m) hides that the default is the Instruct model, 4-bit."""
+    The option name (smollm2_135m) hides that the default is the Instruct model, 4-bit."""
     if cfg.name == TINY_NAME:
         return f"tiny_bitnet (random init, seed {cfg.get('tiny_seed')}, {dtype})"
     if cfg.get("gguf_file"):
@@ -74,7 +74,7 @@ def _info(cfg, model, source, loaded_from: str, load_s: float, cache_path) -> Di
     param = next(model.parameters())
     return {
         "name": cfg.name, "name_or_path": str(source), "model_class": type(model).__name__,
-        "description": describe_model(cfg, source, str(param.dtype).replace("torch.", "")),  # [publish branch]
+        "description": describe_model(cfg, source, str(param.dtype).replace("torch.", "")),
         "n_layers": config.num_hidden_layers, "n_heads": n_heads,
         "n_kv_heads": getattr(config, "num_key_value_heads", None) or n_heads, "head_dim": head_dim,
         "n_params": sum(p.numel() for p in model.parameters()),
