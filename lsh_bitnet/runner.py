@@ -214,7 +214,7 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     record["model_info"] = loaded.info
     if not checked:  # no config.json was on disk before the load: the same checks, now from the model
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        from lsh_bitnet.attention import validate_attention_config
+        from lsh_bitnet.attention.checks import validate_attention_config
 
         validate_attention_config(cfg.attention, cfg.hasher, head_dim=loaded.info.get("head_dim"),
                                   n_layers=loaded.info.get("n_layers"))

@@ -6,7 +6,7 @@ Three stages, cheapest first (the runner calls them in this order):
 - `check_data_text(cfg, cache_dir)`: the data (exists, UTF-8, non-empty, long enough), before the model.
 - `check_model_fit(cfg)`: the model's config.json / GGUF metadata (layers, head dim, max positions)
   against the attention and eval settings, before the weights load.
-`validate_config(cfg)` runs every config-only check, the attention group's included.
+`validate_config(cfg)` is the same as `validate_fast` (kept for callers): the attention checks import no torch.
 """
 import dataclasses
 import difflib
@@ -109,6 +109,7 @@ def ignored_field_warnings(cfg: DictConfig) -> List[str]:
 
 def validate_fast(cfg: DictConfig) -> List[str]:
     """Every check that needs only the config; imports no torch. Returns warnings (recorded in results.json)."""
+    from lsh_bitnet.attention.checks import validate_attention_config
     from lsh_bitnet.data import check_dataset_config
     from lsh_bitnet.models.checks import check_model_config
 
@@ -139,16 +140,13 @@ def validate_fast(cfg: DictConfig) -> List[str]:
              f"eval.batch_offset must be >= 0: the windows / samples to skip (got {cfg.eval.get('batch_offset')})")
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
+    validate_attention_config(cfg.attention, cfg.hasher)  # torch-free: lsh_bitnet/attention/checks.py
     return ignored_field_warnings(cfg)
 
 
 def validate_config(cfg: DictConfig) -> List[str]:
-    """Every config-only check, the attention group's included (which imports torch)."""
-    from lsh_bitnet.attention import validate_attention_config
-
-    warnings = validate_fast(cfg)
-    validate_attention_config(cfg.attention, cfg.hasher)
-    return warnings
+    """Every config-only check (the same as validate_fast: the attention group's checks import no torch)."""
+    return validate_fast(cfg)
 
 
 # ----------------------------------------------------------------------------- stage 2: data
@@ -183,7 +181,7 @@ def check_model_fit(cfg: DictConfig, cache_dir=None) -> bool:
     """Checks against the model's shape, read from config.json / GGUF cache metadata (no weights).
     False when no config.json is on disk yet (first GGUF conversion, uncached hub id): the runner
     then repeats the shape checks after the load."""
-    from lsh_bitnet.attention import validate_attention_config
+    from lsh_bitnet.attention.checks import validate_attention_config
     from lsh_bitnet.models.checks import model_geometry
 
     geometry = model_geometry(cfg.model, cache_dir)

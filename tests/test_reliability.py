@@ -203,7 +203,12 @@ def test_free_form_extra_and_declared_keys_pass():
     (["eval.seq_len=1"], "eval.seq_len must be >= 2", True),
     (["attention=lsh", "attention.layers=[]"], "attention.layers=[] patches no layer", True),
     (["model.dtype=fp16"], "expected one of [float32, bfloat16, float16]", False),  # refused at composition
-], ids=["plus-typo", "seq_len", "layers", "dtype"])
+    (["attention=lsh", "hasher.n_bits=100"], "hasher.n_bits must be in [0, 62]", True),
+    (["attention=lsh", "attention.engine=flex", "attention.min_collisions=2"],
+     "attention.engine=flex cannot run attention.min_collisions=2", True),
+    (["attention=oracle_topk", "attention.k=8", "attention.fraction=0.1"], "needs exactly one of attention.k", True),
+    (["attention=lsh", "hasher.center=mean"], "hasher.center='mean' is not known", True),
+], ids=["plus-typo", "seq_len", "layers", "dtype", "n_bits", "flex-m-of-L", "k-and-fraction", "center"])
 def test_cli_value_error_fails_fast_without_importing_torch(args, message, recorded, tmp_path):
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-X", "importtime", "launch.py", *args, f"hydra.run.dir={tmp_path}/run",
@@ -216,6 +221,30 @@ def test_cli_value_error_fails_fast_without_importing_torch(args, message, recor
     assert elapsed < 10, elapsed  # 1-1.5 s measured (load 9 on 2 cores); room for a loaded CI box
     if recorded:
         assert _strict_load(tmp_path / "run" / "results.json")["status"] == "failed"
+
+
+def test_torch_free_check_names_match_the_implementations():
+    """attention/checks.py lists engines and hashers as plain data (no torch); they must match what runs."""
+    from lsh_bitnet.attention import checks, hashers, kernel
+
+    assert set(checks.HASHER_NAMES) == set(hashers.HASHERS)
+    assert kernel.ENGINES is checks.ENGINES
+    assert set(checks.ENGINES["masked"]) == set(checks.VARIANTS)
+
+
+def test_importing_the_checks_imports_no_torch():
+    code = ("import sys; import lsh_bitnet.attention.checks, lsh_bitnet.validate; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
+def test_public_names_register_the_attention_function():
+    out = subprocess.run([sys.executable, "-c", "from lsh_bitnet.attention import patch_model; "
+                          "from transformers import AttentionInterface; "
+                          "print('lsh_bitnet' in AttentionInterface._global_mapping)"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- item 4: lost writes, signals
@@ -401,6 +430,8 @@ def test_offline_hub_dataset_fails_fast_with_local_path_fix(tmp_path, monkeypatc
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     checks.hub_reachable.cache_clear()
     cfg = compose_config(["dataset=wikitext2", "metric=perplexity"])
+    import datasets  # noqa: F401  (its import, torch's included, is a fixed cost; the retries must not happen)
+
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="dataset.path=DIR"):
         load_text(cfg.dataset, tmp_path)

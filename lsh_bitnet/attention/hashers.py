@@ -15,11 +15,11 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from lsh_bitnet.attention.checks import MAX_BITS  # codes are packed into int64
+
 # name -> Hasher subclass. A new hasher (e.g. Reformer's cross-polytope) is one module with a
 # `@register_hasher("name")` class implementing `bits` and `ops_per_vector`, plus conf/hasher/<name>.yaml.
 HASHERS: Dict[str, type] = {}
-# Codes are packed into int64 and must stay non-negative (the forest compares XORs as integers).
-MAX_BITS = 62
 
 
 def layer_seed(seed: int, layer_idx: int, *more: int) -> int:

@@ -11,20 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from lsh_bitnet.attention.candidates import Candidates
+from lsh_bitnet.attention.checks import ENGINES, engines_for  # noqa: F401 (re-exported)
 from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
-# Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
-# top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
-ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
 # sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
 # counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES = 2048
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
-
-
-def engines_for(variant: str):
-    return [e for e, variants in ENGINES.items() if variant in variants]
 
 
 def flex_unsupported(spec) -> Optional[str]:

@@ -7,10 +7,10 @@ interval, overall and per depth.
 from typing import Any, Dict, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from lsh_bitnet.data.passkey import PasskeySample, extract_key
-from lsh_bitnet.metrics.synthetic import _eval_get, greedy_config, select
+from lsh_bitnet.metrics.loop import prompt_token_fields, score_each, select
+from lsh_bitnet.metrics.synthetic import greedy_config
 from lsh_bitnet.stats import accuracy_fields
 
 
@@ -32,34 +32,28 @@ def evaluate_passkey(model, tokenizer, samples: Sequence[PasskeySample], metric_
                      sink=None) -> Dict[str, Any]:
     """accuracy over the samples (eval.batch_offset / max_batches select them), with `accuracy_by_depth`."""
     gen_cfg = greedy_config(model, tokenizer, metric_cfg.max_new_tokens)
-    if not samples:
-        raise ValueError("no samples to evaluate: set dataset.n_samples >= 1")
     samples = select(samples, eval_cfg)
-    rows = []
-    bar = tqdm(samples, desc="passkey", unit="sample", disable=not _eval_get(eval_cfg, "progress", True))
-    for sample in bar:
-        row = score_passkey(model, tokenizer, sample, gen_cfg)
-        rows.append(row)
-        if sink is not None:
-            sink.write({"index": sample.index, "tokens": row["tokens"], "prompt_tokens": row["prompt_tokens"],
-                        "depth": sample.depth, "prediction": row["prediction"], "target": sample.answer,
-                        "correct": row["correct"], "generated": row["generated"]})
-        bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.3f}")
+
+    def record(sample: PasskeySample, row: Dict[str, Any]) -> Dict[str, Any]:
+        return {"index": sample.index, "tokens": row["tokens"], "prompt_tokens": row["prompt_tokens"],
+                "depth": sample.depth, "prediction": row["prediction"], "target": sample.answer,
+                "correct": row["correct"], "generated": row["generated"]}
+
+    rows = score_each(samples, lambda sample: score_passkey(model, tokenizer, sample, gen_cfg), record,
+                      ("correct",), "passkey", eval_cfg, sink)
 
     by_depth: Dict[str, Any] = {}
     for depth in sorted({s.depth for s in samples}):
         hits = [r["correct"] for r, s in zip(rows, samples) if s.depth == depth]
         by_depth[f"{depth:g}"] = {**accuracy_fields("accuracy", hits), "n": len(hits)}
-    n, prompt_tokens = len(rows), [r["prompt_tokens"] for r in rows]
+    n = len(rows)
     return {
         **accuracy_fields("accuracy", [r["correct"] for r in rows]),
         "n": n,
         "n_samples": n,
         "first_sample": samples[0].index,
         "accuracy_by_depth": by_depth,
-        "mean_prompt_tokens": sum(prompt_tokens) / n,
-        "min_prompt_tokens": min(prompt_tokens),
-        "max_prompt_tokens": max(prompt_tokens),
+        **prompt_token_fields(rows),
         "mean_depth_actual": sum(s.depth_actual for s in samples) / n,
         "tokens": sum(r["tokens"] for r in rows),
         "chance_accuracy": 1 / 90000,  # a uniform guess among the 5-digit keys

@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
-from tqdm.auto import tqdm
 
 from lsh_bitnet.data.synthetic import SyntheticSample, normalize_answer
+from lsh_bitnet.metrics.loop import prompt_token_fields, score_each, select
 from lsh_bitnet.stats import accuracy_fields
 
 
@@ -83,24 +83,6 @@ def greedy_config(model, tokenizer, max_new_tokens: int, key: str = "metric.max_
                             output_logits=logits)
 
 
-def select(items: Sequence, eval_cfg, what: str = "samples") -> List:
-    """items[eval.batch_offset:], capped at eval.max_batches * eval.batch_size (items are evaluated one at a time)."""
-    offset = _eval_get(eval_cfg, "batch_offset", 0) or 0
-    if offset < 0:
-        raise ValueError(f"eval.batch_offset must be >= 0 (got {offset})")
-    if offset >= len(items):
-        raise ValueError(f"eval.batch_offset={offset} skips all {len(items)} {what}: lower it, or raise dataset.n_samples")
-    items = list(items)[offset:]
-    if eval_cfg.max_batches is not None:
-        items = items[: eval_cfg.max_batches * eval_cfg.batch_size]
-    return items
-
-
-def _eval_get(cfg, key, default=None):
-    """eval_cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
-    return getattr(cfg, key) if hasattr(cfg, key) else default
-
-
 def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], metric_cfg, eval_cfg,
                        sink=None) -> Dict[str, Any]:
     """accuracy (greedy exact match of the first word) and choice_accuracy over the samples, with Wilson
@@ -109,33 +91,23 @@ def evaluate_synthetic(model, tokenizer, samples: Sequence[SyntheticSample], met
     Samples are evaluated one at a time (no padding, so the attention sees exactly the prompt);
     eval.batch_offset skips the first ones, eval.max_batches * eval.batch_size caps how many are used."""
     gen_cfg = greedy_config(model, tokenizer, metric_cfg.max_new_tokens, logits=True)
-    if not samples:
-        raise ValueError("no samples to evaluate: set dataset.n_samples >= 1")
     samples = select(samples, eval_cfg)
 
-    rows = []
-    bar = tqdm(samples, desc="synthetic", unit="sample", disable=not _eval_get(eval_cfg, "progress", True))
-    for sample in bar:
-        row = score_sample(model, tokenizer, sample, gen_cfg)
-        rows.append(row)
-        if sink is not None:
-            sink.write({"index": sample.index, "tokens": row["tokens"], "prompt_tokens": row["prompt_tokens"],
-                        "prediction": row["prediction"], "target": sample.answer, "correct": row["correct"],
-                        "choice": row["choice"], "choice_correct": row["choice_correct"],
-                        "generated": row["generated"]})
-        bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.3f}",
-                        choice=f"{sum(r['choice_correct'] for r in rows) / len(rows):.3f}")
+    def record(sample: SyntheticSample, row: Dict[str, Any]) -> Dict[str, Any]:
+        return {"index": sample.index, "tokens": row["tokens"], "prompt_tokens": row["prompt_tokens"],
+                "prediction": row["prediction"], "target": sample.answer, "correct": row["correct"],
+                "choice": row["choice"], "choice_correct": row["choice_correct"], "generated": row["generated"]}
+
+    rows = score_each(samples, lambda sample: score_sample(model, tokenizer, sample, gen_cfg), record,
+                      ("correct", "choice_correct"), "synthetic", eval_cfg, sink)
     n = len(rows)
-    prompt_tokens = [r["prompt_tokens"] for r in rows]
     return {
         **accuracy_fields("accuracy", [r["correct"] for r in rows]),
         **accuracy_fields("choice_accuracy", [r["choice_correct"] for r in rows]),
         "n": n,
         "n_samples": n,
         "first_sample": samples[0].index,
-        "mean_prompt_tokens": sum(prompt_tokens) / n,
-        "min_prompt_tokens": min(prompt_tokens),
-        "max_prompt_tokens": max(prompt_tokens),
+        **prompt_token_fields(rows),
         "tokens": sum(r["tokens"] for r in rows),
         "mean_distance_chars": sum(s.distance_chars for s in samples) / n,
         # Filler sentences after each mention (dataset.filler_sentences, or what target_tokens chose).
