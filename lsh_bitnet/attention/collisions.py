@@ -20,6 +20,10 @@ PACK_BITS = 62
 # dense path spends one byte operation per (query, key, table): measured on this machine's CPU, the
 # sorted path wins when collisions < 1/8 of the dense (table, query, key) volume.
 SORTED_WINS_BELOW = 1 / 8
+# Sorting costs O(K log K) per (table, row, KV head) whatever Q is; one dense equality per table costs
+# Q * K. For a decode step (Q = 1) the sort of the whole cache was most of the step's time
+# (docs/BENCHMARKS.md, decode): below this many queries the index is dense.
+SORT_MIN_QUERIES = 8
 
 
 class CollisionIndex:
@@ -31,7 +35,8 @@ class CollisionIndex:
         self.L, self.B, self.H, self.g, self.K, self.Q = L, B, H, qcodes.shape[3], K, qcodes.shape[4]
         self.pos_bits = max(1, (K - 1).bit_length())
         self.bits = n_bits
-        self.sortable = n_bits + self.pos_bits <= PACK_BITS
+        # sorted ranges need (code, slot) to fit one int64, and pay off only from a few queries on
+        self.sortable = n_bits + self.pos_bits <= PACK_BITS and self.Q >= SORT_MIN_QUERIES
         self.sorted = self.lo = self.hi = None
         if self.sortable:
             slots = torch.arange(K, device=kcodes.device)

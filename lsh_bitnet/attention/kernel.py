@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lsh_bitnet.attention.candidates import Candidates
 from lsh_bitnet.attention.checks import ENGINES, engines_for  # noqa: F401 (re-exported)
+from lsh_bitnet.attention.engines.gather import GATHER_MAX_QUERIES, gather_attention
 from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
@@ -145,6 +146,10 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
         comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq  # pad rows: own slot only
         bias = cands.bias(q_idx, kc, where=cand)  # (B, Hkv, g, qc, kc) float32 or None
+        if Q <= GATHER_MAX_QUERIES:  # decode: attend over the compacted candidates, not all K keys
+            o = gather_attention(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], cand, bias, scaling)
+            outs.append(o.masked_fill(q_pad[:, None, :, None], 0))  # rows with no candidate are zeros already
+            continue
         if bias is not None:  # the estimator's score term, as a float mask (-inf off the candidates)
             cand = torch.where(cand, bias.to(query.dtype), float("-inf"))
         mask = cand.reshape(B, -1, qc, kc)  # (B, Hq|1, qc, kc)
