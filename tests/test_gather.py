@@ -31,7 +31,8 @@ def test_gather_equals_dense_masked_softmax(head_independent, with_bias, Q):
     cand = torch.rand(shape, generator=gen) < 0.2
     cand[0, ..., 0, :] = False  # an empty row: zeros, like the masked engine's empty C(i)
     bias = torch.randn(shape, generator=gen) if with_bias else None
-    out = gather_attention(q, k, v, cand, bias, 0.25)
+    out, n = gather_attention(q, k, v, cand, bias, 0.25)
+    assert int(n) == int(cand.expand(B, Hkv, Hq // Hkv, Q, K).sum())
     ref = dense_reference(q, k, v, cand, bias, 0.25)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
     assert out[0, :, 0].abs().max() == 0
@@ -40,5 +41,5 @@ def test_gather_equals_dense_masked_softmax(head_independent, with_bias, Q):
 def test_gather_keeps_the_input_dtype():
     q, k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 1, 10, 8), torch.randn(1, 1, 10, 8)
     cand = torch.ones(1, 1, 2, 1, 10, dtype=torch.bool)
-    out = gather_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), cand, None, 8 ** -0.5)
+    out, _ = gather_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), cand, None, 8 ** -0.5)
     assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 1, 8)

@@ -20,6 +20,9 @@ from lsh_bitnet.attention.checks import MAX_BITS  # codes are packed into int64
 # name -> Hasher subclass. A new hasher (e.g. Reformer's cross-polytope) is one module with a
 # `@register_hasher("name")` class implementing `bits` and `ops_per_vector`, plus conf/hasher/<name>.yaml.
 HASHERS: Dict[str, type] = {}
+# Up to this many bits, pack() builds one int64 temporary (512 KiB) instead of looping over bit positions:
+# a decode step hashes one query per head, where the per-bit loop's small operations cost more than the data.
+PACK_AT_ONCE_MAX_BITS = 1 << 16
 
 
 def layer_seed(seed: int, layer_idx: int, *more: int) -> int:
@@ -83,6 +86,8 @@ class Hasher:
 
     def pack(self, bits: torch.Tensor) -> torch.Tensor:
         """(..., n_tables, n_bits) bool -> (..., n_tables) int64, bit 0 most significant."""
+        if bits.numel() <= PACK_AT_ONCE_MAX_BITS:  # decode-sized: one weighted sum, not 3 ops per bit
+            return (bits.to(torch.int64) * self._param(self.weights, bits.device)).sum(-1)
         code = torch.zeros(bits.shape[:-1], dtype=torch.int64, device=bits.device)
         for b in range(self.n_bits):  # shift-or per bit: no (..., n_tables, n_bits) int64 temporary
             code = (code << 1) | bits[..., b]

@@ -143,13 +143,15 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         # Padding queries attend to their own slot only (never an empty softmax); zeroed and discounted below.
         cand, _ = cands.mask(q_idx, kc, pad_self=True)  # (B, Hkv|1, g|1, qc, kc)
         q_pad = ~q_valid[:, a:e]  # (B, qc)
-        heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
-        comparisons += torch.count_nonzero(cand) * heads_per_row - q_pad.sum() * Hq  # pad rows: own slot only
+        comparisons -= q_pad.sum() * Hq  # pad rows attend to their own slot only: not counted
         bias = cands.bias(q_idx, kc, where=cand)  # (B, Hkv, g, qc, kc) float32 or None
         if Q <= GATHER_MAX_QUERIES:  # decode: attend over the compacted candidates, not all K keys
-            o = gather_attention(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], cand, bias, scaling)
-            outs.append(o.masked_fill(q_pad[:, None, :, None], 0))  # rows with no candidate are zeros already
+            o, n = gather_attention(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], cand, bias, scaling)
+            comparisons += n  # rows with no candidate are zeros already
+            outs.append(o.masked_fill(q_pad[:, None, :, None], 0))
             continue
+        heads_per_row = Hq // (cand.shape[1] * cand.shape[2])  # a head-independent mask stands for Hq rows
+        comparisons += torch.count_nonzero(cand) * heads_per_row
         if bias is not None:  # the estimator's score term, as a float mask (-inf off the candidates)
             cand = torch.where(cand, bias.to(query.dtype), float("-inf"))
         mask = cand.reshape(B, -1, qc, kc)  # (B, Hq|1, qc, kc)

@@ -6,7 +6,7 @@ Compacting each row's candidates (a cumsum and a scatter, O(K) integer work) and
 gathered keys costs O(|C(i)| D) multiply-adds instead. Exact: the same softmax over the same set, in
 float32. Used by the masked engine for calls of at most GATHER_MAX_QUERIES queries.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -16,34 +16,37 @@ GATHER_MAX_QUERIES = 4
 
 
 def gather_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cand: torch.Tensor,
-                     bias: Optional[torch.Tensor], scaling: float) -> torch.Tensor:
+                     bias: Optional[torch.Tensor], scaling: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """softmax(scaling * q.k + bias) over each row's candidates; rows without a candidate give zeros.
 
     query (B, Hq, Q, D); key, value (B, Hkv, K, D); cand (B, Hkv|1, g|1, Q, K) bool; bias None or float
-    broadcastable to cand. Returns (B, Hq, Q, Dv) in query's dtype."""
+    broadcastable to cand. Returns the output (B, Hq, Q, Dv) in query's dtype and the number of (query
+    head, query, candidate) triples, int64 (the comparisons, counted here from the compaction for free)."""
     B, Hq, Q, D = query.shape
     Hkv, K, Dv = key.shape[1], key.shape[2], value.shape[3]
     g = Hq // Hkv
-    cand = cand.expand(B, Hkv, g, Q, K)
-    n = cand.sum(-1)  # (B, Hkv, g, Q) candidates per row
+    R = B * Hkv * g * Q  # rows, ordered (b, kv head, group member, query)
+    cand = cand.expand(B, Hkv, g, Q, K).reshape(R, K)
+    # Compaction from the nonzero list (row-major, so slots ascend within a row): the r-th candidate of a
+    # row goes to column r. One pass over the (R, K) mask; the rest is O(candidates).
+    row, slot = cand.nonzero(as_tuple=True)  # (N,), (N,)
+    n = torch.bincount(row, minlength=R)  # (R,) candidates per row
     n_max = max(int(n.max()), 1)
-    # Compaction: the r-th candidate of a row goes to column r; non-candidates go to a dump column n_max.
-    col = torch.where(cand, cand.cumsum(-1) - 1, n_max)  # (B, Hkv, g, Q, K) int64
-    slots = torch.arange(K, device=key.device).expand_as(col)
-    idx = torch.zeros(B, Hkv, g, Q, n_max + 1, dtype=torch.long, device=key.device)
-    idx = idx.scatter_(-1, col, slots)[..., :n_max]  # (B, Hkv, g, Q, n_max) key slot per column
-    keep = torch.arange(n_max, device=key.device) < n.unsqueeze(-1)  # (B, Hkv, g, Q, n_max)
-    idx = idx.masked_fill(~keep, 0)  # padding columns read slot 0 and are masked out below
-    # Row offsets into the flattened (B * Hkv * K) keys: one index_select per tensor, no expanded copies.
-    base = (torch.arange(B * Hkv, device=key.device) * K).view(B, Hkv, 1, 1, 1)
-    flat = (idx + base).flatten()
+    rank = torch.arange(row.shape[0], device=key.device) - (n.cumsum(0) - n)[row]  # (N,) column in its row
+    kv_row = row // (g * Q)  # (N,) which (b, kv head) row of the flattened keys
+    flat = torch.zeros(R, n_max, dtype=torch.long, device=key.device)  # padding columns read key row 0
+    flat[row, rank] = kv_row * K + slot
+    keep = torch.arange(n_max, device=key.device) < n.unsqueeze(-1)  # (R, n_max)
+    flat = flat.flatten()
     k_sel = key.reshape(B * Hkv * K, D).index_select(0, flat).view(B, Hkv, g, Q, n_max, D).float()
     v_sel = value.reshape(B * Hkv * K, Dv).index_select(0, flat).view(B, Hkv, g, Q, n_max, Dv).float()
-    q = query.view(B, Hkv, g, Q, 1, D).float()
+    q = query.reshape(B, Hkv, g, Q, 1, D).float()
     scores = (q * k_sel).sum(-1) * scaling  # (B, Hkv, g, Q, n_max)
     if bias is not None:
-        scores = scores + torch.gather(bias.float().expand(B, Hkv, g, Q, K), -1, idx)
-    scores = scores.masked_fill(~keep, float("-inf"))
+        cols = torch.zeros(R, n_max, dtype=torch.long, device=key.device)
+        cols[row, rank] = slot
+        scores = scores + torch.gather(bias.float().expand(B, Hkv, g, Q, K).reshape(R, K), -1, cols).view(scores.shape)
+    scores = scores.masked_fill(~keep.view(scores.shape), float("-inf"))
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty row (no candidate) is all -inf: zeros
     out = (weights.unsqueeze(-1) * v_sel).sum(-2)  # (B, Hkv, g, Q, Dv)
-    return out.view(B, Hq, Q, Dv).to(query.dtype)
+    return out.view(B, Hq, Q, Dv).to(query.dtype), row.new_tensor(row.shape[0])
