@@ -15,12 +15,16 @@ from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # n
 
 # Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
 # top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
-ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
+ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "lsh_forest", "window")}
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
 # sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
 # counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES = 2048
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
+# flex resolves forest depths by inclusion-exclusion: 2^n - 1 tree sets (one sort each) per depth left open by
+# the single-tree bounds, the ids of every set held at once. 6 trees = 63 sets; the cost doubles per tree
+# beyond, and such forests stay on masked.
+FOREST_MAX_TREES = 6
 
 
 def engines_for(variant: str):
@@ -35,6 +39,9 @@ def flex_unsupported(spec) -> Optional[str]:
         return "attention.min_collisions > 1"
     if spec.estimator != "softmax":
         return f"attention.estimator={spec.estimator}"
+    if spec.variant == "lsh_forest" and spec.n_trees > FOREST_MAX_TREES:
+        return f"attention.n_trees={spec.n_trees} (flex resolves forest depths over 2^n_trees tree sets: " \
+               f"at most {FOREST_MAX_TREES} trees)"
     return None
 
 

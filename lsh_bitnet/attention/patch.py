@@ -14,7 +14,7 @@ from lsh_bitnet.attention.codecache import KeyCodeCache
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
 from lsh_bitnet.attention.hashers import HASHERS, MAX_BITS, build_hasher
-from lsh_bitnet.attention.kernel import ENGINES, engines_for
+from lsh_bitnet.attention.kernel import ENGINES, FOREST_MAX_TREES, engines_for
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
 from lsh_bitnet.attention.spec import (CALIBRATION_SOURCES, CENTERS, ESTIMATORS, HASHED_VARIANTS, TOPK_SCORES,
                                        SparseSpec, typed_attention, typed_hasher)
@@ -47,6 +47,10 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
             value = getattr(a, key, plain)
             _require(value == plain, f"attention.engine=flex cannot run attention.{key}={value}: set "
                      f"attention.engine= one of ['masked', 'auto']")
+        if variant == "lsh_forest":
+            _require(a.n_trees <= FOREST_MAX_TREES, f"attention.engine=flex cannot run attention.n_trees={a.n_trees} "
+                     f"(it resolves forest depths over all 2^n_trees tree sets: at most {FOREST_MAX_TREES} trees): "
+                     f"set attention.engine= one of ['masked', 'auto'] or attention.n_trees<={FOREST_MAX_TREES}")
     if engine != "auto":
         why = (" (it needs every score q.k to choose its top k: the dense product that flex skips)"
                if variant in ("oracle_topk", "lsh_topk") else "")

@@ -27,6 +27,7 @@ BS = 128  # flex's default sparse block; the CPU kernel tiles by it
 REAL = BS - 1  # real keys per key block: slot 0 is the sentinel
 COUNT_DIM = 16  # q/k/v head dim of the counting pass: flex needs >= 16; scores are 0 anyway
 FAR = 2 ** 62  # code of padding rows: sorts last and matches nothing valid
+ID_BITS = 62  # group ids packed with a slot stay non-negative int64 below 2^62 (sort keys, FAR above)
 # One compiled graph per (padded shape, dtype, n_tables); a sweep over shapes must not fall back to eager.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
 torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
@@ -43,16 +44,17 @@ def bucket(n_blocks: int) -> int:
 
 
 def _make_pass(kind: str, t: int, padded: bool, counting: bool):
-    """The flex call of one pass. kind "always" (self, sinks, window) or "table" (table t minus earlier ones).
+    """The flex call of one pass. kind "always" (self, sinks, window), "table" (lsh table t minus earlier ones)
+    or "tree" (lsh_forest tree t minus earlier ones: codes equal above the query's shift d - x*(i)).
 
     Flags are Python constants, so each (kind, t, padded, counting) is its own small graph: the mask does
     only the lookups it needs. Without padding a slot's position is the slot itself, so counts are not read.
     """
 
-    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, s0, consts,
-            g: int, scale: float):
+    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift, s0,
+            consts, g: int, scale: float):
         # qslot (B, Hq, Qp) (-1: padding), kslot (B, Hkv, Kp) (FAR: padding or sentinel), sorted order;
-        # qcount/kcount likewise (read only when padded); codes (L, B, H, len);
+        # qcount/kcount likewise (read only when padded); codes (L, B, H, len); qshift (B, Hq, Qp) (trees only);
         # consts = [self, sinks, window, K - Q, Q, K] (tensors: one graph serves every length of a bucket).
         def mask_mod(b, h, qi, ki):
             hk = h // g
@@ -70,6 +72,11 @@ def _make_pass(kind: str, t: int, padded: bool, counting: bool):
             cand = ks <= qs
             if kind == "always":
                 cand = cand & always
+            elif kind == "tree":  # shared prefix of x*(i) bits: the code bits above the query's shift agree
+                sh = qshift[b, h, qi]
+                cand = cand & ~always & (((qcodes[t, b, h, qi] ^ kcodes[t, b, hk, ki]) >> sh) == 0)
+                for e in range(t):
+                    cand = cand & (((qcodes[e, b, h, qi] ^ kcodes[e, b, hk, ki]) >> sh) != 0)
             else:
                 cand = cand & ~always & (qcodes[t, b, h, qi] == kcodes[t, b, hk, ki])
                 for e in range(t):  # disjoint passes: not already counted by an earlier table
@@ -175,6 +182,14 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
     if t < 0:
         may = causal & (self_may | sink_may | win_may)
         full = all_in & ((kn_hi <= sinks) | (col(qn_hi) - kn_lo < window))
+    elif c.qshift0 is not None:  # forest tree t: query i matches the code range [lo_i, lo_i + 2^shift_i)
+        qshift = c.qshift0[bq, hq, qsrc]  # (B, Hq, Qp)
+        lo_i = (qc0[t][bq, hq, qsrc] >> qshift) << qshift
+        qr_lo, _ = _block_stats(lo_i, qv, BS)  # per query block: the union of its queries' ranges
+        _, qr_hi = _block_stats(lo_i + (1 << qshift) - 1, qv, BS)
+        kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
+        may = causal & (kk_lo <= col(qr_hi)) & (kk_hi >= col(qr_lo))
+        full = torch.zeros_like(may)  # a key may share the prefix in an earlier tree: decided pair by pair
     else:
         qk_lo, qk_hi = _block_stats(qc0[t][bq, hq, qsrc], qv, BS)
         kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
@@ -218,6 +233,85 @@ def first_table_counts(qc: torch.Tensor, kc: torch.Tensor, spec, g: int) -> torc
     return n
 
 
+def _ids(kraw: torch.Tensor, qraw: torch.Tensor, bits: int, room: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Group ids of keys and queries with `room` bits free below ID_BITS: the raw values (`bits` wide) while
+    they fit, else their ranks (unique over both sides). Returns (key ids, query ids, bits of the ids)."""
+    if bits + room <= ID_BITS:
+        return kraw, qraw, bits
+    _, inv = torch.unique(torch.cat([kraw.flatten(), qraw.flatten()]), return_inverse=True)
+    n = kraw.numel()
+    return inv[:n].view(kraw.shape), inv[n:].view(qraw.shape), max(1, int(inv.max()).bit_length())
+
+
+def forest_shifts(cands) -> torch.Tensor:
+    """d - x*(i) per query head, (B, Hq, Q) int64: x*(i) is the deepest prefix length at which the keys of V(i)
+    sharing query i's prefix in at least one tree number min(min_candidates, |V(i)|) (candidates.py _forest).
+
+    No (Q, K) tensor: for a set S of trees and a depth x, the keys of V(i) sharing i's x-bit prefix in every tree
+    of S are counted by one sort of (group id, slot) and two binary searches (group id: the tuple of the prefixes,
+    ranked). Single trees give, per query, bounds on the union over trees (max <= |union| <= sum) at every depth;
+    only the depths between the bounds are resolved exactly, by inclusion-exclusion over the 2^n - 1 tree sets
+    (so flex runs at most kernel.FOREST_MAX_TREES trees). Returns 0 (x* = d) for padding queries.
+    """
+    spec = cands.spec
+    d, mc = int(cands.bits), int(spec.min_candidates)
+    L, B, Hkv, g, Q = cands.qcodes.shape
+    K, dev = cands.K, cands.qcodes.device
+    gQ = g * Q
+    qc = cands.qcodes.to(torch.int64).reshape(L, B, Hkv, gQ)  # (L, B, Hkv, g*Q): head h = hkv * g + gi
+    kc = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
+    pos_bits = max(1, K.bit_length())  # slots 0 .. K - 1
+    q_slot = (torch.arange(Q, device=dev) + K - Q).repeat(g)  # (g*Q,)
+    qvalid = cands.key_valid[:, K - Q:].repeat(1, g)  # (B, g*Q)
+    nvis = cands.count[:, K - Q:].repeat(1, g) * qvalid  # (B, g*Q): |V(i)| (0 for padding queries)
+    target = nvis.clamp(max=mc)[:, None].expand(B, Hkv, gQ)  # (B, Hkv, g*Q)
+    kmiss = ~cands.key_valid[:, None].expand(B, Hkv, K)  # padding keys are never in V(i)
+    seg = torch.arange(B * Hkv, device=dev).view(B, Hkv, 1)  # one id space per (row, KV head)
+    seg_bits = max(1, (B * Hkv).bit_length())
+    kslot = torch.arange(K, device=dev)
+
+    def count(kid, qid, bits):
+        """Keys of V(i) in query i's group: (B, Hkv, g*Q) int64. kid (B, Hkv, K), qid (B, Hkv, g*Q)."""
+        kid, qid, _ = _ids(kid, qid, bits, pos_bits)
+        packed = ((kid << pos_bits) | kslot).masked_fill(kmiss, torch.iinfo(torch.int64).max)
+        ordered = packed.flatten().sort().values
+        lo = torch.searchsorted(ordered, (qid << pos_bits).flatten())
+        hi = torch.searchsorted(ordered, ((qid << pos_bits) | q_slot).flatten(), right=True)
+        return (hi - lo).view(B, Hkv, gQ)
+
+    def prefix(codes, t, x):  # (..., len) -> the x-bit prefixes of tree t
+        return codes[t] >> (d - x)
+
+    # single trees at every depth: N[t, x] (L, d + 1, B, Hkv, g*Q); at x = 0 every key of V(i) qualifies
+    N = torch.empty(L, d + 1, B, Hkv, gQ, dtype=torch.int64, device=dev)
+    for t in range(L):
+        N[t, 0] = nvis[:, None]
+        for x in range(1, d + 1):
+            N[t, x] = count((seg << x) | prefix(kc, t, x), (seg << x) | prefix(qc, t, x), seg_bits + x)
+    # counts fall with depth, so "enough" holds on a prefix 0 .. x of depths: x* lies in [lo, hi]
+    lo = (N.amax(0) >= target).sum(0) - 1  # (B, Hkv, g*Q): one tree alone already holds enough keys
+    hi = (N.sum(0) >= target).sum(0) - 1  # even the sum over trees falls short deeper than hi
+    xstar = lo.clone()
+    for x in range(1, d + 1):
+        open_ = (lo < x) & (x <= hi)
+        if L == 1 or not bool(open_.any()):
+            continue
+        union = N[:, x].sum(0)
+        groups = {}  # tree set (bit mask) -> (key ids, query ids, bits) of its joint x-bit prefixes
+        for S in range(1, 1 << L):
+            top = S.bit_length() - 1
+            parent = S ^ (1 << top)
+            if parent == 0:
+                groups[S] = ((seg << x) | prefix(kc, top, x), (seg << x) | prefix(qc, top, x), seg_bits + x)
+                continue
+            kid, qid, bits = _ids(*groups[parent], x)
+            groups[S] = ((kid << x) | prefix(kc, top, x), (qid << x) | prefix(qc, top, x), bits + x)
+            sign = 1 if bin(S).count("1") % 2 else -1
+            union = union + sign * count(*groups[S])
+        xstar = xstar + (open_ & (union >= target)).to(xstar.dtype)
+    return (d - xstar).view(B, Hkv * g, Q)
+
+
 def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row."""
     spec = cands.spec
@@ -243,6 +337,10 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
         kc0 = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
         qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
         kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
+    qshift0 = None
+    if spec.variant == "lsh_forest":  # (B, Hq, Q + 1): d - x*(i), the code bits below the shared prefix
+        qshift0 = forest_shifts(cands)
+        qshift0 = torch.cat([qshift0, qshift0.new_zeros(B, Hq, 1)], -1)
 
     inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
     bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
@@ -252,7 +350,8 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     return SimpleNamespace(spec=spec, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel, B=B, Hq=Hq,
                            Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
                            key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
-                           qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes)
+                           qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes,
+                           qshift0=qshift0)
 
 
 def layouts(query, key, key_valid, cands):
@@ -262,7 +361,7 @@ def layouts(query, key, key_valid, cands):
 
 
 def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
-    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh, equal to the masked engine's."""
+    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh / lsh_forest, equal to the masked engine's."""
     c = _prepare(query, key, key_valid, cands)
     spec, B, Hq, Hkv, Q, K, D, g, dev = c.spec, c.B, c.Hq, c.Hkv, c.Q, c.K, c.D, c.g, c.dev
     Dv, nKb, Qp, Kp, padded, L, bq, hq, hk = value.shape[-1], c.nKb, c.Qp, c.Kp, c.padded, c.L, c.bq, c.hq, c.hk
@@ -296,8 +395,9 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         vx = torch.cat([vx, kv[..., None].to(vx.dtype), sentinel.expand(B, Hkv, Kp)[..., None].to(vx.dtype)], -1)
         qcodes = qc0[:, bq, hq, qsrc] if L else qslot[None]  # (L, B, Hq, Qp); unused by the always pass
         kcodes = kc0[:, bq, hk, ksrc] if L else kslot[None]
-        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes)
-        kind = "always" if t < 0 else "table"
+        qshift = c.qshift0[bq, hq, qsrc] if c.qshift0 is not None else qslot  # (B, Hq, Qp); unused by lsh
+        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift)
+        kind = "always" if t < 0 else ("tree" if c.qshift0 is not None else "table")
         o = _timed(("main", kind, t, padded, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
                    _compiled(kind, max(t, 0), padded, False), qx, kx, vx, *args, s0x, consts, g, scaling)
         # back to original query order; padding rows (qsrc == Q) drop out
@@ -313,13 +413,13 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
         normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
         outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
-        if t == 0 and not padded:
+        if t == 0 and not padded and kind == "table":
             n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g)
         elif t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
             zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
             vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
             vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
-            oc = _timed(("count", t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
+            oc = _timed(("count", kind, t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
                         _compiled(kind, t, padded, True), zq, vc, vc, *args, s0x.float(), consts, g, 1.0)
             oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
             mq = mq.double()
