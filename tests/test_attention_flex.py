@@ -198,6 +198,8 @@ def test_engine_config_errors():
         validate_attention_config({"name": "lsh", "engine": "fast"}, hasher)
     with pytest.raises(ConfigError, match="engine=flex cannot run attention.min_collisions=2"):
         validate_attention_config({"name": "lsh", "engine": "flex", "min_collisions": 2}, hasher)
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention=lsh_topk .*every causal key.*masked"):
+        validate_attention_config({"name": "lsh_topk", "fraction": 0.1, "engine": "flex"}, hasher)
     validate_attention_config({"name": "lsh", "engine": "flex"}, hasher)
     validate_attention_config({"name": "lsh_forest", "engine": "flex", "n_trees": 4}, hasher)
     with pytest.raises(ConfigError, match="engine=flex cannot run attention.n_trees=7.*masked"):

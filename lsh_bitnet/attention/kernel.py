@@ -14,7 +14,9 @@ from lsh_bitnet.attention.candidates import Candidates
 from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
 # Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
-# top k, i.e. the dense product the flex engine exists to skip: it stays on `masked`.
+# top k, i.e. the dense product the flex engine exists to skip, and lsh_topk scores every causal key by its
+# collisions the same way: both stay on `masked`, as does m-of-L (its candidates touch every block:
+# docs/SPEC.md section 8.2).
 ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "lsh_forest", "window")}
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
 # sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
