@@ -155,7 +155,13 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
         qsrc = torch.arange(Q, device=dev).expand(B, Hq, Q)
         ksrc = torch.arange(K, device=dev).expand(B, Hkv, K)
     else:  # stable sort by code keeps slots ascending within a bucket
-        qsrc = torch.sort(qc0[t, ..., :Q].masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
+        qkey = qc0[t, ..., :Q]  # (B, Hq, Q)
+        if c.qshift0 is not None:
+            # Forest: queries grouped by depth first, then code, so a query block's prefix ranges are alike. Sorted
+            # by code alone, the first queries (x* = 0: every key is a candidate) would sit in every query block
+            # and make it visit every key block. Codes < 2^max_depth, so (shift, code) packs in one int64.
+            qkey = (c.qshift0[..., :Q] << int(c.spec.max_depth)) | qkey
+        qsrc = torch.sort(qkey.masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
         ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
     qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
     ksrc = _with_sentinels(ksrc[..., None] + 1, nKb)[..., 0] - 1  # (B, Hkv, Kp), -1 at sentinel slots
