@@ -205,6 +205,8 @@ def test_engine_config_errors():
     with pytest.raises(ConfigError, match="engine=flex cannot run attention.n_trees=7.*masked"):
         validate_attention_config({"name": "lsh_forest", "engine": "flex", "n_trees": 7}, hasher)
     assert resolve_engine(SparseSpec("lsh_forest", engine="auto", n_trees=7), torch.zeros(1), 8192) == "masked"
+    assert resolve_engine(SparseSpec("lsh_forest", engine="auto"), torch.zeros(1), 8192) == "flex"
+    assert resolve_engine(SparseSpec("lsh_forest", engine="auto"), torch.zeros(1), 4096) == "masked"  # measured slower
     auto = SparseSpec("lsh", engine="auto")
     auto.min_collisions = 2  # a rule flex does not run (SPEC section 7): auto must fall back to masked
     assert resolve_engine(auto, torch.zeros(1), 8192) == "masked"

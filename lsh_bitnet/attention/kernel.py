@@ -23,6 +23,9 @@ ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "lsh_forest", "window")}
 # counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES = 2048
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
+# lsh_forest (4 trees x 16 bits, 64 candidates): flex 1.67x masked's time at 4096 queries, 0.92x at 8192
+# (the depth search and one pass plus one counting pass per tree; docs/BENCHMARKS.md).
+AUTO_FLEX_MIN_QUERIES_FOREST = 8192
 # flex resolves forest depths by inclusion-exclusion: 2^n - 1 tree sets (one sort each) per depth left open by
 # the single-tree bounds, the ids of every set held at once. 6 trees = 63 sets; the cost doubles per tree
 # beyond, and such forests stay on masked.
@@ -54,7 +57,11 @@ def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
         return "masked"
     if engine == "auto":
         grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
-        need = AUTO_FLEX_MIN_QUERIES_TABLES if spec.variant == "lsh" and spec.n_tables > 1 else AUTO_FLEX_MIN_QUERIES
+        need = AUTO_FLEX_MIN_QUERIES
+        if spec.variant == "lsh" and spec.n_tables > 1:
+            need = AUTO_FLEX_MIN_QUERIES_TABLES
+        elif spec.variant == "lsh_forest":
+            need = AUTO_FLEX_MIN_QUERIES_FOREST
         return "flex" if flex_unsupported(spec) is None and Q >= need and not grad else "masked"
     if engine == "flex" and flex_unsupported(spec) is not None:
         raise ValueError(f"attention.engine=flex cannot run {flex_unsupported(spec)}: use attention.engine=masked")
