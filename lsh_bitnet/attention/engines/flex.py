@@ -4,7 +4,12 @@ One call is a set of disjoint passes whose union is C(i):
 - pass "always" in original order: the always-attend sets (self, sinks, local window), a band + columns;
 - pass t per table, in that table's sorted order: tokens sorted by (code, slot), so every bucket is a
   contiguous run and a (query block, key block) pair can hold a candidate only where their code ranges
-  overlap. Pass t keeps the pairs colliding in table t, in no earlier table and not in the always set.
+  overlap. Pass t keeps the pairs colliding in table t, in no earlier table and not in the always set;
+- lsh_forest: pass t per tree, keys sorted by code: the keys sharing query i's x*(i)-bit prefix are the code
+  range [c >> s << s, (c >> s << s) + 2^s), s = d - x*(i), so a key block is visited where its codes meet the
+  union of its query block's ranges (queries ordered by (s, code), so a block's ranges are alike). Pass t keeps
+  the pairs sharing the prefix in tree t, in no earlier tree and not in the always set. x*(i) comes from
+  sorted group counts (forest_shifts), not from a (Q, K) tensor.
 Block masks come from per-block min/max of codes, slots and positions (O((T/128)^2) bools per head);
 the element-wise mask_mod runs on partial blocks only. No tensor of O(T^2) elements is built.
 
@@ -14,7 +19,7 @@ Values carry two extra columns, [v | 1 | e_sent]. Every visited block adds one s
 a pass returns b = Z / (Z + m e^s0) in the ones column and a = m e^s0 / (Z + m e^s0) in the sentinel
 column: Z / e^s0 = m b / a, the weight of the pass, and v-part / b is its normalised output. The
 counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22);
-the always pass, and table 0 of a call without padding, are counted in closed form instead (no second pass).
+the always pass, and lsh table 0 of a call without padding, are counted in closed form instead (no second pass).
 """
 import time
 from types import SimpleNamespace
