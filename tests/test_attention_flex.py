@@ -174,15 +174,39 @@ def test_same_shape_does_not_recompile(spec):
 @pytest.mark.parametrize("n_trees,max_depth,min_candidates,pad,Q", [(1, 6, 8, True, T), (4, 7, 24, True, T),
                                                                    (3, 12, 5, False, 30), (2, 5, 500, True, T)])
 def test_forest_depths_without_dense_tensor(n_trees, max_depth, min_candidates, pad, Q):
-    """x*(i) from sorted group counts and inclusion-exclusion over trees equals the dense prefix count."""
+    """x*(i) and the candidate count before the always set, from sorted group counts and inclusion-exclusion over
+    trees, equal the dense prefix counts."""
     spec = SparseSpec("lsh_forest", n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates)
     q, k, v, valid = data(seed=5, pad=pad)
     cands = Candidates(q[:, :, T - Q:], k, valid, spec, hasher_for(spec))
-    xstar, _ = forest_depths(cands, torch.arange(Q))
-    got = cands.bits - flex.forest_shifts(cands)  # (B, Hq, Q)
+    xstar, lcp = forest_depths(cands, torch.arange(Q))
+    shift, size = flex.forest_shifts(cands)  # (B, Hq, Q) each
+    got = cands.bits - shift
     q_valid = valid[:, T - Q:][:, None].expand_as(got)
     assert torch.equal(got[q_valid], xstar[q_valid])
+    _, vis, _ = cands._sets(torch.arange(Q), T)  # (B, 1, 1, Q, K)
+    size_ref = ((lcp >= xstar[..., None]) & vis.reshape(B, 1, Q, T)).sum(-1)  # keys sharing the x*-bit prefix
+    assert torch.equal(size, size_ref * q_valid)
     assert len(set(xstar[q_valid].tolist())) > 1  # depths differ between queries: a real test of the search
+
+
+@pytest.mark.parametrize("sinks,window,include_self,pad,Q", [(0, 0, True, True, T), (3, 0, True, True, T),
+                                                             (2, 70, True, True, T), (0, 5, False, False, 20),
+                                                             (4, 0, False, True, 1)])
+def test_forest_counts_closed_form(sinks, window, include_self, pad, Q):
+    """The forest's comparisons without counting passes (always set in closed form, the forest's candidates
+    from the depth search, their overlap with the always set by position) equal the masked engine's count."""
+    spec = SparseSpec("lsh_forest", n_trees=3, max_depth=6, min_candidates=12, sink_tokens=sinks,
+                      local_window=window, include_self=include_self)
+    q, k, v, valid = data(seed=6, pad=pad)
+    q = q[:, :, T - Q:]
+    hasher = hasher_for(spec)
+    with torch.no_grad():
+        _, ref = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="masked")
+    cands = Candidates(q, k, valid, spec, hasher)
+    c = flex._prepare(q, k, valid, cands)
+    n = flex.always_counts(cands.count[:, T - Q:], valid[:, T - Q:].long(), spec).sum() * HQ + c.forest_count
+    assert n == ref[0] and 0 < n < ref[1]
 
 
 def test_block_buckets_bound_recompiles():

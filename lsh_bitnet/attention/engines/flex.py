@@ -254,7 +254,7 @@ def _ids(kraw: torch.Tensor, qraw: torch.Tensor, bits: int, room: int) -> Tuple[
     return inv[:n].view(kraw.shape), inv[n:].view(qraw.shape), max(1, int(inv.max()).bit_length())
 
 
-def forest_shifts(cands) -> torch.Tensor:
+def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
     """d - x*(i) per query head, (B, Hq, Q) int64: x*(i) is the deepest prefix length at which the keys of V(i)
     sharing query i's prefix in at least one tree number min(min_candidates, |V(i)|) (candidates.py _forest).
 
@@ -262,7 +262,10 @@ def forest_shifts(cands) -> torch.Tensor:
     of S are counted by one sort of (group id, slot) and two binary searches (group id: the tuple of the prefixes,
     ranked). Single trees give, per query, bounds on the union over trees (max <= |union| <= sum) at every depth;
     only the depths between the bounds are resolved exactly, by inclusion-exclusion over the 2^n - 1 tree sets
-    (so flex runs at most kernel.FOREST_MAX_TREES trees). Returns 0 (x* = d) for padding queries.
+    (so flex runs at most kernel.FOREST_MAX_TREES trees).
+    Returns (shift, size), each (B, Hq, Q) int64: shift = d - x*(i) (0 for padding queries) and
+    size = |{j in V(i): some tree shares i's x*(i)-bit prefix}| (0 for padding queries), which counts the
+    forest's candidates without a counting pass.
     """
     spec = cands.spec
     d, mc = int(cands.bits), int(spec.min_candidates)
@@ -302,11 +305,7 @@ def forest_shifts(cands) -> torch.Tensor:
     # counts fall with depth, so "enough" holds on a prefix 0 .. x of depths: x* lies in [lo, hi]
     lo = (N.amax(0) >= target).sum(0) - 1  # (B, Hkv, g*Q): one tree alone already holds enough keys
     hi = (N.sum(0) >= target).sum(0) - 1  # even the sum over trees falls short deeper than hi
-    xstar = lo.clone()
-    for x in range(1, d + 1):
-        open_ = (lo < x) & (x <= hi)
-        if L == 1 or not bool(open_.any()):
-            continue
+    def union_at(x):  # |{j in V(i): some tree shares i's x-bit prefix}| (B, Hkv, g*Q), inclusion-exclusion
         union = N[:, x].sum(0)
         groups = {}  # tree set (bit mask) -> (key ids, query ids, bits) of its joint x-bit prefixes
         for S in range(1, 1 << L):
@@ -319,8 +318,75 @@ def forest_shifts(cands) -> torch.Tensor:
             groups[S] = ((kid << x) | prefix(kc, top, x), (qid << x) | prefix(qc, top, x), bits + x)
             sign = 1 if bin(S).count("1") % 2 else -1
             union = union + sign * count(*groups[S])
-        xstar = xstar + (open_ & (union >= target)).to(xstar.dtype)
-    return (d - xstar).view(B, Hkv * g, Q)
+        return union
+
+    unions = {0: nvis[:, None].expand(B, Hkv, gQ)}
+    xstar = lo.clone()
+    for x in range(1, d + 1):
+        open_ = (lo < x) & (x <= hi)
+        if L == 1 or not bool(open_.any()):
+            continue
+        unions[x] = union_at(x)
+        xstar = xstar + (open_ & (unions[x] >= target)).to(xstar.dtype)
+    # |{j in V(i): max_t lcp_t(i, j) >= x*(i)}|, the candidates before the always set: for counting
+    size = torch.zeros_like(xstar)
+    for x in xstar[qvalid[:, None].expand_as(xstar)].unique().tolist():
+        if x not in unions:
+            unions[x] = N[0, x] if L == 1 else union_at(x)
+        size = torch.where(xstar == x, unions[x], size)
+    size = size * qvalid[:, None]
+    return (d - xstar).view(B, Hkv * g, Q), size.view(B, Hkv * g, Q)
+
+
+# Always-set keys are checked against the forest in chunks of this many per query: (B, Hkv, g*Q, 64) int64
+# per tree at a time, 38 MB for SmolLM2 at 8192 tokens, whatever the window.
+ALWAYS_CHUNK = 64
+
+
+def forest_always_overlap(cands, shift: torch.Tensor) -> torch.Tensor:
+    """Sum over query heads and valid queries of |{j in A(i) ∩ V(i): some tree shares i's x*(i)-bit prefix}|
+    (A: self, sinks, window; the pairs counted both by the forest and by the always set), int64 0-d.
+    shift (B, Hq, Q) = d - x*(i). Memory O(Q * ALWAYS_CHUNK) per head: A(i) is enumerated by position."""
+    spec = cands.spec
+    L, B, Hkv, g, Q = cands.qcodes.shape
+    K, dev, gQ = cands.K, cands.qcodes.device, g * Q
+    S, W = int(spec.sink_tokens), int(spec.local_window)
+    qc = cands.qcodes.to(torch.int64).reshape(L, B, Hkv, gQ)
+    kc = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
+    sh = shift.reshape(B, Hkv, gQ)
+    qvalid = cands.key_valid[:, K - Q:].repeat(1, g)  # (B, g*Q)
+    qpos = (cands.count[:, K - Q:] - 1).repeat(1, g)  # (B, g*Q): position p(i) = valid keys before it
+    # slot of each position (B, K + 1); padding keys write to the unused column K
+    kpos = torch.where(cands.key_valid, cands.count - 1, K)
+    slot_of = torch.full((B, K + 1), K - 1, dtype=torch.int64, device=dev)
+    slot_of.scatter_(1, kpos, torch.arange(K, device=dev).expand(B, K))
+    # A(i) by position, each once: sinks [0, min(S, p + 1)), window [max(p - W + 1, S), p], self when neither
+    offs = [("sink", o) for o in range(S)] + [("window", o) for o in range(W)]
+    if spec.include_self and W == 0:
+        offs.append(("self", 0))
+    total = torch.zeros((), dtype=torch.int64, device=dev)
+    for a in range(0, len(offs), ALWAYS_CHUNK):
+        part = offs[a:a + ALWAYS_CHUNK]
+        pos, ok = [], []
+        for kind, o in part:  # (B, g*Q) each
+            if kind == "sink":
+                pos.append(torch.full_like(qpos, o))
+                ok.append(qpos >= o)
+            elif kind == "window":
+                pos.append(qpos - o)
+                ok.append(qpos - o >= S)
+            else:
+                pos.append(qpos)
+                ok.append(qpos >= S)
+        pos = torch.stack(pos, -1).clamp(min=0)  # (B, g*Q, c)
+        ok = torch.stack(ok, -1) & qvalid[..., None]
+        j = slot_of.gather(1, pos.flatten(1))  # (B, g*Q*c) key slots
+        hit = torch.zeros(B, Hkv, gQ, len(part), dtype=torch.bool, device=dev)
+        for t in range(L):
+            kj = kc[t].gather(2, j[:, None].expand(B, Hkv, -1)).view(B, Hkv, gQ, len(part))
+            hit |= ((qc[t][..., None] ^ kj) >> sh[..., None]) == 0
+        total = total + (hit & ok[:, None]).sum()
+    return total
 
 
 def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
@@ -348,10 +414,11 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
         kc0 = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
         qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
         kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
-    qshift0 = None
+    qshift0 = forest_count = None
     if spec.variant == "lsh_forest":  # (B, Hq, Q + 1): d - x*(i), the code bits below the shared prefix
-        qshift0 = forest_shifts(cands)
-        qshift0 = torch.cat([qshift0, qshift0.new_zeros(B, Hq, 1)], -1)
+        shift, forest_size = forest_shifts(cands)
+        forest_count = forest_size.sum() - forest_always_overlap(cands, shift)  # |C(i) \ A(i)| over heads, i
+        qshift0 = torch.cat([shift, shift.new_zeros(B, Hq, 1)], -1)
 
     inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
     bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
@@ -362,7 +429,7 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
                            Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
                            key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
                            qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes,
-                           qshift0=qshift0)
+                           qshift0=qshift0, forest_count=forest_count)
 
 
 def layouts(query, key, key_valid, cands):
@@ -382,6 +449,8 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
     consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window), K - Q, Q, K],
                           dtype=torch.int64, device=dev)
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
+    if c.forest_count is not None:  # the trees' passes counted in closed form: no counting passes
+        n_cmp = n_cmp + c.forest_count
     masses: List[torch.Tensor] = []
     outs: List[torch.Tensor] = []
     for t in c.passes:
@@ -426,7 +495,7 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
         if t == 0 and not padded and kind == "table":
             n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g)
-        elif t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
+        elif kind == "table":  # counting pass, float32, every score 0: ones column over real keys, sentinel column
             zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
             vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
             vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
