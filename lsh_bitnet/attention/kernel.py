@@ -23,8 +23,8 @@ ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "lsh_forest", "window")}
 # counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES = 2048
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
-# lsh_forest (4 trees x 16 bits, 64 candidates): flex 1.67x masked's time at 4096 queries, 0.92x at 8192
-# (the depth search and one pass plus one counting pass per tree; docs/BENCHMARKS.md).
+# lsh_forest (4 trees x 16 bits, 64 candidates): flex 1.69x masked's time at 4096 queries, 0.98x at 8192
+# (the depth search's sorts and one pass per tree; docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES_FOREST = 8192
 # flex resolves forest depths by inclusion-exclusion: 2^n - 1 tree sets (one sort each) per depth left open by
 # the single-tree bounds, the ids of every set held at once. 6 trees = 63 sets; the cost doubles per tree
