@@ -172,7 +172,8 @@ def test_same_shape_does_not_recompile(spec):
 
 
 @pytest.mark.parametrize("n_trees,max_depth,min_candidates,pad,Q", [(1, 6, 8, True, T), (4, 7, 24, True, T),
-                                                                   (3, 12, 5, False, 30), (2, 5, 500, True, T)])
+                                                                   (3, 12, 5, False, 30), (2, 5, 500, True, T),
+                                                                   (3, 26, 3, True, T)])  # ids ranked: 3 x 26 bits
 def test_forest_depths_without_dense_tensor(n_trees, max_depth, min_candidates, pad, Q):
     """x*(i) and the candidate count before the always set, from sorted group counts and inclusion-exclusion over
     trees, equal the dense prefix counts."""
