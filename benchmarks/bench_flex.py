@@ -32,6 +32,9 @@ SETTINGS = {  # name -> (spec, hasher bits)
     "window": (SparseSpec("window", sink_tokens=4, local_window=256), 0),
     "lsh8": (SparseSpec("lsh", n_tables=1, sink_tokens=4, local_window=64), 8),
     "lsh8_t4": (SparseSpec("lsh", n_tables=4, sink_tokens=4, local_window=64), 8),
+    # conf/attention/lsh_forest.yaml's trees (4 x 16 bits, 64 candidates) with 4 sinks and a 64-token window
+    "forest": (SparseSpec("lsh_forest", n_trees=4, max_depth=16, min_candidates=64, sink_tokens=4, local_window=64),
+               16),
 }
 
 
@@ -54,7 +57,8 @@ def call(name, engine, q, k, v, valid):
     hasher, codes, reused = None, None, 0
     if bits:
         if name not in HASHERS:
-            HASHERS[name] = build_hasher("simhash", bits, D, HKV, spec.n_tables, 0, 0)
+            tables = spec.n_trees if spec.variant == "lsh_forest" else spec.n_tables
+            HASHERS[name] = build_hasher("simhash", bits, D, HKV, tables, 0, 0)
         hasher = HASHERS[name]
         if q.shape[2] == 1:  # decode: the key-code cache holds the codes of the K - 1 cached keys
             K = k.shape[2]

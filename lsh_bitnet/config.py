@@ -85,8 +85,9 @@ class AttentionConfig:
     diagnostics_k: int = 32
     diagnostics_queries: int = 64
     # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
-    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window and lsh),
-    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables; else masked; README).
+    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window, lsh, lsh_forest),
+    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables or a forest; else
+    # masked; README).
     engine: str = "auto"
 
 

@@ -28,7 +28,26 @@ def data(seed=0, T_=T, pad=True, dtype=torch.float32, device="cpu"):
 
 
 def hasher_for(spec, bits=3):
+    if spec.variant == "lsh_forest":  # a tree's code has max_depth bits
+        return build_hasher("simhash", spec.max_depth, D, HKV, spec.n_trees, 0, 0)
     return build_hasher("simhash", bits, D, HKV, spec.n_tables, 0, 0) if spec.variant == "lsh" else None
+
+
+def forest_depths(cands, q_idx):
+    """x*(i) written out densely: (B, Hq, Qc) deepest x with |{j in V(i): max_t lcp_t(i, j) >= x}| >= target,
+    lcp_t(i, j) >= x  <=>  code_t(i) >> (d - x) == code_t(j) >> (d - x). Also the per-pair max lcp (B, Hq, Qc, K)."""
+    d, K = cands.bits, cands.K
+    _, valid, _ = cands._sets(q_idx, K)  # (B, 1, 1, Qc, K)
+    valid = valid.reshape(cands.B, 1, len(q_idx), K)
+    qc = cands.qcodes[..., q_idx].flatten(2, 3).long()  # (L, B, Hq, Qc)
+    kc = cands.kcodes.repeat_interleave(cands.g, 2).long()  # (L, B, Hq, K)
+    lcp = torch.zeros(valid.shape[:1] + qc.shape[2:] + (K,), dtype=torch.int64)
+    for x in range(1, d + 1):
+        same = ((qc[..., None] >> (d - x)) == (kc[..., None, :] >> (d - x))).any(0)  # (B, Hq, Qc, K)
+        lcp = torch.where(same, x, lcp)
+    target = valid.sum(-1).clamp(max=cands.spec.min_candidates)  # (B, 1, Qc)
+    n_at = torch.stack([((lcp >= x) & valid).sum(-1) for x in range(d + 1)])  # (d + 1, B, Hq, Qc)
+    return (n_at >= target).sum(0) - 1, lcp
 
 
 def both_engines(spec, q, k, v, valid, hasher):
@@ -43,6 +62,10 @@ CASES = {  # (spec, query counts to test: prefill and a decode-like tail)
     "lsh_3tables_sinks_window_pad": (SparseSpec("lsh", n_tables=3, sink_tokens=2, local_window=4), [T]),
     "lsh_2tables_decode": (SparseSpec("lsh", n_tables=2, sink_tokens=1, local_window=2), [1, 40]),
     "lsh_no_self_empty_rows": (SparseSpec("lsh", n_tables=1, include_self=False), [T]),
+    "forest_3trees_sinks_window_pad": (SparseSpec("lsh_forest", n_trees=3, max_depth=6, min_candidates=8,
+                                                  sink_tokens=2, local_window=4), [T, 1]),
+    "forest_2trees_decode": (SparseSpec("lsh_forest", n_trees=2, max_depth=8, min_candidates=16, sink_tokens=1,
+                                        local_window=3), [40]),
 }
 
 
@@ -50,7 +73,7 @@ CASES = {  # (spec, query counts to test: prefill and a decode-like tail)
 def test_flex_equals_masked(name):
     """Outputs to 1e-4 (float32) and identical integer counts, with padding, GQA 2:1 and decode steps."""
     spec, n_queries = CASES[name]
-    q, k, v, valid = data(pad=name not in ("lsh_no_self_empty_rows", "lsh_2tables_decode"))  # both count paths
+    q, k, v, valid = data(pad=name not in ("lsh_no_self_empty_rows", "lsh_2tables_decode", "forest_2trees_decode"))
     hasher = hasher_for(spec)
     for Q in n_queries:
         ref, ref_counts, out, counts = both_engines(spec, q[:, :, T - Q:], k, v, valid, hasher)
@@ -78,10 +101,17 @@ def pass_sets(spec, cands, q_idx):
     sets, seen = {}, always.clone()
     if spec.include_self or spec.sink_tokens or spec.local_window:
         sets[-1] = always
+    if spec.variant == "lsh_forest":
+        xstar, _ = forest_depths(cands, q_idx)
+        shift = (cands.bits - xstar)[..., None]  # (B, Hq, Q, 1)
     for t in range(0 if cands.qcodes is None else cands.qcodes.shape[0]):
-        qc = cands.qcodes[t].reshape(Bq, -1, cands.Q)[..., q_idx]  # (B, Hq, Q)
-        kc = cands.kcodes[t].repeat_interleave(cands.g, 1)  # (B, Hq, K)
-        hit = (qc[..., None] == kc[..., None, :]) & allowed & ~seen
+        qc = cands.qcodes[t].reshape(Bq, -1, cands.Q)[..., q_idx].long()  # (B, Hq, Q)
+        kc = cands.kcodes[t].repeat_interleave(cands.g, 1).long()  # (B, Hq, K)
+        if spec.variant == "lsh_forest":  # tree t: x*(i)-bit prefix shared in this tree
+            same = ((qc[..., None] ^ kc[..., None, :]) >> shift) == 0
+        else:
+            same = qc[..., None] == kc[..., None, :]
+        hit = same & allowed & ~seen
         sets[t], seen = hit, seen | hit
     assert torch.equal(seen, cand)  # the passes are disjoint and their union is C(i)
     return sets
@@ -89,7 +119,10 @@ def pass_sets(spec, cands, q_idx):
 
 @pytest.mark.parametrize("spec", [SparseSpec("window", sink_tokens=3, local_window=200),
                                   SparseSpec("lsh", n_tables=3, sink_tokens=2, local_window=130),
-                                  SparseSpec("lsh", n_tables=1, include_self=False)], ids=["window", "lsh3", "lsh1"])
+                                  SparseSpec("lsh", n_tables=1, include_self=False),
+                                  SparseSpec("lsh_forest", n_trees=3, max_depth=5, min_candidates=40, sink_tokens=2,
+                                             local_window=130)],
+                         ids=["window", "lsh3", "lsh1", "forest3"])
 @pytest.mark.parametrize("Q", [400, 1])
 def test_block_masks_cover_every_pair(spec, Q):
     """Every candidate pair lies in a partial or full block of its pass; full blocks hold pairs only."""
@@ -120,9 +153,11 @@ def test_block_masks_cover_every_pair(spec, Q):
             assert lay.full.any() and not (lay.partial | lay.full).all()  # the band has full and skipped blocks
 
 
-def test_same_shape_does_not_recompile():
+@pytest.mark.parametrize("spec", [SparseSpec("lsh", n_tables=1, sink_tokens=1, local_window=3),
+                                  SparseSpec("lsh_forest", n_trees=2, max_depth=6, min_candidates=8)],
+                         ids=["lsh", "forest"])
+def test_same_shape_does_not_recompile(spec):
     """A second call of the same padded shape, new data and a different length in the same block bucket."""
-    spec = SparseSpec("lsh", n_tables=1, sink_tokens=1, local_window=3)
     hasher = hasher_for(spec)
     with torch.no_grad():
         q, k, v, valid = data(seed=2, T_=200, pad=False)
@@ -134,6 +169,45 @@ def test_same_shape_does_not_recompile():
             sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert flex.STATS["compiles"] == compiles
+
+
+@pytest.mark.parametrize("n_trees,max_depth,min_candidates,pad,Q", [(1, 6, 8, True, T), (4, 7, 24, True, T),
+                                                                   (3, 12, 5, False, 30), (2, 5, 500, True, T),
+                                                                   (3, 26, 3, True, T)])  # ids ranked: 3 x 26 bits
+def test_forest_depths_without_dense_tensor(n_trees, max_depth, min_candidates, pad, Q):
+    """x*(i) and the candidate count before the always set, from sorted group counts and inclusion-exclusion over
+    trees, equal the dense prefix counts."""
+    spec = SparseSpec("lsh_forest", n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates)
+    q, k, v, valid = data(seed=5, pad=pad)
+    cands = Candidates(q[:, :, T - Q:], k, valid, spec, hasher_for(spec))
+    xstar, lcp = forest_depths(cands, torch.arange(Q))
+    shift, size = flex.forest_shifts(cands)  # (B, Hq, Q) each
+    got = cands.bits - shift
+    q_valid = valid[:, T - Q:][:, None].expand_as(got)
+    assert torch.equal(got[q_valid], xstar[q_valid])
+    _, vis, _ = cands._sets(torch.arange(Q), T)  # (B, 1, 1, Q, K)
+    size_ref = ((lcp >= xstar[..., None]) & vis.reshape(B, 1, Q, T)).sum(-1)  # keys sharing the x*-bit prefix
+    assert torch.equal(size, size_ref * q_valid)
+    assert len(set(xstar[q_valid].tolist())) > 1  # depths differ between queries: a real test of the search
+
+
+@pytest.mark.parametrize("sinks,window,include_self,pad,Q", [(0, 0, True, True, T), (3, 0, True, True, T),
+                                                             (2, 70, True, True, T), (0, 5, False, False, 20),
+                                                             (4, 0, False, True, 1)])
+def test_forest_counts_closed_form(sinks, window, include_self, pad, Q):
+    """The forest's comparisons without counting passes (always set in closed form, the forest's candidates
+    from the depth search, their overlap with the always set by position) equal the masked engine's count."""
+    spec = SparseSpec("lsh_forest", n_trees=3, max_depth=6, min_candidates=12, sink_tokens=sinks,
+                      local_window=window, include_self=include_self)
+    q, k, v, valid = data(seed=6, pad=pad)
+    q = q[:, :, T - Q:]
+    hasher = hasher_for(spec)
+    with torch.no_grad():
+        _, ref = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="masked")
+    cands = Candidates(q, k, valid, spec, hasher)
+    c = flex._prepare(q, k, valid, cands)
+    n = flex.always_counts(cands.count[:, T - Q:], valid[:, T - Q:].long(), spec).sum() * HQ + c.forest_count
+    assert n == ref[0] and 0 < n < ref[1]
 
 
 def test_block_buckets_bound_recompiles():
@@ -149,7 +223,15 @@ def test_engine_config_errors():
         validate_attention_config({"name": "lsh", "engine": "fast"}, hasher)
     with pytest.raises(ConfigError, match="engine=flex cannot run attention.min_collisions=2"):
         validate_attention_config({"name": "lsh", "engine": "flex", "min_collisions": 2}, hasher)
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention=lsh_topk .*every causal key.*masked"):
+        validate_attention_config({"name": "lsh_topk", "fraction": 0.1, "engine": "flex"}, hasher)
     validate_attention_config({"name": "lsh", "engine": "flex"}, hasher)
+    validate_attention_config({"name": "lsh_forest", "engine": "flex", "n_trees": 4}, hasher)
+    with pytest.raises(ConfigError, match="engine=flex cannot run attention.n_trees=7.*masked"):
+        validate_attention_config({"name": "lsh_forest", "engine": "flex", "n_trees": 7}, hasher)
+    assert resolve_engine(SparseSpec("lsh_forest", engine="auto", n_trees=7), torch.zeros(1), 8192) == "masked"
+    assert resolve_engine(SparseSpec("lsh_forest", engine="auto"), torch.zeros(1), 8192) == "flex"
+    assert resolve_engine(SparseSpec("lsh_forest", engine="auto"), torch.zeros(1), 4096) == "masked"  # measured slower
     auto = SparseSpec("lsh", engine="auto")
     auto.min_collisions = 2  # a rule flex does not run (SPEC section 7): auto must fall back to masked
     assert resolve_engine(auto, torch.zeros(1), 8192) == "masked"

@@ -10,9 +10,15 @@ from lsh_bitnet.attention.spec import (CALIBRATION_SOURCES, CENTERS, ESTIMATORS,
                                        VARIANTS, typed_attention, typed_hasher)
 from lsh_bitnet.errors import ConfigError
 
-# Which engine can run which variant (SPEC section 8). oracle_topk and lsh_topk need a score for every
-# causal key to choose their top k, i.e. the dense product the flex engine exists to skip: they stay on `masked`.
-ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "window")}
+# Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
+# top k, i.e. the dense product the flex engine exists to skip, and lsh_topk scores every causal key by its
+# collisions the same way: both stay on `masked`, as does m-of-L (its candidates touch every block:
+# docs/SPEC.md section 8.2).
+ENGINES = {"masked": VARIANTS, "flex": ("full", "lsh", "lsh_forest", "window")}
+# flex resolves forest depths by inclusion-exclusion: 2^n - 1 tree sets (one sort each) per depth left open by
+# the single-tree bounds, the ids of every set held at once. 6 trees = 63 sets; the cost doubles per tree
+# beyond, and such forests stay on masked.
+FOREST_MAX_TREES = 6
 # Registered hasher names (hashers.py registers the classes; a test keeps the two in step).
 HASHER_NAMES = ("bit_sampling", "simhash")
 # Codes are packed into int64 and must stay non-negative (the forest compares XORs as integers).
@@ -37,13 +43,20 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
     _require(engine in ("auto", *ENGINES), f"attention.engine={engine!r} is not known: allowed "
              f"{['auto', *ENGINES]}")
     if engine == "flex" and variant in ENGINES["flex"]:  # flex runs the plain union with softmax weights only
-        for key, plain in (("min_collisions", 1), ("estimator", "softmax")):
+        # m-of-L candidates are in no table's contiguous runs and touch every block (docs/SPEC.md section 8.2)
+        for key, plain, why in (("min_collisions", 1, " (m-of-L candidates lie in every 128 x 128 block: "
+                                 "nothing to skip)"), ("estimator", "softmax", "")):
             value = getattr(a, key, plain)
-            _require(value == plain, f"attention.engine=flex cannot run attention.{key}={value}: set "
+            _require(value == plain, f"attention.engine=flex cannot run attention.{key}={value}{why}: set "
                      f"attention.engine= one of ['masked', 'auto']")
+        if variant == "lsh_forest":
+            _require(a.n_trees <= FOREST_MAX_TREES, f"attention.engine=flex cannot run attention.n_trees={a.n_trees} "
+                     f"(it resolves forest depths over all 2^n_trees tree sets: at most {FOREST_MAX_TREES} trees): "
+                     f"set attention.engine= one of ['masked', 'auto'] or attention.n_trees<={FOREST_MAX_TREES}")
     if engine != "auto":
-        why = (" (it needs every score q.k to choose its top k: the dense product that flex skips)"
-               if variant in ("oracle_topk", "lsh_topk") else "")
+        why = {"oracle_topk": " (it needs every score q.k to choose its top k: the dense product that flex skips)",
+               "lsh_topk": " (it scores every causal key by collisions to choose its top k: no block can be "
+                           "skipped)"}.get(variant, "")
         _require(variant in ENGINES[engine], f"attention.engine={engine} cannot run attention={variant}{why}: "
                  f"set attention.engine= one of {engines_for(variant)} or auto")
     for key in ("sink_tokens", "local_window"):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lsh_bitnet.attention.candidates import Candidates
-from lsh_bitnet.attention.checks import ENGINES, engines_for  # noqa: F401 (re-exported)
+from lsh_bitnet.attention.checks import ENGINES, FOREST_MAX_TREES, engines_for  # noqa: F401 (re-exported)
 from lsh_bitnet.attention.engines.gather import GATHER_MAX_QUERIES, gather_attention
 from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
 
@@ -20,6 +20,9 @@ from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # n
 # counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES = 2048
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
+# lsh_forest (4 trees x 16 bits, 64 candidates): flex 1.69x masked's time at 4096 queries, 0.98x at 8192
+# (the depth search's sorts and one pass per tree; docs/BENCHMARKS.md).
+AUTO_FLEX_MIN_QUERIES_FOREST = 8192
 
 
 def flex_unsupported(spec) -> Optional[str]:
@@ -30,6 +33,9 @@ def flex_unsupported(spec) -> Optional[str]:
         return "attention.min_collisions > 1"
     if spec.estimator != "softmax":
         return f"attention.estimator={spec.estimator}"
+    if spec.variant == "lsh_forest" and spec.n_trees > FOREST_MAX_TREES:
+        return f"attention.n_trees={spec.n_trees} (flex resolves forest depths over 2^n_trees tree sets: " \
+               f"at most {FOREST_MAX_TREES} trees)"
     return None
 
 
@@ -40,7 +46,11 @@ def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
         return "masked"
     if engine == "auto":
         grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
-        need = AUTO_FLEX_MIN_QUERIES_TABLES if spec.variant == "lsh" and spec.n_tables > 1 else AUTO_FLEX_MIN_QUERIES
+        need = AUTO_FLEX_MIN_QUERIES
+        if spec.variant == "lsh" and spec.n_tables > 1:
+            need = AUTO_FLEX_MIN_QUERIES_TABLES
+        elif spec.variant == "lsh_forest":
+            need = AUTO_FLEX_MIN_QUERIES_FOREST
         return "flex" if flex_unsupported(spec) is None and Q >= need and not grad else "masked"
     if engine == "flex" and flex_unsupported(spec) is not None:
         raise ValueError(f"attention.engine=flex cannot run {flex_unsupported(spec)}: use attention.engine=masked")

@@ -4,7 +4,12 @@ One call is a set of disjoint passes whose union is C(i):
 - pass "always" in original order: the always-attend sets (self, sinks, local window), a band + columns;
 - pass t per table, in that table's sorted order: tokens sorted by (code, slot), so every bucket is a
   contiguous run and a (query block, key block) pair can hold a candidate only where their code ranges
-  overlap. Pass t keeps the pairs colliding in table t, in no earlier table and not in the always set.
+  overlap. Pass t keeps the pairs colliding in table t, in no earlier table and not in the always set;
+- lsh_forest: pass t per tree, keys sorted by code: the keys sharing query i's x*(i)-bit prefix are the code
+  range [c >> s << s, (c >> s << s) + 2^s), s = d - x*(i), so a key block is visited where its codes meet the
+  union of its query block's ranges (queries ordered by (s, code), so a block's ranges are alike). Pass t keeps
+  the pairs sharing the prefix in tree t, in no earlier tree and not in the always set. x*(i) comes from
+  sorted group counts (forest_shifts), not from a (Q, K) tensor.
 Block masks come from per-block min/max of codes, slots and positions (O((T/128)^2) bools per head);
 the element-wise mask_mod runs on partial blocks only. No tensor of O(T^2) elements is built.
 
@@ -14,7 +19,7 @@ Values carry two extra columns, [v | 1 | e_sent]. Every visited block adds one s
 a pass returns b = Z / (Z + m e^s0) in the ones column and a = m e^s0 / (Z + m e^s0) in the sentinel
 column: Z / e^s0 = m b / a, the weight of the pass, and v-part / b is its normalised output. The
 counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22);
-the always pass, and table 0 of a call without padding, are counted in closed form instead (no second pass).
+the always pass, and lsh table 0 of a call without padding, are counted in closed form instead (no second pass).
 """
 import time
 from types import SimpleNamespace
@@ -27,6 +32,7 @@ BS = 128  # flex's default sparse block; the CPU kernel tiles by it
 REAL = BS - 1  # real keys per key block: slot 0 is the sentinel
 COUNT_DIM = 16  # q/k/v head dim of the counting pass: flex needs >= 16; scores are 0 anyway
 FAR = 2 ** 62  # code of padding rows: sorts last and matches nothing valid
+ID_BITS = 62  # group ids packed with a slot stay non-negative int64 below 2^62 (sort keys, FAR above)
 # One compiled graph per (padded shape, dtype, n_tables); a sweep over shapes must not fall back to eager.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
 torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
@@ -43,16 +49,17 @@ def bucket(n_blocks: int) -> int:
 
 
 def _make_pass(kind: str, t: int, padded: bool, counting: bool):
-    """The flex call of one pass. kind "always" (self, sinks, window) or "table" (table t minus earlier ones).
+    """The flex call of one pass. kind "always" (self, sinks, window), "table" (lsh table t minus earlier ones)
+    or "tree" (lsh_forest tree t minus earlier ones: codes equal above the query's shift d - x*(i)).
 
     Flags are Python constants, so each (kind, t, padded, counting) is its own small graph: the mask does
     only the lookups it needs. Without padding a slot's position is the slot itself, so counts are not read.
     """
 
-    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, s0, consts,
-            g: int, scale: float):
+    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift, s0,
+            consts, g: int, scale: float):
         # qslot (B, Hq, Qp) (-1: padding), kslot (B, Hkv, Kp) (FAR: padding or sentinel), sorted order;
-        # qcount/kcount likewise (read only when padded); codes (L, B, H, len);
+        # qcount/kcount likewise (read only when padded); codes (L, B, H, len); qshift (B, Hq, Qp) (trees only);
         # consts = [self, sinks, window, K - Q, Q, K] (tensors: one graph serves every length of a bucket).
         def mask_mod(b, h, qi, ki):
             hk = h // g
@@ -70,6 +77,11 @@ def _make_pass(kind: str, t: int, padded: bool, counting: bool):
             cand = ks <= qs
             if kind == "always":
                 cand = cand & always
+            elif kind == "tree":  # shared prefix of x*(i) bits: the code bits above the query's shift agree
+                sh = qshift[b, h, qi]
+                cand = cand & ~always & (((qcodes[t, b, h, qi] ^ kcodes[t, b, hk, ki]) >> sh) == 0)
+                for e in range(t):
+                    cand = cand & (((qcodes[e, b, h, qi] ^ kcodes[e, b, hk, ki]) >> sh) != 0)
             else:
                 cand = cand & ~always & (qcodes[t, b, h, qi] == kcodes[t, b, hk, ki])
                 for e in range(t):  # disjoint passes: not already counted by an earlier table
@@ -148,7 +160,13 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
         qsrc = torch.arange(Q, device=dev).expand(B, Hq, Q)
         ksrc = torch.arange(K, device=dev).expand(B, Hkv, K)
     else:  # stable sort by code keeps slots ascending within a bucket
-        qsrc = torch.sort(qc0[t, ..., :Q].masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
+        qkey = qc0[t, ..., :Q]  # (B, Hq, Q)
+        if c.qshift0 is not None:
+            # Forest: queries grouped by depth first, then code, so a query block's prefix ranges are alike. Sorted
+            # by code alone, the first queries (x* = 0: every key is a candidate) would sit in every query block
+            # and make it visit every key block. Codes < 2^max_depth, so (shift, code) packs in one int64.
+            qkey = (c.qshift0[..., :Q] << int(c.spec.max_depth)) | qkey
+        qsrc = torch.sort(qkey.masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
         ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
     qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
     ksrc = _with_sentinels(ksrc[..., None] + 1, nKb)[..., 0] - 1  # (B, Hkv, Kp), -1 at sentinel slots
@@ -175,6 +193,14 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
     if t < 0:
         may = causal & (self_may | sink_may | win_may)
         full = all_in & ((kn_hi <= sinks) | (col(qn_hi) - kn_lo < window))
+    elif c.qshift0 is not None:  # forest tree t: query i matches the code range [lo_i, lo_i + 2^shift_i)
+        qshift = c.qshift0[bq, hq, qsrc]  # (B, Hq, Qp)
+        lo_i = (qc0[t][bq, hq, qsrc] >> qshift) << qshift
+        qr_lo, _ = _block_stats(lo_i, qv, BS)  # per query block: the union of its queries' ranges
+        _, qr_hi = _block_stats(lo_i + (1 << qshift) - 1, qv, BS)
+        kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
+        may = causal & (kk_lo <= col(qr_hi)) & (kk_hi >= col(qr_lo))
+        full = torch.zeros_like(may)  # a key may share the prefix in an earlier tree: decided pair by pair
     else:
         qk_lo, qk_hi = _block_stats(qc0[t][bq, hq, qsrc], qv, BS)
         kk_lo, kk_hi = map(rep, _block_stats(kc0[t][bq, hk, ksrc], kv, BS))
@@ -218,6 +244,151 @@ def first_table_counts(qc: torch.Tensor, kc: torch.Tensor, spec, g: int) -> torc
     return n
 
 
+def _ids(kraw: torch.Tensor, qraw: torch.Tensor, bits: int, room: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Group ids of keys and queries with `room` bits free below ID_BITS: the raw values (`bits` wide) while
+    they fit, else their ranks (unique over both sides). Returns (key ids, query ids, bits of the ids)."""
+    if bits + room <= ID_BITS:
+        return kraw, qraw, bits
+    _, inv = torch.unique(torch.cat([kraw.flatten(), qraw.flatten()]), return_inverse=True)
+    n = kraw.numel()
+    return inv[:n].view(kraw.shape), inv[n:].view(qraw.shape), max(1, int(inv.max()).bit_length())
+
+
+def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
+    """d - x*(i) per query head, (B, Hq, Q) int64: x*(i) is the deepest prefix length at which the keys of V(i)
+    sharing query i's prefix in at least one tree number min(min_candidates, |V(i)|) (candidates.py _forest).
+
+    No (Q, K) tensor: for a set S of trees and a depth x, the keys of V(i) sharing i's x-bit prefix in every tree
+    of S are counted by one sort of (group id, slot) and two binary searches (group id: the tuple of the prefixes,
+    ranked). Single trees give, per query, bounds on the union over trees (max <= |union| <= sum) at every depth;
+    only the depths between the bounds are resolved exactly, by inclusion-exclusion over the 2^n - 1 tree sets
+    (so flex runs at most checks.FOREST_MAX_TREES trees).
+    Returns (shift, size), each (B, Hq, Q) int64: shift = d - x*(i) (0 for padding queries) and
+    size = |{j in V(i): some tree shares i's x*(i)-bit prefix}| (0 for padding queries), which counts the
+    forest's candidates without a counting pass.
+    """
+    spec = cands.spec
+    d, mc = int(cands.bits), int(spec.min_candidates)
+    L, B, Hkv, g, Q = cands.qcodes.shape
+    K, dev = cands.K, cands.qcodes.device
+    gQ = g * Q
+    qc = cands.qcodes.to(torch.int64).reshape(L, B, Hkv, gQ)  # (L, B, Hkv, g*Q): head h = hkv * g + gi
+    kc = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
+    pos_bits = max(1, K.bit_length())  # slots 0 .. K - 1
+    q_slot = (torch.arange(Q, device=dev) + K - Q).repeat(g)  # (g*Q,)
+    qvalid = cands.key_valid[:, K - Q:].repeat(1, g)  # (B, g*Q)
+    nvis = cands.count[:, K - Q:].repeat(1, g) * qvalid  # (B, g*Q): |V(i)| (0 for padding queries)
+    target = nvis.clamp(max=mc)[:, None].expand(B, Hkv, gQ)  # (B, Hkv, g*Q)
+    kmiss = ~cands.key_valid[:, None].expand(B, Hkv, K)  # padding keys are never in V(i)
+    seg = torch.arange(B * Hkv, device=dev).view(B, Hkv, 1)  # one id space per (row, KV head)
+    seg_bits = max(1, (B * Hkv).bit_length())
+    kslot = torch.arange(K, device=dev)
+
+    def count(kid, qid, bits):
+        """Keys of V(i) in query i's group: (B, Hkv, g*Q) int64. kid (B, Hkv, K), qid (B, Hkv, g*Q)."""
+        kid, qid, _ = _ids(kid, qid, bits, pos_bits)
+        packed = ((kid << pos_bits) | kslot).masked_fill(kmiss, torch.iinfo(torch.int64).max)
+        ordered = packed.flatten().sort().values
+        lo = torch.searchsorted(ordered, (qid << pos_bits).flatten())
+        hi = torch.searchsorted(ordered, ((qid << pos_bits) | q_slot).flatten(), right=True)
+        return (hi - lo).view(B, Hkv, gQ)
+
+    def prefix(codes, t, x):  # (..., len) -> the x-bit prefixes of tree t
+        return codes[t] >> (d - x)
+
+    # single trees at every depth: N[t, x] (L, d + 1, B, Hkv, g*Q); at x = 0 every key of V(i) qualifies
+    N = torch.empty(L, d + 1, B, Hkv, gQ, dtype=torch.int64, device=dev)
+    for t in range(L):
+        N[t, 0] = nvis[:, None]
+        for x in range(1, d + 1):
+            N[t, x] = count((seg << x) | prefix(kc, t, x), (seg << x) | prefix(qc, t, x), seg_bits + x)
+    # counts fall with depth, so "enough" holds on a prefix 0 .. x of depths: x* lies in [lo, hi]
+    lo = (N.amax(0) >= target).sum(0) - 1  # (B, Hkv, g*Q): one tree alone already holds enough keys
+    hi = (N.sum(0) >= target).sum(0) - 1  # even the sum over trees falls short deeper than hi
+    def union_at(x):  # |{j in V(i): some tree shares i's x-bit prefix}| (B, Hkv, g*Q), inclusion-exclusion
+        union = N[:, x].sum(0)
+        groups = {}  # tree set (bit mask) -> (key ids, query ids, bits) of its joint x-bit prefixes
+        for S in range(1, 1 << L):
+            top = S.bit_length() - 1
+            parent = S ^ (1 << top)
+            if parent == 0:
+                groups[S] = ((seg << x) | prefix(kc, top, x), (seg << x) | prefix(qc, top, x), seg_bits + x)
+                continue
+            kid, qid, bits = _ids(*groups[parent], x)
+            groups[S] = ((kid << x) | prefix(kc, top, x), (qid << x) | prefix(qc, top, x), bits + x)
+            sign = 1 if bin(S).count("1") % 2 else -1
+            union = union + sign * count(*groups[S])
+        return union
+
+    unions = {0: nvis[:, None].expand(B, Hkv, gQ)}
+    xstar = lo.clone()
+    for x in range(1, d + 1):
+        open_ = (lo < x) & (x <= hi)
+        if L == 1 or not bool(open_.any()):
+            continue
+        unions[x] = union_at(x)
+        xstar = xstar + (open_ & (unions[x] >= target)).to(xstar.dtype)
+    # |{j in V(i): max_t lcp_t(i, j) >= x*(i)}|, the candidates before the always set: for counting
+    size = torch.zeros_like(xstar)
+    for x in xstar[qvalid[:, None].expand_as(xstar)].unique().tolist():
+        if x not in unions:
+            unions[x] = N[0, x] if L == 1 else union_at(x)
+        size = torch.where(xstar == x, unions[x], size)
+    size = size * qvalid[:, None]
+    return (d - xstar).view(B, Hkv * g, Q), size.view(B, Hkv * g, Q)
+
+
+# Always-set keys are checked against the forest in chunks of this many per query: (B, Hkv, g*Q, 64) int64
+# per tree at a time, 38 MB for SmolLM2 at 8192 tokens, whatever the window.
+ALWAYS_CHUNK = 64
+
+
+def forest_always_overlap(cands, shift: torch.Tensor) -> torch.Tensor:
+    """Sum over query heads and valid queries of |{j in A(i) ∩ V(i): some tree shares i's x*(i)-bit prefix}|
+    (A: self, sinks, window; the pairs counted both by the forest and by the always set), int64 0-d.
+    shift (B, Hq, Q) = d - x*(i). Memory O(Q * ALWAYS_CHUNK) per head: A(i) is enumerated by position."""
+    spec = cands.spec
+    L, B, Hkv, g, Q = cands.qcodes.shape
+    K, dev, gQ = cands.K, cands.qcodes.device, g * Q
+    S, W = int(spec.sink_tokens), int(spec.local_window)
+    qc = cands.qcodes.to(torch.int64).reshape(L, B, Hkv, gQ)
+    kc = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
+    sh = shift.reshape(B, Hkv, gQ)
+    qvalid = cands.key_valid[:, K - Q:].repeat(1, g)  # (B, g*Q)
+    qpos = (cands.count[:, K - Q:] - 1).repeat(1, g)  # (B, g*Q): position p(i) = valid keys before it
+    # slot of each position (B, K + 1); padding keys write to the unused column K
+    kpos = torch.where(cands.key_valid, cands.count - 1, K)
+    slot_of = torch.full((B, K + 1), K - 1, dtype=torch.int64, device=dev)
+    slot_of.scatter_(1, kpos, torch.arange(K, device=dev).expand(B, K))
+    # A(i) by position, each once: sinks [0, min(S, p + 1)), window [max(p - W + 1, S), p], self when neither
+    offs = [("sink", o) for o in range(S)] + [("window", o) for o in range(W)]
+    if spec.include_self and W == 0:
+        offs.append(("self", 0))
+    total = torch.zeros((), dtype=torch.int64, device=dev)
+    for a in range(0, len(offs), ALWAYS_CHUNK):
+        part = offs[a:a + ALWAYS_CHUNK]
+        pos, ok = [], []
+        for kind, o in part:  # (B, g*Q) each
+            if kind == "sink":
+                pos.append(torch.full_like(qpos, o))
+                ok.append(qpos >= o)
+            elif kind == "window":
+                pos.append(qpos - o)
+                ok.append(qpos - o >= S)
+            else:
+                pos.append(qpos)
+                ok.append(qpos >= S)
+        pos = torch.stack(pos, -1).clamp(min=0)  # (B, g*Q, c)
+        ok = torch.stack(ok, -1) & qvalid[..., None]
+        j = slot_of.gather(1, pos.flatten(1))  # (B, g*Q*c) key slots
+        hit = torch.zeros(B, Hkv, gQ, len(part), dtype=torch.bool, device=dev)
+        for t in range(L):
+            kj = kc[t].gather(2, j[:, None].expand(B, Hkv, -1)).view(B, Hkv, gQ, len(part))
+            hit |= ((qc[t][..., None] ^ kj) >> sh[..., None]) == 0
+        total = total + (hit & ok[:, None]).sum()
+    return total
+
+
 def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row."""
     spec = cands.spec
@@ -243,6 +414,11 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
         kc0 = cands.kcodes.to(torch.int64)  # (L, B, Hkv, K)
         qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
         kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
+    qshift0 = forest_count = None
+    if spec.variant == "lsh_forest":  # (B, Hq, Q + 1): d - x*(i), the code bits below the shared prefix
+        shift, forest_size = forest_shifts(cands)
+        forest_count = forest_size.sum() - forest_always_overlap(cands, shift)  # |C(i) \ A(i)| over heads, i
+        qshift0 = torch.cat([shift, shift.new_zeros(B, Hq, 1)], -1)
 
     inc_self, sinks, window = bool(spec.include_self), int(spec.sink_tokens), int(spec.local_window)
     bq, hq, hk = (torch.arange(n, device=dev) for n in (B, Hq, Hkv))
@@ -252,7 +428,8 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     return SimpleNamespace(spec=spec, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel, B=B, Hq=Hq,
                            Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
                            key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
-                           qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes)
+                           qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes,
+                           qshift0=qshift0, forest_count=forest_count)
 
 
 def layouts(query, key, key_valid, cands):
@@ -262,7 +439,7 @@ def layouts(query, key, key_valid, cands):
 
 
 def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
-    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh, equal to the masked engine's."""
+    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh / lsh_forest, equal to the masked engine's."""
     c = _prepare(query, key, key_valid, cands)
     spec, B, Hq, Hkv, Q, K, D, g, dev = c.spec, c.B, c.Hq, c.Hkv, c.Q, c.K, c.D, c.g, c.dev
     Dv, nKb, Qp, Kp, padded, L, bq, hq, hk = value.shape[-1], c.nKb, c.Qp, c.Kp, c.padded, c.L, c.bq, c.hq, c.hk
@@ -272,6 +449,8 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
     consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window), K - Q, Q, K],
                           dtype=torch.int64, device=dev)
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
+    if c.forest_count is not None:  # the trees' passes counted in closed form: no counting passes
+        n_cmp = n_cmp + c.forest_count
     masses: List[torch.Tensor] = []
     outs: List[torch.Tensor] = []
     for t in c.passes:
@@ -296,8 +475,9 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         vx = torch.cat([vx, kv[..., None].to(vx.dtype), sentinel.expand(B, Hkv, Kp)[..., None].to(vx.dtype)], -1)
         qcodes = qc0[:, bq, hq, qsrc] if L else qslot[None]  # (L, B, Hq, Qp); unused by the always pass
         kcodes = kc0[:, bq, hk, ksrc] if L else kslot[None]
-        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes)
-        kind = "always" if t < 0 else "table"
+        qshift = c.qshift0[bq, hq, qsrc] if c.qshift0 is not None else qslot  # (B, Hq, Qp); unused by lsh
+        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift)
+        kind = "always" if t < 0 else ("tree" if c.qshift0 is not None else "table")
         o = _timed(("main", kind, t, padded, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
                    _compiled(kind, max(t, 0), padded, False), qx, kx, vx, *args, s0x, consts, g, scaling)
         # back to original query order; padding rows (qsrc == Q) drop out
@@ -313,13 +493,13 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
         masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
         normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
         outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
-        if t == 0 and not padded:
+        if t == 0 and not padded and kind == "table":
             n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g)
-        elif t >= 0:  # counting pass, float32, every score 0: ones column over real keys, sentinel column
+        elif kind == "table":  # counting pass, float32, every score 0: ones column over real keys, sentinel column
             zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
             vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
             vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
-            oc = _timed(("count", t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
+            oc = _timed(("count", kind, t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
                         _compiled(kind, t, padded, True), zq, vc, vc, *args, s0x.float(), consts, g, 1.0)
             oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
             mq = mq.double()
