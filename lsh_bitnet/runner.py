@@ -229,11 +229,14 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     patch = patch_model(model, cfg.attention, cfg.hasher, centers=centers_for_run(cfg, loaded, cache_dir))
     watch = _LogitWatch(model)
     try:
+        data_start = time.perf_counter()
+        data = _metric_data(cfg, tokenizer, cache_dir, text)  # tokenised once per sweep: kept out of eval_s
+        data_s = time.perf_counter() - data_start
         eval_start = time.perf_counter()
         sink = state.get("sink")
         if sink is not None:  # per-sample comparisons in samples.jsonl
             sink.track_cost(patch.cost_summary)
-        metrics = _run_metric(cfg, model, tokenizer, cache_dir, text, sink)
+        metrics = _run_metric(cfg, model, tokenizer, data, sink)
         eval_s = time.perf_counter() - eval_start
         record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
         compile_timing = patch.timing_summary()  # flex engine: compile_s / compiles, merged into timing below
@@ -242,7 +245,7 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
     record["metrics"] = metrics
-    record["timing"] = {"load_s": loaded.info.get("load_s"), "eval_s": eval_s,
+    record["timing"] = {"load_s": loaded.info.get("load_s"), "data_s": data_s, "eval_s": eval_s,
                         "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
     record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
     bad = nonfinite_paths(metrics)
@@ -255,29 +258,39 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
             f"attention={cfg.attention.name} (compare with attention=full)")
 
 
-def _run_metric(cfg: DictConfig, model, tokenizer, cache_dir: Path, text: Optional[str], sink=None) -> Dict[str, Any]:
-    # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
+def _metric_data(cfg: DictConfig, tokenizer, cache_dir: Path, text: Optional[str]):
+    """What the metric reads: the token stream (perplexity) or the generated samples. Timed apart from the
+    evaluation (timing.data_s), so the first job of a sweep, which tokenises, is not slower in eval_s."""
     if cfg.metric.name == "perplexity":
         from lsh_bitnet.data import token_stream
-        from lsh_bitnet.metrics.perplexity import evaluate_perplexity
 
-        stream = token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
-                              max_tokens=_needed_tokens(cfg.eval))
-        return evaluate_perplexity(model, stream, cfg.eval, sink=sink, seed=cfg.seed)
+        return token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
+                            max_tokens=_needed_tokens(cfg.eval))
     if cfg.metric.name == "synthetic_accuracy":
         from lsh_bitnet.data.synthetic import make_samples
-        from lsh_bitnet.metrics.synthetic import evaluate_synthetic
 
-        return evaluate_synthetic(model, tokenizer, make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg)),
-                                  cfg.metric, cfg.eval, sink=sink)
+        return make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg))
     if cfg.metric.name == "passkey_accuracy":
         from lsh_bitnet.data.passkey import make_passkey_samples
-        from lsh_bitnet.metrics.passkey import evaluate_passkey
 
-        return evaluate_passkey(model, tokenizer, make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg)),
-                                cfg.metric, cfg.eval, sink=sink)
+        return make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg))
     raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
                      f"metric=synthetic_accuracy or metric=passkey_accuracy")
+
+
+def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str, Any]:
+    # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
+    if cfg.metric.name == "perplexity":
+        from lsh_bitnet.metrics.perplexity import evaluate_perplexity
+
+        return evaluate_perplexity(model, data, cfg.eval, sink=sink, seed=cfg.seed)
+    if cfg.metric.name == "synthetic_accuracy":
+        from lsh_bitnet.metrics.synthetic import evaluate_synthetic
+
+        return evaluate_synthetic(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
+    from lsh_bitnet.metrics.passkey import evaluate_passkey
+
+    return evaluate_passkey(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
 
 
 def _stop(cfg: DictConfig) -> Optional[int]:

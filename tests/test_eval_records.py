@@ -66,6 +66,25 @@ def test_batch_offset_records_and_intervals(tmp_path, text_file, cache_dir):
     assert m["nll"] == pytest.approx(sum(losses) / 3, rel=1e-5)
 
 
+def test_tokenisation_is_timed_apart_from_the_evaluation(tmp_path, text_file, cache_dir, monkeypatch):
+    """timing.data_s holds the data preparation; eval_s (what the collector's wall_ratio divides) does not."""
+    import time
+
+    import lsh_bitnet.data as data
+
+    real = data.token_stream
+
+    def slow_stream(*args, **kwargs):
+        time.sleep(3.0)  # a first-job tokenisation far longer than the tiny model's evaluation
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "token_stream", slow_stream)
+    cfg = compose_config(TINY + [f"dataset.path={text_file}", "eval.max_batches=1"], cache_dir=cache_dir)
+    timing = run(cfg, output_dir=tmp_path)["timing"]
+    assert timing["data_s"] >= 3.0
+    assert timing["eval_s"] < timing["data_s"]
+
+
 def test_interrupted_run_keeps_the_finished_windows(tmp_path, text_file, cache_dir, monkeypatch):
     real, calls = PPL.window_nll, []
 
