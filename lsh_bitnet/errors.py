@@ -4,3 +4,9 @@
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and how to fix it."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition: the one precondition helper of the config checks."""
+    if not condition:
+        raise ConfigError(message)

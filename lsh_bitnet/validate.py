@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
+from lsh_bitnet.errors import require as _require
 
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
@@ -29,11 +30,6 @@ IGNORED_BY_METRIC = {
     "passkey_accuracy": ("eval.seq_len", "dataset.max_chars"),
     "perplexity": ("metric.max_new_tokens",),
 }
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 # ----------------------------------------------------------------------------- unknown keys

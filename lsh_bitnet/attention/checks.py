@@ -2,13 +2,13 @@
 value fails in about a second (validate.validate_fast), before torch and transformers load.
 
 Kept torch-free on purpose: the names of the engines and hashers live here as plain data; kernel.py and
-hashers.py import them, and tests/test_validate_fast.py checks they match the registered implementations.
+hashers.py import them, and tests/test_reliability.py checks they match the registered implementations.
 """
 from typing import Optional
 
 from lsh_bitnet.attention.spec import (CALIBRATION_SOURCES, CENTERS, ESTIMATORS, HASHED_VARIANTS, TOPK_SCORES,
                                        VARIANTS, typed_attention, typed_hasher)
-from lsh_bitnet.errors import ConfigError
+from lsh_bitnet.errors import require as _require
 
 # Which engine can run which variant (SPEC section 8). oracle_topk needs every score q.k to choose its
 # top k, i.e. the dense product the flex engine exists to skip, and lsh_topk scores every causal key by its
@@ -27,11 +27,6 @@ MAX_BITS = 62
 
 def engines_for(variant: str):
     return [e for e, variants in ENGINES.items() if variant in variants]
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int] = None,

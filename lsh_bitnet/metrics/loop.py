@@ -36,13 +36,16 @@ def score_each(samples: Sequence, score: Callable[[Any], Row], record: Callable[
     the sample is scored, so an interrupted run keeps it. `rates`: boolean row fields whose running mean
     the progress shows (e.g. ("correct",))."""
     rows: List[Row] = []
+    hits = dict.fromkeys(rates, 0)
     bar = progress(samples, desc=desc, unit="sample", disable=not eval_get(eval_cfg, "progress", True))
     for sample in bar:
         row = score(sample)
         rows.append(row)
         if sink is not None:
             sink.write(record(sample, row))
-        bar.set_postfix({k: f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in rates})
+        for k in rates:
+            hits[k] += bool(row[k])
+        bar.set_postfix({k: f"{hits[k] / len(rows):.3f}" for k in rates})
     return rows
 
 
@@ -50,5 +53,3 @@ def prompt_token_fields(rows: Sequence[Row]) -> Row:
     lengths = [r["prompt_tokens"] for r in rows]
     return {"mean_prompt_tokens": sum(lengths) / len(lengths), "min_prompt_tokens": min(lengths),
             "max_prompt_tokens": max(lengths)}
-
-

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsh_bitnet.errors import ConfigError
+from lsh_bitnet.errors import ConfigError, require as _require
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -42,11 +42,6 @@ def as_config(model_cfg: Any) -> DictConfig:
 
 def _get(cfg: DictConfig, key: str) -> Optional[Any]:
     return None if OmegaConf.is_missing(cfg, key) else cfg[key]
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def looks_like_path(name_or_path: str) -> bool:
