@@ -32,7 +32,14 @@ VARIANTS = {
     "lsh_forest": {"name": "lsh_forest", "n_trees": 4, "max_depth": 16, "min_candidates": 64},
     "oracle_topk": {"name": "oracle_topk", "fraction": 0.1},
     "window": {"name": "window", "sink_tokens": 4, "local_window": 64},
+    # docs/FINDINGS.md's lsh_topk rule (ltk_soft_f07 without centring, which costs one subtraction per key)
+    "lsh_topk_soft": {"name": "lsh_topk", "n_tables": 32, "score": "soft", "fraction": 0.07, "k": None,
+                      "sink_tokens": 4, "local_window": 32},
+    "lsh_topk_counts": {"name": "lsh_topk", "n_tables": 32, "score": "collisions", "fraction": 0.07, "k": None,
+                        "sink_tokens": 4, "local_window": 32},
 }
+VARIANT_HASHERS = {"lsh_topk_soft": {"name": "simhash", "n_bits": 8, "seed": 0},  # else HASHER
+                   "lsh_topk_counts": {"name": "simhash", "n_bits": 8, "seed": 0}}
 
 
 def load(device: str):
@@ -65,7 +72,7 @@ def time_variants(model, seq_len: int, repeats: int, names, device: str):
     # Variants take turns within each repeat, so a load change on a shared machine hits them alike.
     for _ in range(repeats):
         for name in names:
-            patch = patch_model(model, VARIANTS[name], HASHER)
+            patch = patch_model(model, VARIANTS[name], VARIANT_HASHERS.get(name, HASHER))
             try:
                 start = time.perf_counter()
                 forward_once(model, ids)
@@ -82,7 +89,7 @@ def memory_child(name: str, seq_len: int, device: str) -> None:
 
     model = load(device)
     ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    patch_model(model, VARIANTS[name], HASHER)
+    patch_model(model, VARIANTS[name], VARIANT_HASHERS.get(name, HASHER))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -114,9 +121,9 @@ def main() -> None:
     model = load(args.device)
     seconds, ratios = time_variants(model, args.seq_len, args.repeats, names, args.device)
     print(f"\nseq_len={args.seq_len} device={args.device} threads={torch.get_num_threads()} (best of {args.repeats})")
-    print(f"{'variant':<12} {'forward_s':>10} {'x full':>8} {'comp_ratio':>11}")
+    print(f"{'variant':<16} {'forward_s':>10} {'x full':>8} {'comp_ratio':>11}")
     for name in names:
-        print(f"{name:<12} {seconds[name]:>10.3f} {seconds[name] / seconds['full']:>8.2f} {ratios[name]:>11.4f}")
+        print(f"{name:<16} {seconds[name]:>10.3f} {seconds[name] / seconds['full']:>8.2f} {ratios[name]:>11.4f}")
 
     if args.memory_seq_len > 0:
         grown = {}

@@ -20,6 +20,34 @@ from lsh_bitnet.attention.topk import budgets, fraction_budgets, row_count, top_
 INT32_BITS = 30
 
 
+def int8_matmul(device: torch.device) -> bool:
+    """Whether +-1 bit vectors are multiplied as int8 (exact int32 sums): on CPU VNNI runs it ~4x faster
+    than float32 (8 x 32 centred tables, 768 x 256 x 4096: 2.8 ms against 11.6 ms)."""
+    return device.type == "cpu" and hasattr(torch, "_int_mm")
+
+
+def _plus_minus_one(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., L, K) bool hash bits -> (..., L*K) +-1 of dtype."""
+    return bits.flatten(-2).to(dtype).mul_(2).sub_(1)
+
+
+def agreement_dots(sq: torch.Tensor, sk: torch.Tensor) -> torch.Tensor:
+    """sq . sk over +-1 bit vectors, sq (B, Hkv, g, Qc, n) and sk (B, Hkv, kc, n): (B, Hkv, g, Qc, kc), exact
+    integers (int32 from int8 inputs, else float32).
+
+    Agreeing bits = (n + sq . sk) / 2, so the dot ranks keys as the agreement count does."""
+    B, Hkv, g, Qc, n = sq.shape
+    kc = sk.shape[2]
+    if sq.dtype != torch.int8:
+        return torch.matmul(sq, sk[:, :, None].transpose(-1, -2))
+    a = sq.reshape(B * Hkv, g * Qc, n)  # one matrix per KV head: its g query heads share the keys
+    b = sk.reshape(B * Hkv, kc, n)
+    out = torch.empty(B * Hkv, g * Qc, kc, dtype=torch.int32, device=sq.device)
+    for i in range(B * Hkv):
+        torch._int_mm(a[i], b[i].t(), out=out[i])
+    return out.view(B, Hkv, g, Qc, kc)
+
+
 class Candidates:
     """Per-call state: positions of every slot, hash codes of every query and key."""
 
@@ -48,8 +76,9 @@ class Candidates:
             qflat = self.query.reshape(B, Hkv, self.g * Q, D)
             if spec.variant == "lsh_topk" and spec.score == "soft":
                 # +-1 bit vectors over all tables: agreeing bits = (L*K + sq . sk) / 2, one matmul per chunk
-                self.soft = (hasher.bits(qflat).flatten(-2).float().mul(2).sub(1).view(B, Hkv, self.g, Q, -1),
-                             hasher.key_bits(key).flatten(-2).float().mul(2).sub(1))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
+                dtype = torch.int8 if int8_matmul(query.device) else torch.float32
+                self.soft = (_plus_minus_one(hasher.bits(qflat), dtype).view(B, Hkv, self.g, Q, -1),
+                             _plus_minus_one(hasher.key_bits(key), dtype))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
                 return
             # Table-major and contiguous: the per-table broadcast compares below then run on unit strides.
             kc = hasher.key_codes(key) if key_codes is None else key_codes  # decode reuses cached codes (codecache.py)
@@ -87,7 +116,7 @@ class Candidates:
         elif variant == "oracle_topk":
             cand = self._topk(self.scores(q_idx, kc), valid, kc)
         elif variant == "lsh_topk":
-            cand = self._topk(self._lsh_scores(q_idx, kc), valid, kc)
+            cand = self._topk(self._lsh_scores(q_idx, kc), valid, kc, int_bound=self._lsh_score_bound())
         else:
             raise ValueError(f"attention.name={variant!r} is not a known variant")
         return cand.logical_or_(always).logical_and_(allowed), valid  # (B, Hkv, g, Qc, kc), in place
@@ -114,17 +143,22 @@ class Candidates:
             always = always | ((qcount.unsqueeze(-1) - kcount.unsqueeze(1)) < spec.local_window)
         return valid[:, None, None], allowed[:, None, None], always[:, None, None]
 
-    def _topk(self, scores, valid, kc):
+    def _topk(self, scores, valid, kc, int_bound=None):
         """The k_i best keys of V(i) by `scores` (B, Hkv, g, Qc, kc) float32, ties to the lower slot."""
         k_i, k_max = budgets(self.spec.k, self.spec.fraction, row_count(valid), kc)  # (B, 1, 1, Qc)
-        return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max)
+        return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max, int_bound)
+
+    def _lsh_score_bound(self) -> int:
+        """lsh_topk scores are integers in [-R, R]: +-1 bit products summed over L*K bits, or counts <= L."""
+        return self.soft[0].shape[-1] if self.soft is not None else self.spec.n_tables
 
     def _lsh_scores(self, q_idx, kc):
-        """lsh_topk scores (B, Hkv, g, Qc, kc) float32: collision counts, or agreeing bits over all tables."""
+        """lsh_topk scores (B, Hkv, g, Qc, kc), exact integers: collision counts, or agreeing bits over all tables
+        (as sq . sk over +-1 bits)."""
         if self.soft is not None:
             sq, sk = self.soft
-            return torch.matmul(sq.index_select(3, q_idx), sk[:, :, None, :kc].transpose(-1, -2))
-        return self.index.counts(q_idx, kc).float()
+            return agreement_dots(sq.index_select(3, q_idx), sk[:, :, :kc])
+        return self.index.counts(q_idx, kc)
 
     # ------------------------------------------------------------------ estimator and selection cost
     def bias(self, q_idx: torch.Tensor, kc: int, where: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:

@@ -6,7 +6,7 @@ lower key slot.
 import functools
 import math
 from fractions import Fraction
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -31,25 +31,41 @@ def row_count(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).sum(-1, dtype=torch.int32).to(torch.int64)
 
 
-def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_max: int) -> torch.Tensor:
+# float32 holds every integer below 2**24 exactly: integer scores folded with their key slot stay exact there.
+FLOAT32_EXACT_INTS = 1 << 24
+
+
+def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_max: int,
+               int_bound: Optional[int] = None) -> torch.Tensor:
     """The k_i highest-scoring valid keys per query, ties to the lower key slot.
 
-    scores (..., Qc, kc) float32 (overwritten), valid broadcastable to it, k_i (..., Qc) long with
-    k_i <= |valid row|, k_max >= max(k_i). Returns (..., Qc, kc) bool.
+    scores (..., Qc, kc) float32 (may be overwritten), valid broadcastable to it, k_i (..., Qc) long with
+    k_i <= |valid row|, k_max >= max(k_i). Returns (..., Qc, kc) bool. `int_bound` R says the scores are
+    integers in [-R, R] (collision counts, agreeing bits; int32 or float32): each is then folded with its
+    slot into one exact float32, (s + R) * kc + (kc - 1 - j), whose order is the rule's order with no ties
+    left, so the tie pass (a cumsum over every row) is never needed.
     """
     if k_max <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    kc = scores.shape[-1]
+    folded = int_bound is not None and (2 * int_bound + 1) * kc <= FLOAT32_EXACT_INTS
+    if folded:
+        lower_first = torch.arange(kc - 1, -1, -1, dtype=torch.float32, device=scores.device)  # (kc,)
+        scores = torch.add(lower_first.add_(int_bound * kc), scores, alpha=kc)  # one pass, float32
+    elif not scores.is_floating_point():
+        scores = scores.float()
     s = scores.masked_fill_(~valid, float("-inf"))
     top = s.topk(k_max, dim=-1).values  # (..., Qc, k_max), sorted descending
     kth = top.gather(-1, (k_i - 1).clamp(min=0).unsqueeze(-1))  # (..., Qc, 1): the k_i-th best score
     chosen = (s >= kth) & (k_i > 0).unsqueeze(-1)
+    if folded:  # distinct scores and a finite kth: exactly the k_i best valid keys
+        return chosen
     excess = row_count(chosen) - k_i  # > 0 only where keys tie with the k_i-th score
-    if bool((excess > 0).any()):  # rare with float scores: keep the lowest slots among the ties
+    if bool((excess > 0).any()):  # float scores (the oracle) rarely tie: keep the lowest slots among the ties
         tied = s == kth
         need = k_i.unsqueeze(-1) - row_count(s > kth).unsqueeze(-1)
         chosen = (s > kth) | (tied & (tied.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
     return chosen & valid & (k_i > 0).unsqueeze(-1)
-
 
 
 def budgets(k, fraction, n_valid: torch.Tensor, kc: int) -> Tuple[torch.Tensor, int]:
