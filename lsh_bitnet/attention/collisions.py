@@ -10,7 +10,6 @@ Two ways to the same integers:
 `CollisionIndex.counts` picks the cheaper per query chunk. `pairs()` (the number of causal colliding
 (query head, query, table, key) triples) is the exact selection cost of a bucket lookup (cost.selection_ops).
 """
-from typing import Tuple
 
 import torch
 
