@@ -9,7 +9,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from lsh_bitnet.attention import SparseSpec, build_hasher, patch_model, validate_attention_config
 from lsh_bitnet.attention.candidates import Candidates
-from lsh_bitnet.attention.engines import flex
+from lsh_bitnet.attention.engines import flex, flex_counts
 from lsh_bitnet.attention.kernel import resolve_engine, sparse_attention_counts
 from lsh_bitnet.errors import ConfigError
 
@@ -206,7 +206,7 @@ def test_forest_counts_closed_form(sinks, window, include_self, pad, Q):
         _, ref = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="masked")
     cands = Candidates(q, k, valid, spec, hasher)
     c = flex._prepare(q, k, valid, cands)
-    n = flex.always_counts(cands.count[:, T - Q:], valid[:, T - Q:].long(), spec).sum() * HQ + c.forest_count
+    n = flex_counts.always_counts(cands.count[:, T - Q:], valid[:, T - Q:].long(), spec).sum() * HQ + c.forest_count
     assert n == ref[0] and 0 < n < ref[1]
 
 

@@ -194,14 +194,14 @@ def decode_cut(raw: bytes) -> str:
 
 
 def _download(url: str, dest: Path) -> Path:
-    from tqdm.auto import tqdm
+    from lsh_bitnet.console import progress
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
     try:
         with urllib.request.urlopen(url) as resp, open(tmp, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
                 while chunk := resp.read(DOWNLOAD_CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from lsh_bitnet.console import progress
 
 # Texts are tokenised in pieces of about this many characters: the tokenizer's memory stays bounded
 # and the bar moves. Pieces are cut where a line's last visible character meets its trailing whitespace,
@@ -120,8 +121,8 @@ def _tokenize(text: str, tokenizer, max_tokens: Optional[int] = None) -> TokenSt
     ids, byte_len = [], []
     n_ids = 0
     pending = 0  # bytes of chunks that produced no token (e.g. whitespace a normaliser strips)
-    bar = tqdm(total=len(text), unit="char", unit_scale=True, desc="tokenise",
-               disable=max_tokens is not None or len(chunks) < 2)
+    bar = progress(total=len(text), unit="char", unit_scale=True, desc="tokenise",
+                   disable=max_tokens is not None or len(chunks) < 2)
     chunk_iter = iter(chunks)
     while max_tokens is None or n_ids < max_tokens:
         group = [c for _, c in zip(range(per_call), chunk_iter)]

@@ -10,8 +10,8 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from lsh_bitnet.console import progress
 from lsh_bitnet.data import windows
 from lsh_bitnet.stats import perplexity_fields
 
@@ -80,7 +80,7 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
     device = next(model.parameters()).device
 
     nll_sums, predicted, n_bytes = [], [], []
-    bar = tqdm(batches, desc="perplexity", unit="batch", disable=not _get(eval_cfg, "progress", True))
+    bar = progress(batches, desc="perplexity", unit="batch", disable=not _get(eval_cfg, "progress", True))
     for rows in bar:
         x = ids[rows].to(device)  # (b, T)
         window_sums = window_nll(model, x).tolist()  # (b,)
