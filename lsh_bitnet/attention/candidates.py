@@ -144,7 +144,8 @@ class Candidates:
         return valid[:, None, None], allowed[:, None, None], always[:, None, None]
 
     def _topk(self, scores, valid, kc, int_bound=None):
-        """The k_i best keys of V(i) by `scores` (B, Hkv, g, Qc, kc) float32, ties to the lower slot."""
+        """The k_i best keys of V(i) by `scores` (B, Hkv, g, Qc, kc), ties to the lower slot: float32, or exact
+        integers in [-int_bound, int_bound] (topk.top_k_mask)."""
         k_i, k_max = budgets(self.spec.k, self.spec.fraction, row_count(valid), kc)  # (B, 1, 1, Qc)
         return top_k_mask(scores, valid, k_i.expand(scores.shape[:-1]).contiguous(), k_max, int_bound)
 
