@@ -45,13 +45,9 @@ def compose_variant(name: str):
         return compose(config_name="config", overrides=[f"+variant={name}"])
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def child(name: str, seq_len: int) -> None:
     """Subprocess body: one call of variant `name`, printed as JSON."""
+    from bench_e2e import rss_kib  # this folder's own helper (the script's folder is on sys.path)
     from lsh_bitnet.attention.hashers import build_hasher
     from lsh_bitnet.attention.kernel import sparse_attention_counts
     from lsh_bitnet.attention.spec import SparseSpec, typed_hasher
@@ -70,7 +66,7 @@ def child(name: str, seq_len: int) -> None:
         hasher.center = hcfg.center
         if hcfg.center == "calibration":
             hasher.mu = torch.randn(HKV, HEAD_DIM, generator=gen)
-    before = rss_bytes()
+    before = rss_kib("VmRSS:") * 1024
     with torch.no_grad():
         start = time.perf_counter()
         _, counts = sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher)
