@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lsh_bitnet.attention import SparseSpec, build_hasher  # noqa: E402
 from lsh_bitnet.attention.kernel import sparse_attention_counts  # noqa: E402
+from bench_e2e import rss_kib  # noqa: E402  (this folder's own helper: the script's folder is on sys.path)
 
 HQ, HKV, D = 9, 3, 64
 SETTINGS = {  # name -> (spec, hasher bits)
@@ -68,13 +69,6 @@ def call(name, engine, q, k, v, valid):
             reused = K - 1
     return sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine=engine, key_codes=codes,
                                    reused_keys=reused)
-
-
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def memory_child(name, engine, T):

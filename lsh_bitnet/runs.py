@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
+from lsh_bitnet.jobs import job_busy
 from lsh_bitnet.pareto import PRIMARY_Y, family_of
 from lsh_bitnet.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
 
@@ -168,6 +169,35 @@ def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     return record, None
 
 
+def _jobs_without_results(root: Path) -> List[Tuple[Path, Dict[str, Any], str]]:
+    """(job dir, its composed config, why) for Hydra job dirs that hold no results.json.
+
+    Hydra writes `.hydra/config.yaml` before our code runs, and the runner's first act is a `running`
+    results.json: a job dir with the first and not the second was killed (OOM killer, SIGKILL, a node
+    lost) while Python started or imported, or is still waiting to start. Without this row such a job
+    would be missing from the tables without a word.
+    """
+    from omegaconf import OmegaConf  # only on this rare path: the collector does not need it otherwise
+
+    found = []
+    for hydra_cfg in sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_key(str(p))):
+        job_dir = hydra_cfg.parent.parent
+        if (job_dir / RESULTS_FILE).exists():
+            continue
+        try:  # unresolved: ${seed} and friends stay strings, the identity columns are plain values
+            config = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False)
+        except Exception:  # a config Hydra wrote half of: the row still says the job left no result
+            config = {}
+        if job_busy(job_dir):
+            why = "no results.json yet: the job holds its lock, it is starting now"
+        else:
+            why = (f"no {RESULTS_FILE}: the job died before the runner started (killed while starting, "
+                   f"e.g. out of memory or a lost node) or never started; rerun it with the overrides in "
+                   f".hydra/overrides.yaml")
+        found.append((job_dir, config if isinstance(config, dict) else {}, why))
+    return found
+
+
 def _natural_key(text: str) -> List[Any]:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]  # 2_x before 10_x
 
@@ -270,6 +300,8 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
         config = _section(record, "config") if record else {}
         flat = {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
         loaded.append((str(path.parent.relative_to(root)) or ".", record, error, flat))
+    unstarted = [(str(job_dir.relative_to(root)) or ".", {"status": "missing", "config": config}, why)
+                 for job_dir, config, why in _jobs_without_results(root)]
     # A key is swept when its value (missing counts as a value) differs between two readable runs whose
     # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
     ctx = [(flat, flat.get("attention.name"), _uses_windows(record)) for _, record, _, flat in loaded if flat]
@@ -282,6 +314,11 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
                  and any(relevant(k, att, win) for _, att, win in ctx)]
     knobs = _short_names(sorted(knob_keys, key=_knob_order))
     records = [r for _, r, _, _ in loaded if r]
+    # after the swept keys are known, so an unresolved "${seed}" never makes a key look swept
+    loaded += [(run_dir, record, why, {k: v for k, v in flatten(record["config"]).items()
+                                       if not k.startswith(HASH_EXCLUDED_KEYS)})
+               for run_dir, record, why in unstarted]
+    loaded.sort(key=lambda item: _natural_key(item[0]))
     values = _value_columns(records, set(ID_COLUMNS) | set(knobs.values()))
     rows, flagged = [], {}
     for run_dir, record, error, flat in loaded:

@@ -412,3 +412,31 @@ def test_clipped_points_are_marked_at_the_edge_and_labels_are_moved_not_dropped(
     assert all(a.get_figure() is not None for a in anns)  # every label still drawn
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(6) for j in range(i))
     plt.close(fig)
+
+
+def test_job_killed_before_the_runner_started_is_a_failed_row(tree):
+    """A Hydra job dir with .hydra/config.yaml and no results.json (killed while Python started) must
+    not vanish from the tables; one whose lock is held is reported as starting."""
+    import yaml
+
+    from lsh_bitnet.jobs import job_lock
+
+    config = copy.deepcopy(BASE_CONFIG)
+    config["attention"].update({"name": "lsh", **VARIANT_FIELDS["lsh"]})
+    config["hasher"]["seed"] = "${seed}"  # Hydra keeps interpolations unresolved in .hydra/config.yaml
+    for name in ("11_killed", "12_starting"):
+        (tree / name / ".hydra").mkdir(parents=True)
+        (tree / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    with job_lock(tree / "12_starting") as holder:
+        assert holder is None
+        ok, failed = collect_runs(tree)
+    assert len(ok) == 7 and len(failed) == 6
+    rows = failed.set_index("run_dir")
+    assert rows.loc["11_killed", "status"] == "missing" and rows.loc["11_killed", "attention"] == "lsh"
+    assert "died before the runner started" in rows.loc["11_killed", "error"]
+    assert "starting now" in rows.loc["12_starting", "error"]
+    assert "hasher.seed" not in ok.attrs["swept"]  # the unresolved ${seed} is no sweep
+    assert list(failed["run_dir"])[-2:] == ["11_killed", "12_starting"]
+    written = write_summary(tree, plot=False)
+    assert "11_killed" in pd.read_csv(written["failed.csv"])["run_dir"].tolist()
+    assert "6 failed" in written["summary.md"].read_text()
