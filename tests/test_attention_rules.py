@@ -90,13 +90,21 @@ def test_rules_match_reference(cfg):
         check(cfg, mode, seed=seed + 11 * CASES.index(cfg))
 
 
-@pytest.mark.parametrize("sorted_wins,pack_bits", [(0.0, 62), (1e9, 62), (1e9, 4)])
-def test_sorted_and_dense_counting_agree(sorted_wins, pack_bits, monkeypatch):
-    """Both ways of counting collisions reach the reference (the choice is only a cost estimate); codes too
-    wide to pack (pack_bits=4 here) fall back to dense counts and dense pair totals."""
+@pytest.mark.parametrize("way,pack_bits", [("sorted", 62), ("dense", 62), ("onehot", 62), ("dense", 4)])
+def test_every_way_of_counting_collisions_agrees(way, pack_bits, monkeypatch):
+    """The sorted, dense and one-hot counts all reach the reference (the choice is only a cost estimate);
+    codes too wide to pack (pack_bits=4 here) fall back to dense counts and dense pair totals."""
     from lsh_bitnet.attention import collisions
 
-    monkeypatch.setattr(collisions, "SORTED_WINS_BELOW", sorted_wins)
+    chosen = []
+    for name in ("_sorted_counts", "onehot_counts", "dense_counts"):
+        real = getattr(collisions.CollisionIndex, name)
+        monkeypatch.setattr(collisions.CollisionIndex, name,
+                            lambda self, *a, _real=real, _name=name: chosen.append(_name) or _real(self, *a))
+    free, never = 0.0, 1e12
+    monkeypatch.setattr(collisions, "SORTED_COST_PER_COLLISION", free if way == "sorted" else never)
+    monkeypatch.setattr(collisions, "SORTED_COST_PER_PAIR", free if way == "sorted" else never)
+    monkeypatch.setattr(collisions, "ONEHOT_MACS_PER_COMPARE", never if way == "onehot" else 1e-12)
     monkeypatch.setattr(collisions, "PACK_BITS", pack_bits)
     for m in (1, 2, 5):
         cfg = dict(variant="lsh", hasher="simhash", n_bits=3, n_tables=5, min_collisions=m, query_chunk=7,
@@ -104,6 +112,9 @@ def test_sorted_and_dense_counting_agree(sorted_wins, pack_bits, monkeypatch):
         for mode in ("prefill", "chunk"):
             check(cfg, mode, seed=m)
     check(dict(variant="lsh_topk", hasher="bit_sampling", n_bits=2, n_tables=4, k=4, query_chunk=7), "prefill")
+    want = {"sorted": "_sorted_counts", "dense": "dense_counts", "onehot": "onehot_counts"}[way]
+    # calls of fewer than SORT_MIN_QUERIES queries (chunk mode's small calls) are always dense
+    assert want in chosen and set(chosen) <= {want, "dense_counts"}, f"{way}: ran {sorted(set(chosen))}"
 
 
 def test_m1_is_union_and_m_equal_l_is_intersection():

@@ -45,10 +45,10 @@ def test_fold_falls_back_when_float32_cannot_hold_it():
     assert torch.equal(got, reference_top_k(scores, valid, k_i))
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.float32])
-def test_agreement_dots_equal_float_matmul(dtype):
+@pytest.mark.parametrize("dtype,n", [(torch.int8, 256), (torch.float32, 256), (torch.int8, 2), (torch.int8, 3)])
+def test_agreement_dots_equal_float_matmul(dtype, n):
     gen = torch.Generator().manual_seed(1)
-    B, Hkv, g, Qc, kc, n = 2, 3, 2, 5, 11, 256
+    B, Hkv, g, Qc, kc = 2, 3, 2, 5, 11
     sq = torch.randint(0, 2, (B, Hkv, g, Qc, n), generator=gen) * 2 - 1
     sk = torch.randint(0, 2, (B, Hkv, kc, n), generator=gen) * 2 - 1
     want = torch.einsum("bhgqn,bhkn->bhgqk", sq.double(), sk.double()).float()
@@ -58,5 +58,30 @@ def test_agreement_dots_equal_float_matmul(dtype):
 
 
 def test_cpu_scores_bits_as_int8():
-    assert int8_matmul(torch.device("cpu")) == hasattr(torch, "_int_mm")
-    assert not int8_matmul(torch.device("meta"))
+    assert int8_matmul(torch.device("cpu"), 256) == hasattr(torch, "_int_mm")
+    assert not int8_matmul(torch.device("meta"), 256)
+    assert not int8_matmul(torch.device("cpu"), 1)  # torch's CPU _int_mm sums one-term products wrongly
+
+
+@pytest.mark.parametrize("n_bits,n_tables", [(0, 1), (1, 1), (0, 2), (1, 2), (2, 1)])
+def test_tiny_hashes_count_and_score_exactly(n_bits, n_tables):
+    """One-hot collision counts and soft scores with 1-4 terms per dot product equal the dense counts."""
+    from lsh_bitnet.attention.collisions import CollisionIndex
+    from lsh_bitnet.attention.hashers import build_hasher
+
+    gen = torch.Generator().manual_seed(n_bits * 7 + n_tables)
+    B, Hkv, g, T, D = 2, 2, 2, 12, 8
+    h = build_hasher("simhash", n_bits, D, Hkv, n_tables, 0, 1)
+    q, k = torch.randn(B, Hkv * g, T, D, generator=gen), torch.randn(B, Hkv, T, D, generator=gen)
+    qcodes = h.codes(q.view(B, Hkv, g * T, D)).view(B, Hkv, g, T, -1).permute(4, 0, 1, 2, 3).contiguous()
+    kcodes = h.key_codes(k).permute(3, 0, 1, 2).contiguous()
+    index = CollisionIndex(qcodes.int(), kcodes.int(), torch.ones(B, T, dtype=torch.bool), n_bits, 0)
+    q_idx = torch.arange(T)
+    dense = index.dense_counts(q_idx, T)
+    if index.onehot_ok:
+        assert torch.equal(index.onehot_counts(q_idx, T), dense)
+    sq = (h.bits(q.view(B, Hkv, g * T, D)).flatten(-2).float() * 2 - 1).view(B, Hkv, g, T, -1)
+    sk = h.key_bits(k).flatten(-2).float() * 2 - 1
+    want = torch.einsum("bhgqn,bhkn->bhgqk", sq.double(), sk.double()).float()
+    dtype = torch.int8 if int8_matmul(q.device, sq.shape[-1]) else torch.float32
+    assert torch.equal(agreement_dots(sq.to(dtype), sk.to(dtype)).float(), want)

@@ -7,7 +7,10 @@ Two ways to the same integers:
   keys colliding with query i in table t are then one contiguous range, found by two binary searches,
   and causality is part of the range (slots <= s(i)). The colliding (i, j, t) triples are enumerated
   and scatter-added. Cost ~ the number of collisions, which is what a bucket table would touch.
-`CollisionIndex.counts` picks the cheaper per query chunk. `pairs()` (the number of causal colliding
+- one-hot (CPU): c_ij = onehot(q_i) . onehot(k_j) over the L * 2**bits (table, bucket) slots, as exact int8
+  matmuls (int32 sums). Cost L * 2**bits multiply-adds per (query, key), which VNNI runs ~150 to the price
+  of one dense byte comparison: cheaper than dense up to 6-bit codes.
+`CollisionIndex.counts` picks the cheapest per query chunk from the costs measured below. `pairs()` (the number of causal colliding
 (query head, query, table, key) triples) is the exact selection cost of a bucket lookup (cost.selection_ops).
 """
 
@@ -15,14 +18,32 @@ import torch
 
 # Packed sort keys are int64 and non-negative: code and slot bits must fit in 62 bits.
 PACK_BITS = 62
-# The sorted path enumerates each collision with ~10 int64 operations (repeat, gather, bincount) where the
-# dense path spends one byte operation per (query, key, table): measured on this machine's CPU, the
-# sorted path wins when collisions < 1/8 of the dense (table, query, key) volume.
-SORTED_WINS_BELOW = 1 / 8
-# Sorting costs O(K log K) per (table, row, KV head) whatever Q is; one dense equality per table costs
-# Q * K. For a decode step (Q = 1) the sort of the whole cache was most of the step's time
-# (docs/BENCHMARKS.md, decode): below this many queries the index is dense.
+# Costs per query chunk in units of one dense (query, key, table) byte comparison (~1.15 ns at 1 thread),
+# measured with benchmarks/bench_collisions.py (docs/BENCHMARKS.md). The sorted path enumerates each
+# collision with ~10 int64 ops whose gathers and scatter miss the cache (~95 ns each), plus a bincount
+# output over every (query, key) pair.
+SORTED_COST_PER_COLLISION = 80
+SORTED_COST_PER_PAIR = 4
+# int8 VNNI multiply-adds of the one-hot product per dense byte comparison (0.0075 ns against 1.15 ns).
+ONEHOT_MACS_PER_COMPARE = 150
+# The keys' one-hot rows live for the whole call: at most this many bytes (m-of-L 6 bits x 64 tables at
+# 8192 tokens, SmolLM2's 3 KV heads: 100 MB).
+ONEHOT_MAX_BYTES = 1 << 28
+# Sorting (or one-hot coding) costs O(K log K) (or K * L * 2**bits) per (row, KV head) whatever Q is; one
+# dense equality per table costs Q * K. For a decode step (Q = 1) the sort of the whole cache was most of
+# the step's time (docs/BENCHMARKS.md, decode): below this many queries the counts are dense.
 SORT_MIN_QUERIES = 8
+
+
+# torch's CPU _int_mm (2.13) returns wrong sums when the inner dimension is 1; from 2 on it is exact
+# (tests/test_topk.py checks our int8 paths at inner dimensions 1-3 against float matmuls).
+INT_MM_MIN_INNER = 2
+
+
+def int8_matmul(device: torch.device, inner: int) -> bool:
+    """Whether integer dot products over `inner` terms run as int8 matmuls (exact int32 sums): on CPU
+    VNNI runs them ~4x faster than float32 (8 x 32 centred tables, 768 x 256 x 4096: 2.8 ms against 11.6 ms)."""
+    return device.type == "cpu" and hasattr(torch, "_int_mm") and inner >= INT_MM_MIN_INNER
 
 
 class CollisionIndex:
@@ -37,6 +58,9 @@ class CollisionIndex:
         # sorted ranges need (code, slot) to fit one int64, and pay off only from a few queries on
         self.sortable = n_bits + self.pos_bits <= PACK_BITS and self.Q >= SORT_MIN_QUERIES
         self.sorted = self.lo = self.hi = None
+        self._key_onehot = None
+        self.onehot_ok = (int8_matmul(kcodes.device, L << n_bits) and self.Q >= SORT_MIN_QUERIES
+                          and B * H * K * (L << n_bits) <= ONEHOT_MAX_BYTES)
         if self.sortable:
             slots = torch.arange(K, device=kcodes.device)
             packed = (kcodes.long() << self.pos_bits) | slots  # (L, B, H, K)
@@ -63,14 +87,21 @@ class CollisionIndex:
 
     def counts(self, q_idx: torch.Tensor, kc: int, dense_ok: bool = True):
         """c_ij for queries q_idx and key slots [0, kc): (B, Hkv, g, Qc, kc) int32 (causal keys only if sorted).
-        None when the dense pass is the cheaper one and dense_ok is False (the caller has a faster dense rule)."""
+        None when the dense pass is the cheapest and dense_ok is False (the caller has a faster dense rule)."""
         Qc = q_idx.shape[0]
+        pairs = self.B * self.H * self.g * Qc * kc  # (query head, query, key) entries of the chunk
+        cost = {"dense": self.L * pairs}
+        if self.onehot_ok:
+            cost["onehot"] = (self.L << self.bits) * pairs / ONEHOT_MACS_PER_COMPARE
         if self.sortable:
             lo = self.lo.index_select(4, q_idx)  # (L, B, H, g, Qc)
             n = (self.hi.index_select(4, q_idx) - lo).flatten()  # collisions per (table, row, head, query)
-            volume = self.L * self.B * self.H * self.g * Qc * kc
-            if int(n.sum()) < SORTED_WINS_BELOW * volume:
-                return self._sorted_counts(lo, n, Qc, kc)
+            cost["sorted"] = SORTED_COST_PER_COLLISION * int(n.sum()) + SORTED_COST_PER_PAIR * pairs
+        way = min(cost, key=cost.get)
+        if way == "sorted":
+            return self._sorted_counts(lo, n, Qc, kc)
+        if way == "onehot":
+            return self.onehot_counts(q_idx, kc)
         return self.dense_counts(q_idx, kc) if dense_ok else None
 
     def _sorted_counts(self, lo, n, Qc, kc):
@@ -85,6 +116,19 @@ class CollisionIndex:
         flat = (entry % rows) * kc + j
         out = torch.bincount(flat, minlength=rows * kc)  # (rows * kc,) int64
         return out.view(B, H, g, Qc, kc).to(torch.int32)
+
+    def onehot_counts(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
+        """c_ij as int8 matmuls: one-hot(q_i) . one-hot(k_j) over the L * 2**bits (table, bucket) pairs."""
+        L, B, H, g = self.L, self.B, self.H, self.g
+        if self._key_onehot is None:  # (B*H, K, width) int8, built once per call
+            self._key_onehot = _onehot(self.kcodes.permute(1, 2, 3, 0).reshape(B * H, self.K, L), self.bits)
+        qc = self.qcodes.index_select(4, q_idx)  # (L, B, H, g, Qc)
+        Qc = qc.shape[-1]
+        q_onehot = _onehot(qc.permute(1, 2, 3, 4, 0).reshape(B * H, g * Qc, L), self.bits)  # (B*H, g*Qc, width)
+        out = torch.empty(B * H, g * Qc, kc, dtype=torch.int32, device=qc.device)
+        for i in range(B * H):
+            torch._int_mm(q_onehot[i], self._key_onehot[i, :kc].t(), out=out[i])
+        return out.view(B, H, g, Qc, kc)
 
     def dense_counts(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
         qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (L, B, H, g, Qc, 1)
@@ -102,3 +146,10 @@ def _causal_valid(q_offset, q_idx, q_valid, kc):
     j = torch.arange(kc, device=q_idx.device)
     slots = q_idx + q_offset
     return ((j[None, :] <= slots[:, None])[None] & q_valid.index_select(1, q_idx)[:, :, None])[:, None, None]
+
+
+def _onehot(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes (N, R, L) integer -> (N, R, L * 2**bits) int8 with a 1 at t * 2**bits + code_t for every table t."""
+    offset = torch.arange(codes.shape[-1], device=codes.device) << bits  # (L,)
+    out = torch.zeros(codes.shape[:-1] + (codes.shape[-1] << bits,), dtype=torch.int8, device=codes.device)
+    return out.scatter_(-1, codes.long() + offset, 1)
