@@ -1,6 +1,6 @@
 """Collision counts c_ij = |{t : h_t(q_i) == h_t(k_j)}| over L tables, for m-of-L and lsh_topk (SPEC section 7).
 
-Two ways to the same integers:
+Three ways to the same integers:
 - dense: one (Qc, kc) equality per table, added up. Cost L * Qc * kc per head whatever the bucket sizes:
   at L = 128 and 1024 tokens that is most of a forward pass.
 - sorted: the keys of every (table, row, KV head) segment are sorted by (code, slot) packed in one int64; the
@@ -10,8 +10,9 @@ Two ways to the same integers:
 - one-hot (CPU): c_ij = onehot(q_i) . onehot(k_j) over the L * 2**bits (table, bucket) slots, as exact int8
   matmuls (int32 sums). Cost L * 2**bits multiply-adds per (query, key), which VNNI runs ~150 to the price
   of one dense byte comparison: cheaper than dense up to 6-bit codes.
-`CollisionIndex.counts` picks the cheapest per query chunk from the costs measured below. `pairs()` (the number of causal colliding
-(query head, query, table, key) triples) is the exact selection cost of a bucket lookup (cost.selection_ops).
+`CollisionIndex.counts` picks the cheapest per query chunk from the unit costs measured below. `pairs()`
+(the number of causal colliding (query head, query, table, key) triples) is the exact selection cost of a
+bucket lookup (cost.selection_ops), whichever way counted.
 """
 
 import torch
