@@ -67,7 +67,7 @@ def main() -> None:
         dense = index.dense_counts(q_idx, kc)
         seconds = {"sorted": timed(lambda: index._sorted_counts(lo, n, CHUNK, kc), args.repeats),
                    "dense": timed(lambda: index.dense_counts(q_idx, kc), args.repeats)}
-        causal = torch.arange(kc)[None, :] <= (q_idx + 0)[:, None]  # sorted counts hold causal keys only
+        causal = torch.arange(kc)[None, :] <= q_idx[:, None]  # query i at slot i: sorted counts hold causal keys only
         assert torch.equal(index._sorted_counts(lo, n, CHUNK, kc), dense * causal)
         if index.onehot_ok:
             seconds["onehot"] = timed(lambda: index.onehot_counts(q_idx, kc), args.repeats)

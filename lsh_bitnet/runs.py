@@ -180,7 +180,7 @@ def _jobs_without_results(root: Path) -> List[Tuple[Path, Dict[str, Any], str]]:
     from omegaconf import OmegaConf  # only on this rare path: the collector does not need it otherwise
 
     found = []
-    for hydra_cfg in sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_key(str(p))):
+    for hydra_cfg in root.rglob(".hydra/config.yaml"):  # the caller sorts every row
         job_dir = hydra_cfg.parent.parent
         if (job_dir / RESULTS_FILE).exists():
             continue
@@ -196,6 +196,10 @@ def _jobs_without_results(root: Path) -> List[Tuple[Path, Dict[str, Any], str]]:
                    f".hydra/overrides.yaml")
         found.append((job_dir, config if isinstance(config, dict) else {}, why))
     return found
+
+
+def _flat_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
 
 
 def _natural_key(text: str) -> List[Any]:
@@ -298,10 +302,7 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     for path in paths:
         record, error = _load(path)
         config = _section(record, "config") if record else {}
-        flat = {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
-        loaded.append((str(path.parent.relative_to(root)) or ".", record, error, flat))
-    unstarted = [(str(job_dir.relative_to(root)) or ".", {"status": "missing", "config": config}, why)
-                 for job_dir, config, why in _jobs_without_results(root)]
+        loaded.append((str(path.parent.relative_to(root)) or ".", record, error, _flat_config(config)))
     # A key is swept when its value (missing counts as a value) differs between two readable runs whose
     # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
     ctx = [(flat, flat.get("attention.name"), _uses_windows(record)) for _, record, _, flat in loaded if flat]
@@ -315,9 +316,8 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     knobs = _short_names(sorted(knob_keys, key=_knob_order))
     records = [r for _, r, _, _ in loaded if r]
     # after the swept keys are known, so an unresolved "${seed}" never makes a key look swept
-    loaded += [(run_dir, record, why, {k: v for k, v in flatten(record["config"]).items()
-                                       if not k.startswith(HASH_EXCLUDED_KEYS)})
-               for run_dir, record, why in unstarted]
+    loaded += [(str(job_dir.relative_to(root)) or ".", {"status": "missing", "config": config}, why,
+                _flat_config(config)) for job_dir, config, why in _jobs_without_results(root)]
     loaded.sort(key=lambda item: _natural_key(item[0]))
     values = _value_columns(records, set(ID_COLUMNS) | set(knobs.values()))
     rows, flagged = [], {}
