@@ -4,12 +4,12 @@ side by side in one process (docs/BENCHMARKS.md, "End to end").
     nice python benchmarks/bench_e2e.py --text PATH/wikitext-2/valid.txt --seq-lens 4096,8192 --windows 1
 
 For every seq_len: every flex setting first runs one warm-up forward (it compiles the flex graphs of that
-padded shape; reported as compile_s, the engine's own first-call timing), then `--repeats` rounds time one
-forward per window and setting, settings interleaved within a round so that load drifting on a shared
-machine hits them alike. Reported per setting: steady seconds (sum over windows, best round), the ratio to
-full, the comparison ratio, the mean NLL over the windows (the same for engines of the same variant), and
-the growth of the peak RSS during its timed forwards above the RSS before them (VmHWM reset through
-/proc/self/clear_refs, Linux).
+padded shape; reported as compile_s, the engine's own timing: a graph's first call, less its second where the
+warm-up ran it twice), then `--repeats` rounds time one forward per window and setting, settings interleaved
+within a round so that load drifting on a shared machine hits them alike. Reported per setting: steady seconds
+(sum over windows, best round), the ratio to full, the comparison ratio, the mean NLL over the windows (the
+same for engines of the same variant), and the growth of the peak RSS during its timed forwards above the RSS
+before them (VmHWM reset through /proc/self/clear_refs, Linux).
 """
 import argparse
 import os

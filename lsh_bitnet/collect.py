@@ -155,12 +155,17 @@ def _label_columns(df: pd.DataFrame, swept: List[str]) -> List[str]:
 
 
 def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
-    """wall_ratio = eval seconds / the full-attention run's eval seconds in the same (metric, setting)."""
+    """wall_ratio = eval seconds / the full-attention run's eval seconds in the same (metric, setting).
+
+    Flex compilation (compile_s) is taken out of both: it is paid once per graph and process, so it would
+    make a short run look slower than the same rule over a long one."""
     time_col = "eval_s" if "eval_s" in ok else "wall_s" if "wall_s" in ok else None
     if ok.empty or time_col is None:
         return ok
     out = ok.copy()
     seconds = pd.to_numeric(out[time_col], errors="coerce")
+    if "compile_s" in out:
+        seconds = seconds - pd.to_numeric(out["compile_s"], errors="coerce").fillna(0.0)
     full = out[out["attention"] == "full"].assign(_t=seconds).groupby(["metric", "setting"], dropna=False)["_t"].min()
     base = out.apply(lambda r: full.get((r["metric"], r["setting"]), float("nan")), axis=1)
     out["wall_ratio"] = seconds / pd.to_numeric(base, errors="coerce")

@@ -163,12 +163,26 @@ def test_same_shape_does_not_recompile(spec):
         q, k, v, valid = data(seed=2, T_=200, pad=False)
         sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        compiles = flex.STATS["compiles"]
+        compiles = len(flex.COMPILED)
         for seed, T_ in ((3, 200), (4, 210)):  # 200 and 210 keys both pad to 2 key blocks of 127
             q, k, v, valid = data(seed=seed, T_=T_, pad=False)
             sparse_attention_counts(q, k, v, valid, spec=spec, hasher=hasher, engine="flex")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    assert flex.STATS["compiles"] == compiles
+    assert len(flex.COMPILED) == compiles
+
+
+def test_compile_seconds_leave_out_the_run(monkeypatch):
+    """compile_s is a graph's first call less its second; later calls are not timed, other patches not counted."""
+    clock = iter([0.0, 5.0, 10.0, 10.5, 20.0, 22.0])  # first call 5 s, second 0.5 s; another graph once, 2 s
+    monkeypatch.setattr(flex.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(flex, "COMPILED", [("old",)])
+    monkeypatch.setattr(flex, "SEEN", {("old",): 7.0})
+    monkeypatch.setattr(flex, "RERUN", {})
+    x = torch.zeros(1)
+    for key in [("a",), ("a",), ("a",), ("b",)]:  # the third call of "a" reads no clock
+        flex._timed(key, lambda t: t, x)
+    assert flex.compile_stats(1) == {"compile_s": pytest.approx(6.5), "compiles": 2}
+    assert flex.compile_stats(0)["compiles"] == 3
 
 
 @pytest.mark.parametrize("n_trees,max_depth,min_candidates,pad,Q", [(1, 6, 8, True, T), (4, 7, 24, True, T),

@@ -207,14 +207,14 @@ def test_cli_output_cut_short_by_a_pipe_is_not_an_error(tree, tmp_path):
 
 
 # ----------------------------------------------------------------------------- issue 11: intervals, cost axes, seeds
-def rich(attention="lsh", ratio=0.5, ppl=30.0, mac=None, seed=0, top_seed=0, eval_s=2.0, **kw):
+def rich(attention="lsh", ratio=0.5, ppl=30.0, mac=None, seed=0, top_seed=0, eval_s=2.0, compile_s=0.25, **kw):
     """A results.json as the new branches write it: intervals, selection ops, mac_ratio, engine, compile time."""
     rec = record(attention, ratio, ppl, **kw)
     rec["config"]["hasher"]["seed"], rec["config"]["seed"] = seed, top_seed
     rec["metrics"].update(perplexity_ci_low=ppl * 0.9, perplexity_ci_high=ppl * 1.2, n=8, n_windows=8)
     rec["cost"].update(selection_ops=7, mac_ratio=ratio * 1.5 if mac is None else mac, causal=attention != "lsh_topk",
                        engine="masked")
-    rec["timing"].update(compile_s=0.25, eval_s=eval_s)
+    rec["timing"].update(compile_s=compile_s, eval_s=eval_s)
     return rec
 
 
@@ -300,11 +300,11 @@ def test_x_axis_choice_moves_frontier_and_plot(tmp_path):
     from lsh_bitnet.pareto import plot_pareto
 
     root = tmp_path / "x"
-    write(root, "0_full", rich("full", 1.0, 20.0, mac=1.0, eval_s=4.0))
-    # cheap in comparisons but dear in MACs (hashing), and the reverse
-    write(root, "1_a", rich("lsh", 0.2, 25.0, mac=1.8, eval_s=6.0, hasher={"n_bits": 8}))
-    write(root, "2_b", rich("lsh", 0.4, 24.0, mac=0.6, eval_s=2.0, hasher={"n_bits": 4}))
-    write(root, "3_c", rich("lsh", 0.3, 26.0, mac=0.5, eval_s=1.0, hasher={"n_bits": 6}))
+    write(root, "0_full", rich("full", 1.0, 20.0, mac=1.0, eval_s=4.0, compile_s=0.0))
+    # cheap in comparisons but dear in MACs (hashing), and the reverse; 2_b spent 0.5 s of its 2.5 compiling
+    write(root, "1_a", rich("lsh", 0.2, 25.0, mac=1.8, eval_s=6.0, compile_s=0.0, hasher={"n_bits": 8}))
+    write(root, "2_b", rich("lsh", 0.4, 24.0, mac=0.6, eval_s=2.5, compile_s=0.5, hasher={"n_bits": 4}))
+    write(root, "3_c", rich("lsh", 0.3, 26.0, mac=0.5, eval_s=1.0, compile_s=0.0, hasher={"n_bits": 6}))
     by_cmp = pd.read_csv(write_summary(root, out_dir=tmp_path / "c")["summary.csv"]).set_index("run_dir")["pareto"]
     assert by_cmp["1_a"] and by_cmp["2_b"] and not by_cmp["3_c"]
     out = write_summary(root, out_dir=tmp_path / "m", x="mac_ratio")

@@ -21,11 +21,10 @@ from lsh_bitnet.attention.spec import SparseSpec, typed_attention, typed_hasher
 from lsh_bitnet.errors import ConfigError
 
 
-def _compile_stats() -> dict:
+def _flex_engine():
     import sys
 
-    flex = sys.modules.get("lsh_bitnet.attention.engines.flex")  # not imported: nothing was compiled
-    return dict(flex.STATS) if flex is not None else {"compile_s": 0.0, "compiles": 0}
+    return sys.modules.get("lsh_bitnet.attention.engines.flex")  # not imported: nothing was compiled
 
 
 def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
@@ -46,7 +45,8 @@ class AttentionPatch:
         self.diagnostics, self.previous, self.spec = diagnostics, previous, spec
         self.head_dim, self.causal = head_dim, causal
         self.active = True
-        self._compile_s0 = _compile_stats()
+        flex = _flex_engine()
+        self._compiled_before = len(flex.COMPILED) if flex is not None else 0
 
     def reset(self) -> None:
         """Zero the counters and diagnostics (e.g. after a warm-up batch)."""
@@ -89,11 +89,11 @@ class AttentionPatch:
         out["engine_calls"] = calls
         return out
     def timing_summary(self) -> dict:
-        """{"compile_s": first-call seconds of every flex graph compiled since patching (compilation plus
-        one run; 0 on the masked engine), "compiles": how many}: the runner merges it into `timing`."""
-        now = _compile_stats()
-        return {"compile_s": now["compile_s"] - self._compile_s0["compile_s"],
-                "compiles": now["compiles"] - self._compile_s0["compiles"]}
+        """{"compile_s": compilation seconds of every flex graph compiled since patching (its first call less
+        its second; the whole first call for a graph that ran once; 0 on the masked engine), "compiles": how
+        many}: the runner merges it into `timing`."""
+        flex = _flex_engine()
+        return flex.compile_stats(self._compiled_before) if flex is not None else {"compile_s": 0.0, "compiles": 0}
 
     def diagnostics_summary(self) -> Optional[dict]:
         return self.diagnostics.summary() if self.diagnostics is not None else None
