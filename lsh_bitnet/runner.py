@@ -200,7 +200,7 @@ class _LogitWatch:
 
 def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
     text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
-    checked = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
+    fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
 
     import torch
 
@@ -212,13 +212,16 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     record["model_info"] = loaded.info
-    if not checked:  # no config.json was on disk before the load: the same checks, now from the model
+    if fit_warnings is None:  # no config.json was on disk before the load: the same checks, now from the model
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         from lsh_bitnet.attention.checks import validate_attention_config
 
         validate_attention_config(cfg.attention, cfg.hasher, head_dim=loaded.info.get("head_dim"),
                                   n_layers=loaded.info.get("n_layers"))
-        check_seq_len(cfg, getattr(text_config, "max_position_embeddings", None), cfg.model.name)
+        fit_warnings = check_seq_len(cfg, getattr(text_config, "max_position_embeddings", None), cfg.model.name)
+    for warning in fit_warnings:
+        record["warnings"].append(warning)
+        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
     accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
     if accelerator:
         torch.cuda.reset_peak_memory_stats()

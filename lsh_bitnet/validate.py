@@ -165,17 +165,28 @@ def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- stage 3: model geometry
-def check_seq_len(cfg: DictConfig, max_positions: Optional[int], model_name: str) -> None:
-    if cfg.metric.name == "perplexity" and max_positions:
+def check_seq_len(cfg: DictConfig, max_positions: Optional[int], model_name: str) -> List[str]:
+    """Perplexity windows must fit the model's positions (an error); a generated answer that runs past them
+    is a warning: the prompt itself fits, and the last few RoPE positions extrapolate."""
+    if not max_positions:
+        return []
+    if cfg.metric.name == "perplexity":
         _require(cfg.eval.seq_len <= max_positions,
                  f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_positions} positions "
                  f"(max_position_embeddings of {model_name}): beyond them RoPE extrapolates and perplexity "
                  f"measures that, not attention; set eval.seq_len <= {max_positions}")
+        return []
+    target, new_tokens = cfg.dataset.get("target_tokens"), cfg.metric.get("max_new_tokens")
+    if target and new_tokens and target + new_tokens > max_positions:
+        return [f"dataset.target_tokens={target} plus metric.max_new_tokens={new_tokens} runs past the "
+                f"{max_positions} positions of {model_name}: the answer's last tokens sit at positions the model "
+                f"was not trained on; dataset.target_tokens={max_positions - new_tokens} keeps it inside"]
+    return []
 
 
-def check_model_fit(cfg: DictConfig, cache_dir=None) -> bool:
-    """Checks against the model's shape, read from config.json / GGUF cache metadata (no weights).
-    False when no config.json is on disk yet (first GGUF conversion, uncached hub id): the runner
+def check_model_fit(cfg: DictConfig, cache_dir=None) -> Optional[List[str]]:
+    """Checks against the model's shape, read from config.json / GGUF cache metadata (no weights): their
+    warnings. None when no config.json is on disk yet (first GGUF conversion, uncached hub id): the runner
     then repeats the shape checks after the load."""
     from lsh_bitnet.attention.checks import validate_attention_config
     from lsh_bitnet.models.checks import model_geometry
@@ -183,8 +194,7 @@ def check_model_fit(cfg: DictConfig, cache_dir=None) -> bool:
     geometry = model_geometry(cfg.model, cache_dir)
     if geometry is None:
         validate_attention_config(cfg.attention, cfg.hasher)
-        return False
+        return None
     validate_attention_config(cfg.attention, cfg.hasher, head_dim=geometry.get("head_dim"),
                               n_layers=geometry.get("n_layers"))
-    check_seq_len(cfg, geometry.get("max_positions"), cfg.model.name)
-    return True
+    return check_seq_len(cfg, geometry.get("max_positions"), cfg.model.name)

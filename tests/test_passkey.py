@@ -101,6 +101,20 @@ def test_cli_config_composes_and_validates():
         validate_config(compose_config(["dataset=passkey", "metric=passkey_accuracy", "dataset.depth=[0.5,2]"]))
 
 
+def test_answer_past_the_model_positions_is_a_warning_naming_the_keys():
+    """The prompt fits, the generated key runs past max_position_embeddings: warned with the fix, not refused;
+    a perplexity window past them stays an error."""
+    from lsh_bitnet.validate import check_seq_len
+
+    c = compose_config(["dataset=passkey", "metric=passkey_accuracy", "dataset.target_tokens=8192"])
+    (warning,) = check_seq_len(c, 8192, "smollm2_135m")
+    assert "dataset.target_tokens=8192 plus metric.max_new_tokens=8" in warning
+    assert "dataset.target_tokens=8184 keeps it inside" in warning
+    assert check_seq_len(c, 8200, "smollm2_135m") == [] and check_seq_len(c, None, "smollm2_135m") == []
+    with pytest.raises(ConfigError, match="eval.seq_len=8192 is above the model's 4096 positions"):
+        check_seq_len(compose_config(["eval.seq_len=8192", "dataset=text_file", "dataset.path=x.txt", "metric=perplexity"]), 4096, "m")
+
+
 @pytest.mark.parametrize("rig", ["answer", "wrong"])
 def test_metric_scores_a_rigged_model(tok, rig):
     samples = P.make_passkey_samples(cfg(n_samples=4, target_tokens=300, depth=[0.2, 0.7]), tok)
