@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -103,13 +103,12 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
 
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
-        record["warnings"] = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
+        config_warnings = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
     except Exception as exc:
         record.update(status="failed", error=error_record(exc))
         _finish(record, results_path, started)
         raise
-    for warning in record["warnings"]:
-        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
+    _warn(record, config_warnings)
 
     with job_lock(output_dir) as holder:
         if holder is not None:  # another process runs this job now: computing it twice helps nobody
@@ -198,6 +197,13 @@ class _LogitWatch:
             self.handle.remove()
 
 
+def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
+    """Into results.json's `warnings` and onto stderr, where a sweep's log shows them."""
+    for warning in warnings:
+        record["warnings"].append(warning)
+        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
+
+
 def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
     text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
     fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
@@ -219,9 +225,7 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
         validate_attention_config(cfg.attention, cfg.hasher, head_dim=loaded.info.get("head_dim"),
                                   n_layers=loaded.info.get("n_layers"))
         fit_warnings = check_seq_len(cfg, getattr(text_config, "max_position_embeddings", None), cfg.model.name)
-    for warning in fit_warnings:
-        record["warnings"].append(warning)
-        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
+    _warn(record, fit_warnings)
     accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
     if accelerator:
         torch.cuda.reset_peak_memory_stats()
