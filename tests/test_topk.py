@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lsh_bitnet.attention.candidates import agreement_dots, int8_matmul
-from lsh_bitnet.attention.topk import FLOAT32_EXACT_INTS, top_k_mask
+from lsh_bitnet.attention.topk import INT32_FOLD_LIMIT, top_k_mask
 
 
 def reference_top_k(scores, valid, k_i):
@@ -34,10 +34,21 @@ def test_integer_scores_fold_ties_to_lower_slot(bound):
     assert torch.equal(folded.sum(-1), k_i)
 
 
-def test_fold_falls_back_when_float32_cannot_hold_it():
-    """A bound too large for exact float32 folding takes the tie pass and is still exact."""
+def test_fold_is_exact_beyond_float32_integers():
+    """Folds past 2**24 (where float32 would merge neighbouring slots) still pick by (-score, slot)."""
+    gen = torch.Generator().manual_seed(7)
+    rows, kc, bound = 30, 97, 1 << 20  # (2 * bound + 1) * kc ~ 2**27.6
+    scores = torch.randint(-4, 5, (rows, kc), generator=gen, dtype=torch.int32) * (bound // 4)
+    valid = torch.rand(rows, kc, generator=gen) < 0.9
+    k_i = (torch.rand(rows, generator=gen) * (valid.sum(-1) + 1)).long().clamp(max=valid.sum(-1))
+    got = top_k_mask(scores, valid, k_i, int(k_i.max()), int_bound=bound)
+    assert torch.equal(got, reference_top_k(scores, valid, k_i))
+
+
+def test_fold_falls_back_when_int32_cannot_hold_it():
+    """A bound too large for an int32 fold takes the tie pass and is still exact."""
     kc = 64
-    bound = FLOAT32_EXACT_INTS // kc  # (2 * bound + 1) * kc > 2**24
+    bound = INT32_FOLD_LIMIT // kc  # (2 * bound + 1) * kc > 2**31
     scores = torch.tensor([[bound, -bound] * (kc // 2)] * 3, dtype=torch.float32)
     valid = torch.ones(3, kc, dtype=torch.bool)
     k_i = torch.tensor([1, 5, 40])
