@@ -58,7 +58,7 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
     top = s.topk(k_max, dim=-1).values  # (..., Qc, k_max), sorted descending
     kth = top.gather(-1, (k_i - 1).clamp(min=0).unsqueeze(-1))  # (..., Qc, 1): the k_i-th best score
     chosen = (s >= kth) & (k_i > 0).unsqueeze(-1)
-    if folded:  # distinct scores and a finite kth: exactly the k_i best valid keys
+    if folded:  # distinct scores, invalid keys (-1) below every kth of a row with k_i > 0: exactly the k_i best
         return chosen
     excess = row_count(chosen) - k_i  # > 0 only where keys tie with the k_i-th score
     if bool((excess > 0).any()):  # float scores (the oracle) rarely tie: keep the lowest slots among the ties
