@@ -6,6 +6,9 @@ Per setting (bits x tables, uniform or peaked codes), one chunk of 256 queries a
 see at SmolLM2's shapes (3 KV heads x 3 query heads each): the time of the sorted, dense and one-hot counts,
 their unit costs (ns per collision, per dense (query, key, table) comparison, per one-hot multiply-add),
 and the way `CollisionIndex.counts` picks. Every way's counts are checked equal to the dense ones.
+A second table prices what every call pays once, before any chunk: each query's collisions per table (n,
+the price of the sorted way and the selection cost) over all T queries, from the sorted ranges (a sort
+and two binary searches per query) and from running per-bucket counts (a cumsum of one-hot key codes).
 Real centred keys collide more than uniform codes: the peaked rows (geometric bucket frequencies, ~7.7%
 collisions per table at 6 bits) stand for them. The constants in collisions.py come from these unit costs.
 """
@@ -61,8 +64,9 @@ def main() -> None:
         kcodes = codes((L, 1, HKV, T), 1 << bits, kind == "peaked", gen)
         qcodes = codes((L, 1, HKV, GROUP, T), 1 << bits, kind == "peaked", gen)
         index = collisions.CollisionIndex(qcodes, kcodes, torch.ones(1, T, dtype=torch.bool), bits, 0)
-        lo = index.lo.index_select(4, q_idx)
-        n = (index.hi.index_select(4, q_idx) - lo).flatten()
+        lo, n_all = index._ranges()
+        assert torch.equal(n_all, index.n)  # the running counts and the sorted ranges agree
+        lo, n = lo.index_select(4, q_idx), n_all.index_select(4, q_idx).flatten()
         pairs = HKV * GROUP * CHUNK * kc
         dense = index.dense_counts(q_idx, kc)
         seconds = {"sorted": timed(lambda: index._sorted_counts(lo, n, CHUNK, kc), args.repeats),
@@ -83,6 +87,27 @@ def main() -> None:
         print(f"{shape + ':' + kind:<16} {total / (pairs * L):8.4f} {seconds['sorted'] * 1e3:10.0f} "
               f"{seconds['dense'] * 1e3:9.0f} {onehot_ms} {seconds['sorted'] * 1e9 / max(total, 1):8.1f} "
               f"{seconds['dense'] * 1e9 / (pairs * L):7.2f} {ps_mac} {ran[0]:>7} {min(seconds, key=seconds.get):>7}")
+
+    print(f"\nonce per call: every query's collisions per table, T={T} queries x {T} keys")
+    print(f"{'setting':<16} {'ranges_ms':>10} {'running_ms':>11} {'running/ranges':>15} {'used':>8}")
+    for item in args.settings.split(","):
+        shape, kind = item.split(":")
+        bits, L = (int(x) for x in shape.split("x"))
+        if (1 << bits) * T * HKV * 4 > collisions.RUNNING_COUNT_MAX_BYTES:
+            continue  # the running counts of one table would not fit their memory cap
+        kcodes = codes((L, 1, HKV, T), 1 << bits, kind == "peaked", gen)
+        qcodes = codes((L, 1, HKV, GROUP, T), 1 << bits, kind == "peaked", gen)
+        index = collisions.CollisionIndex(qcodes, kcodes, torch.ones(1, T, dtype=torch.bool), bits, 0)
+
+        def ranges():
+            index._lo = None  # _ranges() caches: rebuild the sort and the searches each time
+            return index._ranges()[1]
+
+        assert torch.equal(ranges(), index._running_counts())
+        seconds = {"ranges": timed(ranges, args.repeats), "running": timed(index._running_counts, args.repeats)}
+        used = "running" if bits <= collisions.RUNNING_COUNT_MAX_BITS else "ranges"
+        print(f"{shape + ':' + kind:<16} {seconds['ranges'] * 1e3:10.0f} {seconds['running'] * 1e3:11.0f} "
+              f"{seconds['running'] / seconds['ranges']:15.2f} {used:>8}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,36 @@ def test_every_way_of_counting_collisions_agrees(way, pack_bits, monkeypatch):
     assert want in chosen and set(chosen) <= {want, "dense_counts"}, f"{way}: ran {sorted(set(chosen))}"
 
 
+
+@pytest.mark.parametrize("n_bits", [1, 3, 6, 7])
+def test_collisions_per_query_without_a_sort_equal_the_sorted_ranges(n_bits):
+    """Each query's causal collisions per table (pairs() and the sorted way's price) come from running
+    per-bucket counts up to RUNNING_COUNT_MAX_BITS, with no sort: they equal the sorted ranges' sizes and a
+    plain loop, with padding keys and queries after a cache (q_offset > 0)."""
+    from lsh_bitnet.attention import collisions
+
+    gen = torch.Generator().manual_seed(n_bits)
+    L, Bn, H, g, K, Q = 3, 2, 2, 3, 40, 16
+    kcodes = torch.randint(0, 1 << n_bits, (L, Bn, H, K), generator=gen, dtype=torch.int32)
+    qcodes = torch.randint(0, 1 << n_bits, (L, Bn, H, g, Q), generator=gen, dtype=torch.int32)
+    qcodes[:, :, :, 0] = kcodes[:, :, :, :Q].unsqueeze(3)[..., 0, :]  # some sure collisions
+    key_valid = torch.rand(Bn, K, generator=gen) > 0.2
+    index = collisions.CollisionIndex(qcodes, kcodes, key_valid, n_bits, K - Q)
+    kc, qc, kv = kcodes.tolist(), qcodes.tolist(), key_valid.tolist()
+    want = torch.zeros(L, Bn, H, g, Q, dtype=torch.int64)
+    for t in range(L):
+        for b in range(Bn):
+            for h in range(H):
+                for r in range(g):
+                    for i in range(Q):
+                        want[t, b, h, r, i] = sum(kv[b][j] and kc[t][b][h][j] == qc[t][b][h][r][i]
+                                                  for j in range(K - Q + i + 1))
+    assert (index._lo is None) == (n_bits <= collisions.RUNNING_COUNT_MAX_BITS)  # no sort unless needed
+    assert want.sum() > 0 and torch.equal(index.n, want)
+    assert torch.equal(index._ranges()[1], want)
+    q_valid = key_valid[:, K - Q:]
+    assert int(index.pairs(q_valid)) == int((want * q_valid[None, :, None, None, :]).sum())
+
 def test_m1_is_union_and_m_equal_l_is_intersection():
     from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention
 

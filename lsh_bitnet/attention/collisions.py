@@ -10,7 +10,8 @@ Three ways to the same integers:
 - one-hot (CPU): c_ij = onehot(q_i) . onehot(k_j) over the L * 2**bits (table, bucket) slots, as exact int8
   matmuls (int32 sums). Cost L * 2**bits multiply-adds per (query, key), which VNNI runs ~150 to the price
   of one dense byte comparison: cheaper than dense up to 6-bit codes.
-`CollisionIndex.counts` picks the cheapest per query chunk from the unit costs measured below. `pairs()`
+`CollisionIndex.counts` picks the cheapest per query chunk from the unit costs measured below, priced by each
+query's number of collisions (running per-bucket counts for short codes, else the sorted ranges). `pairs()`
 (the number of causal colliding (query head, query, table, key) triples) is the exact selection cost of a
 bucket lookup (cost.selection_ops), whichever way counted.
 """
@@ -34,6 +35,12 @@ ONEHOT_MAX_BYTES = 1 << 28
 # dense equality per table costs Q * K. For a decode step (Q = 1) the sort of the whole cache was most of
 # the step's time (docs/BENCHMARKS.md, decode): below this many queries the counts are dense.
 SORT_MIN_QUERIES = 8
+# Up to 6-bit codes each query's collisions per table come from running per-bucket counts instead of the
+# sorted ranges: 0.23x their time at 6 x 32 and 1024 tokens, 0.47x at 8192; at 7 bits 0.74x at 1024 but
+# 1.24-1.35x from 4096 on, at 8 bits 2.4-3.1x (benchmarks/bench_collisions.py, second table).
+RUNNING_COUNT_MAX_BITS = 6
+# ... and while one table's running counts (rows x KV heads x K x 2**bits int32) stay small.
+RUNNING_COUNT_MAX_BYTES = 1 << 26
 
 
 # torch's CPU _int_mm (2.13) returns wrong sums when the inner dimension is 1; from 2 on it is exact
@@ -58,26 +65,53 @@ class CollisionIndex:
         self.bits = n_bits
         # sorted ranges need (code, slot) to fit one int64, and pay off only from a few queries on
         self.sortable = n_bits + self.pos_bits <= PACK_BITS and self.Q >= SORT_MIN_QUERIES
-        self.sorted = self.lo = self.hi = None
+        self._sorted = self._lo = self._n_sorted = None
         self._key_onehot = None
         self.onehot_ok = (int8_matmul(kcodes.device, L << n_bits) and self.Q >= SORT_MIN_QUERIES
                           and B * H * K * (L << n_bits) <= ONEHOT_MAX_BYTES)
+        # n: causal colliding valid keys of every (table, row, KV head, query head, query), (L, B, H, g, Q)
+        # int64. It prices the sorted way per chunk and is pairs(); the sort itself waits until that way runs.
+        self.n = None
         if self.sortable:
-            slots = torch.arange(K, device=kcodes.device)
-            packed = (kcodes.long() << self.pos_bits) | slots  # (L, B, H, K)
+            few_buckets = (n_bits <= RUNNING_COUNT_MAX_BITS
+                           and B * H * K * (1 << n_bits) * 4 <= RUNNING_COUNT_MAX_BYTES)
+            self.n = self._running_counts() if few_buckets else self._ranges()[1]
+
+    def _ranges(self):
+        """Sorted keys and every query's range [lo, lo + n) within its segment's row, built once: (lo, n)."""
+        if self._lo is None:
+            L, B, H, K = self.L, self.B, self.H, self.K
+            slots = torch.arange(K, device=self.kcodes.device)
+            packed = (self.kcodes.long() << self.pos_bits) | slots  # (L, B, H, K)
             # padding keys sort last, above every query's range: they are never in V(i)
-            packed = packed.masked_fill(~key_valid[None, :, None, :], torch.iinfo(torch.int64).max)
-            self.sorted = packed.view(L * B * H, K).sort(-1).values  # (L*B*H, K): one sorted row per segment
-            # every query's range, once per call: [lo, hi) within its segment's row, (L, B, H, g, Q) each
-            base = (qcodes.long() << self.pos_bits).view(L * B * H, -1)  # (L*B*H, g*Q)
-            q_slot = (torch.arange(self.Q, device=kcodes.device) + q_offset).repeat(self.g)  # (g*Q,)
-            self.lo = torch.searchsorted(self.sorted, base).view(qcodes.shape)
-            self.hi = torch.searchsorted(self.sorted, base | q_slot, right=True).view(qcodes.shape)
+            packed = packed.masked_fill(~self.key_valid[None, :, None, :], torch.iinfo(torch.int64).max)
+            self._sorted = packed.view(L * B * H, K).sort(-1).values  # (L*B*H, K): one sorted row per segment
+            base = (self.qcodes.long() << self.pos_bits).view(L * B * H, -1)  # (L*B*H, g*Q)
+            q_slot = (torch.arange(self.Q, device=slots.device) + self.q_offset).repeat(self.g)  # (g*Q,)
+            self._lo = torch.searchsorted(self._sorted, base).view(self.qcodes.shape)
+            hi = torch.searchsorted(self._sorted, base | q_slot, right=True).view(self.qcodes.shape)
+            self._n_sorted = hi - self._lo
+        return self._lo, self._n_sorted
+
+    def _running_counts(self) -> torch.Tensor:
+        """n without a sort: per table, running[j, c] = valid keys at slots <= j with code c (a cumsum of the
+        keys' one-hot codes), read at (s(i), code of q_i). O(K * 2**bits) per segment against the sort's
+        O((K + 2 g Q) log K) of scattered binary searches."""
+        L, B, H, K, W = self.L, self.B, self.H, self.K, 1 << self.bits
+        q_slot = torch.arange(self.Q, device=self.kcodes.device) + self.q_offset  # (Q,)
+        at = (q_slot * W + self.qcodes.long()).view(L, B * H, self.g * self.Q)  # flat (slot, code) of each query
+        valid = self.key_valid[:, None, :, None].expand(B, H, K, 1).reshape(B * H, K, 1).to(torch.int32)
+        n = torch.empty(L, B * H, self.g * self.Q, dtype=torch.int64, device=at.device)
+        for t in range(L):
+            onehot = torch.zeros(B * H, K, W, dtype=torch.int32, device=at.device)
+            onehot.scatter_(-1, self.kcodes[t].reshape(B * H, K, 1).long(), valid)  # (B*H, K, W)
+            n[t] = onehot.cumsum(1, dtype=torch.int32).view(B * H, K * W).gather(1, at[t])
+        return n.view(self.qcodes.shape)
 
     def pairs(self, q_valid: torch.Tensor) -> torch.Tensor:
         """Causal colliding (query head, valid query, table, key) triples of all Q queries: int64 scalar."""
         if self.sortable:
-            return ((self.hi - self.lo) * q_valid[None, :, None, None, :]).sum()
+            return (self.n * q_valid[None, :, None, None, :]).sum()
         total = torch.zeros((), dtype=torch.int64, device=q_valid.device)
         q_idx = torch.arange(self.Q, device=q_valid.device)
         valid = _causal_valid(self.q_offset, q_idx, q_valid, self.K) & self.key_valid[:, None, None, None]
@@ -95,12 +129,11 @@ class CollisionIndex:
         if self.onehot_ok:
             cost["onehot"] = (self.L << self.bits) * pairs / ONEHOT_MACS_PER_COMPARE
         if self.sortable:
-            lo = self.lo.index_select(4, q_idx)  # (L, B, H, g, Qc)
-            n = (self.hi.index_select(4, q_idx) - lo).flatten()  # collisions per (table, row, head, query)
+            n = self.n.index_select(4, q_idx).flatten()  # collisions per (table, row, head, query)
             cost["sorted"] = SORTED_COST_PER_COLLISION * int(n.sum()) + SORTED_COST_PER_PAIR * pairs
         way = min(cost, key=cost.get)
         if way == "sorted":
-            return self._sorted_counts(lo, n, Qc, kc)
+            return self._sorted_counts(self._ranges()[0].index_select(4, q_idx), n, Qc, kc)
         if way == "onehot":
             return self.onehot_counts(q_idx, kc)
         return self.dense_counts(q_idx, kc) if dense_ok else None
@@ -113,7 +146,7 @@ class CollisionIndex:
         entry = torch.repeat_interleave(n)  # (total,): the (table, row, head, query) of each collision
         first = torch.cumsum(n, 0) - n
         at = start_in_flat[entry] + (torch.arange(entry.shape[0], device=n.device) - first[entry])
-        j = self.sorted.view(-1)[at] & ((1 << self.pos_bits) - 1)  # (total,) key slot of each collision
+        j = self._sorted.view(-1)[at] & ((1 << self.pos_bits) - 1)  # (total,) key slot of each collision
         flat = (entry % rows) * kc + j
         out = torch.bincount(flat, minlength=rows * kc)  # (rows * kc,) int64
         return out.view(B, H, g, Qc, kc).to(torch.int32)
