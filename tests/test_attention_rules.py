@@ -117,7 +117,6 @@ def test_every_way_of_counting_collisions_agrees(way, pack_bits, monkeypatch):
     assert want in chosen and set(chosen) <= {want, "dense_counts"}, f"{way}: ran {sorted(set(chosen))}"
 
 
-
 @pytest.mark.parametrize("n_bits", [1, 3, 6, 7])
 def test_collisions_per_query_without_a_sort_equal_the_sorted_ranges(n_bits):
     """Each query's causal collisions per table (pairs() and the sorted way's price) come from running
@@ -129,7 +128,7 @@ def test_collisions_per_query_without_a_sort_equal_the_sorted_ranges(n_bits):
     L, Bn, H, g, K, Q = 3, 2, 2, 3, 40, 16
     kcodes = torch.randint(0, 1 << n_bits, (L, Bn, H, K), generator=gen, dtype=torch.int32)
     qcodes = torch.randint(0, 1 << n_bits, (L, Bn, H, g, Q), generator=gen, dtype=torch.int32)
-    qcodes[:, :, :, 0] = kcodes[:, :, :, :Q].unsqueeze(3)[..., 0, :]  # some sure collisions
+    qcodes[:, :, :, 0] = kcodes[:, :, :, :Q]  # query head 0 repeats the first keys' codes: sure collisions
     key_valid = torch.rand(Bn, K, generator=gen) > 0.2
     index = collisions.CollisionIndex(qcodes, kcodes, key_valid, n_bits, K - Q)
     kc, qc, kv = kcodes.tolist(), qcodes.tolist(), key_valid.tolist()
@@ -146,6 +145,7 @@ def test_collisions_per_query_without_a_sort_equal_the_sorted_ranges(n_bits):
     assert torch.equal(index._ranges()[1], want)
     q_valid = key_valid[:, K - Q:]
     assert int(index.pairs(q_valid)) == int((want * q_valid[None, :, None, None, :]).sum())
+
 
 def test_m1_is_union_and_m_equal_l_is_intersection():
     from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention
