@@ -256,6 +256,65 @@ def test_job_dying_without_result_ends_the_sweep_instead_of_hanging(slurm_env, t
     assert (tmp_path / "done_False").exists()  # the healthy job of the same array still ran
 
 
+def _holders_sh(state_dir: Path, commands: str, env=None) -> subprocess.CompletedProcess:
+    """Run `commands` in bash with scripts/slurm/holders.sh sourced for `state_dir` (as_root: plain)."""
+    script = (f'STATE_DIR="{state_dir}"; as_root() {{ "$@"; }}; '
+              f'source "{REPO_ROOT}/scripts/slurm/holders.sh"; {commands}')
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.slurm
+def test_a_ci_run_that_lets_go_leaves_the_cluster_to_its_other_holders(slurm_env):
+    # Two CI runs on one machine share its one cluster: the first to end must not stop it under the other.
+    if not _holders_sh(_state_dir(), "live_holders").stdout.split():
+        pytest.skip(f"the running cluster has no holder (started by an older start.sh): {START_HINT}")
+    holders = _state_dir() / "holders"
+    other, dead = subprocess.Popen(["sleep", "300"]), subprocess.Popen(["sleep", "300"])
+    try:
+        for proc in (other, dead):
+            out = _run(["bash", "scripts/slurm/start.sh", "--hold", str(proc.pid)], slurm_env, timeout=90)
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert (holders / str(proc.pid)).exists()
+        dead.kill()
+        dead.wait()  # killed before it could let go: it must not hold the cluster any more
+        out = _run(["bash", "scripts/slurm/stop.sh", "--release", str(other.pid)], slurm_env, timeout=90)
+        assert out.returncode == 0 and "still held by" in out.stdout, out.stdout + out.stderr
+        assert not (holders / str(other.pid)).exists() and not (holders / str(dead.pid)).exists()
+        assert _cluster_skip_reason(slurm_env) is None  # the controller still answers
+    finally:
+        other.kill()
+        dead.kill()
+
+
+# ----------------------------------------------------------------------------- no cluster needed
+def test_cluster_holders_count_only_live_processes_and_by_hand(tmp_path):
+    alive, dead = subprocess.Popen(["sleep", "300"]), subprocess.Popen(["sleep", "300"])
+    try:
+        out = _holders_sh(tmp_path, f"add_holder {alive.pid} && add_holder {dead.pid} && add_holder by-hand")
+        assert out.returncode == 0, out.stderr
+        dead.kill()
+        dead.wait()
+        (tmp_path / "holders" / "1").write_text("12345\n")  # pid 1 is alive, but started at another time
+        out = _holders_sh(tmp_path, "live_holders")
+        assert sorted(out.stdout.split()) == sorted([str(alive.pid), "by-hand"]), out.stderr
+        assert sorted(p.name for p in (tmp_path / "holders").iterdir()) == sorted([str(alive.pid), "by-hand"])
+        out = _holders_sh(tmp_path, f"remove_holder {alive.pid}; live_holders")
+        assert out.stdout.split() == ["by-hand"]
+        out = _holders_sh(tmp_path, f"add_holder {dead.pid}")  # a dead process cannot take a hold
+        assert out.returncode != 0 and "no such process" in out.stderr
+    finally:
+        alive.kill()
+        dead.kill()
+
+
+def test_cluster_scripts_refuse_unknown_arguments_before_touching_anything():
+    for script, args in [("start.sh", ["--hold", "abc"]), ("start.sh", ["--bogus"]), ("stop.sh", ["--release"]),
+                         ("stop.sh", ["--bogus"])]:
+        out = subprocess.run(["bash", f"scripts/slurm/{script}", *args], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 2 and "ERROR" in out.stderr and args[0].lstrip("-") in out.stderr, (script, out)
+
+
 # ----------------------------------------------------------------------------- presets (no cluster needed)
 def _hydra_launcher(overrides):
     from lsh_bitnet import config as _schemas  # noqa: F401  (ConfigStore schemas)

@@ -5,6 +5,8 @@
 #   bash scripts/slurm/start.sh            # install if missing, configure, start, wait until idle
 #   eval "$(bash scripts/slurm/start.sh --env)"   # same, then put the sacct stand-in on PATH here
 #   bash scripts/slurm/stop.sh             # cancel jobs, stop the daemons
+#   bash scripts/slurm/start.sh --hold PID # same, held open while process PID lives, until
+#   bash scripts/slurm/stop.sh --release PID   # stops it only if nobody else holds it (holders.sh)
 #
 # Idempotent: a second call finds the daemons running and only reprints the environment lines.
 # Everything it writes (slurm.conf, state, spool, logs, pid files, bin/sacct) lives in one state
@@ -18,7 +20,15 @@ STATE_DIR="${LSH_BITNET_SLURM_DIR:-/tmp/lsh-bitnet-slurm}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 READY_TIMEOUT_S=60  # node is idle 1-2 s after slurmd starts; 60 s means something is wrong
 ENV_ONLY_STDOUT=0
-if [[ "${1:-}" == "--env" ]]; then ENV_ONLY_STDOUT=1; fi
+HOLDER="by-hand"
+while (($#)); do
+  case "$1" in
+    --env) ENV_ONLY_STDOUT=1; shift ;;
+    --hold) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "[slurm/start] ERROR: --hold needs a pid" >&2; exit 2; }
+            HOLDER="$2"; shift 2 ;;
+    *) echo "[slurm/start] ERROR: unknown argument '$1' (known: --env, --hold PID)" >&2; exit 2 ;;
+  esac
+done
 
 log() { if ((ENV_ONLY_STDOUT)); then echo "[slurm/start] $*" >&2; else echo "[slurm/start] $*"; fi; }
 die() { echo "[slurm/start] ERROR: $*" >&2; exit 1; }
@@ -28,6 +38,8 @@ elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=(sudo -n)
 else die "needs root (slurmd runs jobs as their user, munged as 'munge'): rerun as root or with sudo"
 fi
 as_root() { "${SUDO[@]}" "$@"; }
+source "$SCRIPT_DIR/holders.sh"
+take_cluster_lock
 
 started=$(date +%s.%N)
 
@@ -60,7 +72,7 @@ fi
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   log "starting munged"
   as_root install -d -o munge -g munge -m 0755 /run/munge
-  as_root runuser -u munge -- /usr/sbin/munged
+  as_root runuser -u munge -- /usr/sbin/munged 9<&-  # the daemons must not inherit the lock
   touch_marker=1
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
   munge -n | unmunge >/dev/null || die "munged does not answer: see /var/log/munge/munged.log"
@@ -126,10 +138,10 @@ alive() {  # alive PIDFILE NAME: the pid in it runs, and is that daemon (pids ge
   [[ -s "$1" ]] && [[ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" == "$2"* ]]
 }
 if alive "$STATE_DIR/slurmctld.pid" slurmctld; then log "slurmctld already running (pid $(cat "$STATE_DIR/slurmctld.pid"))"
-else log "starting slurmctld"; as_root slurmctld -f "$CONF"
+else log "starting slurmctld"; as_root slurmctld -f "$CONF" 9<&-
 fi
 if alive "$STATE_DIR/slurmd.pid" slurmd; then log "slurmd already running (pid $(cat "$STATE_DIR/slurmd.pid"))"
-else log "starting slurmd"; as_root slurmd -f "$CONF"
+else log "starting slurmd"; as_root slurmd -f "$CONF" 9<&-
 fi
 
 # sinfo blocks for minutes when slurmctld is not answering: always under `timeout`.
@@ -146,7 +158,9 @@ case "$state" in
      die "node not ready after ${READY_TIMEOUT_S}s (sinfo state: '${state:-no answer}'); logs above" ;;
 esac
 elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-log "cluster up in ${elapsed}s: node ${HOST}, ${CPUS} CPUs, ${MEM_MIB} MiB, partition debug ($state)"
+add_holder "$HOLDER" || die "--hold $HOLDER: no such process"
+log "cluster up in ${elapsed}s: node ${HOST}, ${CPUS} CPUs, ${MEM_MIB} MiB, partition debug ($state);" \
+    "held by: $(live_holders | tr '\n' ' ')"
 
 # The only line a caller must apply: submitit polls `sacct`, which this cluster lacks.
 env_lines="export PATH=\"$STATE_DIR/bin:\$PATH\" SLURM_CONF=\"$CONF\""

@@ -5,7 +5,18 @@
 # Order matters: cancel jobs first (a job outlives the Hydra process that submitted it), then the
 # daemons by the pids in their pid files, never by name, so another cluster on the box is untouched.
 # The state directory stays (job ids keep counting up across restarts); delete it by hand to reset.
+#
+#   bash scripts/slurm/stop.sh                 # stop, whoever holds the cluster
+#   bash scripts/slurm/stop.sh --release PID   # PID lets go; stop only if no other holder is left
 set -uo pipefail
+
+RELEASE=""
+case "${1:-}" in
+  "") ;;
+  --release) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "[slurm/stop] ERROR: --release needs a pid" >&2; exit 2; }
+             RELEASE="$2" ;;
+  *) echo "[slurm/stop] ERROR: unknown argument '$1' (known: --release PID)" >&2; exit 2 ;;
+esac
 
 STATE_DIR="${LSH_BITNET_SLURM_DIR:-/tmp/lsh-bitnet-slurm}"
 CONF="$STATE_DIR/slurm.conf"
@@ -15,6 +26,19 @@ if [[ $EUID -eq 0 ]]; then SUDO=(); else SUDO=(sudo -n); fi
 as_root() { "${SUDO[@]}" "$@"; }
 log() { echo "[slurm/stop] $*"; }
 export PATH="/usr/sbin:/sbin:$PATH"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/holders.sh"
+take_cluster_lock
+
+if [[ -n "$RELEASE" ]]; then
+  remove_holder "$RELEASE"
+  others="$(live_holders | tr '\n' ' ')"
+  # Their jobs may be running: no scancel either.
+  if [[ -n "$others" ]]; then log "released by $RELEASE; still held by: ${others}(left running)"; exit 0; fi
+else
+  others="$(live_holders | tr '\n' ' ')"
+  [[ -z "$others" || "$others" == "by-hand " ]] || log "stopping although still held by: $others"
+  as_root rm -rf "$HOLDERS_DIR"
+fi
 
 if [[ -f "$CONF" ]] && command -v scancel >/dev/null; then
   # Every job of every user on this throwaway cluster; bounded, as scancel hangs without slurmctld.
