@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lsh_bitnet.attention.candidates import agreement_dots, int8_matmul
-from lsh_bitnet.attention.topk import INT32_FOLD_LIMIT, top_k_mask
+from lsh_bitnet.attention.topk import INT32_FOLD_LIMIT, kth_largest, top_k_mask
 
 
 def reference_top_k(scores, valid, k_i):
@@ -32,6 +32,21 @@ def test_integer_scores_fold_ties_to_lower_slot(bound):
     from_int32 = top_k_mask(scores.to(torch.int32), valid, k_i, int(k_i.max()), int_bound=bound)
     assert torch.equal(folded, want) and torch.equal(unfolded, want) and torch.equal(from_int32, want)
     assert torch.equal(folded.sum(-1), k_i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
+@pytest.mark.parametrize("span", [0, 3, 40])
+def test_kth_largest_equals_a_full_sort(dtype, span):
+    """Unsorted selection then a sort of only its bottom: the k_i-th value of a descending sort, ties kept."""
+    gen = torch.Generator().manual_seed(span)
+    H, Qc, kc, k_max = 3, 50, 301, 40
+    scores = torch.randint(-20, 21, (H, Qc, kc), generator=gen).to(dtype)  # many ties
+    if dtype == torch.float32:
+        scores[0] = torch.randn(Qc, kc, generator=gen)  # and a head with none
+    k_i = k_max - torch.randint(0, span + 1, (H, Qc), generator=gen)
+    k_i[0, 0] = 0  # a row with no budget reads as its best value, never out of range
+    want = scores.sort(-1, descending=True).values.gather(-1, (k_i.clamp(min=1) - 1).unsqueeze(-1))
+    assert torch.equal(kth_largest(scores.clone(), k_i, k_max), want)
 
 
 def test_fold_is_exact_beyond_float32_integers():

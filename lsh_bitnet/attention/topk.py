@@ -36,6 +36,22 @@ def row_count(mask: torch.Tensor) -> torch.Tensor:
 INT32_FOLD_LIMIT = 1 << 31
 
 
+def kth_largest(s: torch.Tensor, k_i: torch.Tensor, k_max: int) -> torch.Tensor:
+    """The k_i-th largest value of each row of s (..., Qc, kc), as (..., Qc, 1); k_i (..., Qc) in [0, k_max],
+    0 read as 1.
+
+    One unsorted top-k_max first: a linear-time selection, where a sorted one also sorts the k_max values
+    (~1.4x the time for float rows of 8192 keys, ~2x for int32). Then only the bottom of those k_max
+    values that some row's k_i reaches is sorted: in a chunk of queries k_i spans a few percent of k_max,
+    since it grows with each query's causal keys.
+    """
+    k_i = k_i.clamp(min=1)
+    top = s.topk(k_max, dim=-1, sorted=False).values  # (..., Qc, k_max), the k_max best in no order
+    depth = k_max - int(k_i.min()) + 1 if k_i.numel() else 1
+    low = top.topk(depth, dim=-1, largest=False).values  # ascending: low[..., j] is the (k_max - j)-th best
+    return low.gather(-1, (k_max - k_i).unsqueeze(-1))
+
+
 def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_max: int,
                int_bound: Optional[int] = None) -> torch.Tensor:
     """The k_i highest-scoring valid keys per query, ties to the lower key slot.
@@ -55,8 +71,7 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
         s = scores.to(torch.int32).mul(kc).add_(lower_first.add_(int_bound * kc)).masked_fill_(~valid, -1)
     else:
         s = scores.float().masked_fill_(~valid, float("-inf"))
-    top = s.topk(k_max, dim=-1).values  # (..., Qc, k_max), sorted descending
-    kth = top.gather(-1, (k_i - 1).clamp(min=0).unsqueeze(-1))  # (..., Qc, 1): the k_i-th best score
+    kth = kth_largest(s, k_i, k_max)  # (..., Qc, 1): the k_i-th best score
     chosen = (s >= kth) & (k_i > 0).unsqueeze(-1)
     if folded:  # distinct scores, invalid keys (-1) below every kth of a row with k_i > 0: exactly the k_i best
         return chosen
