@@ -7,9 +7,9 @@ folds as lsh_topk's), the k_i-th best score of every row of the chunks of one at
 shapes (9 query heads, chunks of 256 queries against the keys they see): once as a sorted top-k_max then a
 gather (the way before), once as `topk.kth_largest` (an unsorted top-k_max, then a sort of only the bottom
 that some k_i reaches). Both are checked equal on every chunk; `sorted / two-step` > 1 means the
-two-step way is faster. Times sum over the chunks at each setting's positions: every 4th chunk of the call, each
-timed `--repeats` times with the sorted way before and after the two-step one
-(the cost grows with the chunk's keys, so a stride keeps the mix of short and long rows).
+two-step way is faster. Times sum over every 4th chunk of the call (the cost grows with the chunk's keys,
+so a stride keeps the mix of short and long rows), each timed `--repeats` times with the sorted way run
+before and after the two-step one and averaged.
 """
 import argparse
 import sys
