@@ -158,7 +158,7 @@ case "$state" in
      die "node not ready after ${READY_TIMEOUT_S}s (sinfo state: '${state:-no answer}'); logs above" ;;
 esac
 elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-add_holder "$HOLDER" || die "--hold $HOLDER: no such process"
+add_holder "$HOLDER" || exit 1  # add_holder said why
 log "cluster up in ${elapsed}s: node ${HOST}, ${CPUS} CPUs, ${MEM_MIB} MiB, partition debug ($state);" \
     "held by: $(live_holders | tr '\n' ' ')"
 

@@ -29,13 +29,12 @@ export PATH="/usr/sbin:/sbin:$PATH"
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/holders.sh"
 take_cluster_lock
 
-if [[ -n "$RELEASE" ]]; then
-  remove_holder "$RELEASE"
-  others="$(live_holders | tr '\n' ' ')"
-  # Their jobs may be running: no scancel either.
-  if [[ -n "$others" ]]; then log "released by $RELEASE; still held by: ${others}(left running)"; exit 0; fi
-else
-  others="$(live_holders | tr '\n' ' ')"
+[[ -z "$RELEASE" ]] || remove_holder "$RELEASE"
+others="$(live_holders | tr '\n' ' ')"
+if [[ -n "$RELEASE" && -n "$others" ]]; then  # their jobs may be running: no scancel either
+  log "released by $RELEASE; still held by: ${others}(left running)"; exit 0
+fi
+if [[ -z "$RELEASE" ]]; then
   [[ -z "$others" || "$others" == "by-hand " ]] || log "stopping although still held by: $others"
   as_root rm -rf "$HOLDERS_DIR"
 fi
