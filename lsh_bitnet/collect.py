@@ -2,6 +2,7 @@
 
     python -m lsh_bitnet.collect multirun/2025-01-01/12-00-00 [--out DIR] [--no-plot] [--metric NAME]
                                  [--x comparison_ratio|mac_ratio|wall_ratio] [--group-seeds]
+                                 [--paired-with FAMILY_OR_RUN_DIR]
 
 Rows and columns come from lsh_bitnet.runs; this module aggregates seeds, writes the tables and plots.
 """
@@ -17,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.paired import add_paired
 from lsh_bitnet.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
 from lsh_bitnet.results import RESULTS_FILE
 from lsh_bitnet.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
@@ -64,6 +66,8 @@ METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
                  "passkey_accuracy": ["accuracy", "n_samples"]}
 TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
+# With --paired-with: beside the metric, what the run scored against its baseline on the items both scored.
+PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n"]
 HIDDEN = ("_group", "_seeds", "_setting_extra")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
@@ -106,9 +110,9 @@ def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str
     cols += [c for c in table.columns if c in shown and c not in cols and c not in ("attention", "hasher")]
     cols += ["n_seeds", "seeds"] if "n_seeds" in table else []
     metric_cols = [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys])
-    cols += metric_cols + [x] + TAIL
+    cols += metric_cols + PAIRED_VIEW + [x] + TAIL
     view = table[[c for c in dict.fromkeys(cols) if c in table.columns]]
-    for col in metric_cols + [x]:
+    for col in metric_cols + ["paired_ratio", "paired_delta", x]:
         if col in view:
             view = view.assign(**{col: _with_interval(table, col)})
     view = view.dropna(axis=1, how="all")
@@ -174,13 +178,18 @@ def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True, metric: Optional[str] = None,
-                  x: str = "comparison_ratio", group: bool = False) -> Dict[str, Path]:
+                  x: str = "comparison_ratio", group: bool = False, paired_with: Optional[str] = None
+                  ) -> Dict[str, Path]:
     """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv and pareto_<metric>.{png,pdf,svg}.
 
     `metric`: a metric.name (only that table) or a value column from pareto.Y_COLUMNS (that table, with
     the column as the frontier's y). `x`: the cost axis of frontiers, sorting and plots. `group`: one
-    row per set of runs differing only in seeds. Returns {file name: path} of everything written.
+    row per set of runs differing only in seeds. `paired_with`: a family or run directory; each run gets
+    lsh_bitnet.paired's columns against it. Returns {file name: path} of everything written.
     """
+    if group and paired_with is not None:
+        raise ValueError("--paired-with compares runs item by item, --group-seeds averages runs: use one of them "
+                         "(pair first, then read the seeds' rows side by side)")
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
     ok, failed = collect_runs(root)
@@ -197,6 +206,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
         ok = group_seeds(ok)
         swept = [k for k in swept if not is_seed_key(k)]
     ok = add_wall_ratio(ok)
+    if paired_with is not None:
+        ok = add_paired(ok, root, paired_with)
     if not ok.empty and (x not in ok or pd.to_numeric(ok[x], errors="coerce").isna().all()):
         why = " (wall_ratio divides by a full-attention run of the same setting)" if x == "wall_ratio" else ""
         raise ValueError(f"--x {x}: no run reports it{why}; available: "
@@ -219,6 +230,10 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
              f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
              f"Swept: {', '.join(swept) or '(nothing)'}."
              + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
+             *([f"Paired with `{paired_with}`: `paired_ratio` (perplexity, run / baseline) or `paired_delta` "
+                f"(accuracy, run - baseline, with `paired_gains` / `paired_losses`: samples only the run / only the "
+                f"baseline answered) over the `paired_n` items each run shares with its {paired_with} run "
+                f"(`paired_with` in the CSV).", ""] if paired_with is not None else []),
              f"Model: {'; '.join(str(m) for m in ok['model'].dropna().unique()) or '(none ok)'}.", ""]
     if attrs.get("nonfinite"):
         lines += [f"**Non-finite values** (NaN/inf) in {len(attrs['nonfinite'])} run(s); see the `nonfinite` "
@@ -261,6 +276,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--group-seeds", action="store_true",
                         help="one row per set of runs differing only in seeds (hasher.seed, seed, ...): mean, "
                              "std/min/max and n_seeds")
+    parser.add_argument("--paired-with", default=None, metavar="FAMILY_OR_RUN_DIR",
+                        help="compare every run with a baseline run (a family such as full, window, oracle_topk, "
+                             "or one run directory) on the windows or samples both scored: paired perplexity ratio "
+                             "or accuracy difference with a 95%% interval")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -269,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         written = write_summary(args.dir, args.out, plot=not args.no_plot, metric=args.metric, x=args.x,
-                                group=args.group_seeds)
+                                group=args.group_seeds, paired_with=args.paired_with)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2

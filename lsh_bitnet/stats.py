@@ -1,5 +1,6 @@
 """Uncertainty of the reported metrics: Wilson intervals for accuracies, a bootstrap over windows for
-perplexity, and the one place where the run's top-level `seed` seeds every global RNG.
+perplexity, paired comparisons of two runs on the same items (the collector's --paired-with), and the
+one place where the run's top-level `seed` seeds every global RNG.
 
 No torch at import time (the runner imports this before validation). Intervals go to results.json as
 `<metric>_ci_low`, `<metric>_ci_high` beside the point value and `n` (samples or windows).
@@ -43,7 +44,8 @@ def wilson(k: int, n: int, level: float = LEVEL) -> Tuple[Optional[float], Optio
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At k = 0 (k = n) the bound is exactly 0 (1); centre - half can round to 2.8e-17 instead.
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def bootstrap_perplexity(nll_sums: Sequence[float], token_counts: Sequence[int], seed: int = 0,
@@ -65,6 +67,67 @@ def bootstrap_perplexity(nll_sums: Sequence[float], token_counts: Sequence[int],
     alpha = (1 - level) / 2
     low, high = np.quantile(ppl, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def paired_perplexity_ratio(nll_run: Sequence[float], nll_base: Sequence[float], token_counts: Sequence[int],
+                            seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, level: float = LEVEL
+                            ) -> Tuple[float, Optional[float], Optional[float]]:
+    """Perplexity of a run over that of a baseline on the same windows, with a paired percentile bootstrap.
+
+    Both runs are resampled with the same window draws, so the spread between windows (far larger than
+    between two variants on one window) cancels: the interval says whether a variant is within a few
+    percent of the baseline, which the two runs' own intervals cannot. Fewer than 2 windows: no interval."""
+    run = np.asarray(nll_run, dtype=np.float64)  # (W,) NLL summed over each window's predicted tokens
+    base = np.asarray(nll_base, dtype=np.float64)  # (W,)
+    tok = np.asarray(token_counts, dtype=np.float64)  # (W,) the same windows, so the same tokens
+    if not run.shape == base.shape == tok.shape or run.size == 0:
+        raise ValueError(f"paired_perplexity_ratio: {run.size} run, {base.size} baseline NLL sums and "
+                         f"{tok.size} token counts; need the same windows, at least one")
+    ratio = float(np.exp((run.sum() - base.sum()) / tok.sum()))
+    if run.size < 2:
+        return ratio, None, None
+    rng = np.random.Generator(np.random.PCG64(seed))
+    idx = rng.integers(0, run.size, size=(resamples, run.size))  # (R, W): one draw of windows for both runs
+    draws = np.exp((run[idx].sum(axis=1) - base[idx].sum(axis=1)) / tok[idx].sum(axis=1))  # (R,)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return ratio, float(low), float(high)
+
+
+def paired_accuracy_difference(correct_run: Sequence[bool], correct_base: Sequence[bool], level: float = LEVEL
+                               ) -> Tuple[float, Optional[float], Optional[float]]:
+    """Accuracy of a run minus a baseline's on the same samples, with Newcombe's interval for paired
+    proportions (1998, Statistics in Medicine 17:2635, method 10: the two Wilson intervals combined
+    with the continuity-corrected correlation of the pairs).
+
+    A percentile bootstrap collapses to a point when every pair agrees in kind (35 of 35 against 0 of 35
+    gives [1, 1]); this interval does not, and it stays inside [-1, 1]. No samples: (nan, None, None)."""
+    run = [bool(c) for c in correct_run]
+    base = [bool(c) for c in correct_base]
+    if len(run) != len(base):
+        raise ValueError(f"paired_accuracy_difference: {len(run)} run and {len(base)} baseline outcomes; "
+                         f"need the same samples")
+    n = len(run)
+    if n == 0:
+        return float("nan"), None, None
+    both = sum(r and b for r, b in zip(run, base))
+    gains = sum(r and not b for r, b in zip(run, base))  # right only in the run
+    losses = sum(b and not r for r, b in zip(run, base))  # right only in the baseline
+    neither = n - both - gains - losses
+    p1, p2 = (both + gains) / n, (both + losses) / n
+    l1, u1 = wilson(both + gains, n, level)
+    l2, u2 = wilson(both + losses, n, level)
+    margins = (both + gains) * (losses + neither) * (both + losses) * (gains + neither)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - gains * losses
+        # Newcombe's correction shrinks a positive association by n/2 (not below 0); a negative one stays.
+        corrected = max(cross - n / 2, 0.0) if cross > 0 else cross
+        phi = corrected / math.sqrt(margins)
+    delta = p1 - p2
+    low = delta - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    high = delta + math.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    return delta, max(-1.0, low), min(1.0, high)
 
 
 def accuracy_fields(name: str, correct: Sequence[bool], level: float = LEVEL) -> Dict[str, Optional[float]]:

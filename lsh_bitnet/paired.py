@@ -1,0 +1,127 @@
+"""Each run against a baseline run on the items both scored: `lsh-bitnet-collect DIR --paired-with full`.
+
+Windows and samples differ among themselves far more than two variants differ on one of them: over the
+four held-out 4096-token windows of docs/FINDINGS.md full attention's perplexity has the interval
+[11.1, 17.3], while a variant's paired ratio to it is [1.037, 1.056]. A run's own interval is mostly
+that spread; the paired figure compares run and baseline item by item. Items are matched by `index` in
+the runs' samples.jsonl, and only where they are the same item in both (a window's tokens, predicted
+tokens and bytes; a sample's target and prompt length), so runs over different ranges of one dataset
+(`eval.batch_offset`, `eval.max_batches`, `dataset.n_samples`) pair on their overlap.
+
+Columns added (docs/RESULTS.md, "The collector"):
+  paired_with                           the baseline run's directory
+  paired_n                              items both runs scored
+  paired_ratio, _ci_low, _ci_high       perplexity: the run's over the baseline's on those windows
+  paired_delta, _ci_low, _ci_high       accuracy: the run's minus the baseline's on those samples
+  paired_gains, paired_losses           accuracy: samples only the run, or only the baseline, answered
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+from lsh_bitnet.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
+from lsh_bitnet.samples import SAMPLES_FILE
+from lsh_bitnet.stats import paired_accuracy_difference, paired_perplexity_ratio
+
+# Keys that choose which items of a dataset a run scores, not what an item is: runs differing only
+# here are compared on the items they share.
+RANGE_KEYS = ("eval.batch_offset", "eval.max_batches", "dataset.n_samples")
+PAIRED_COLUMNS = ["paired_with", "paired_n", "paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high",
+                  "paired_delta", "paired_delta_ci_low", "paired_delta_ci_high", "paired_gains", "paired_losses"]
+
+
+def read_items(run_path: Path) -> Dict[int, Dict[str, Any]]:
+    """index -> record of a run's samples.jsonl; {} without one. A line cut short by a kill is skipped."""
+    path = Path(run_path) / SAMPLES_FILE
+    if not path.is_file():
+        return {}
+    items: Dict[int, Dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            items[int(record["index"])] = record
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return items
+
+
+def same_item(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two records with one index scored the same window or sample (of the same dataset)."""
+    if "nll" in a or "nll" in b:
+        keys = ("tokens", "predicted", "bytes")  # a window: its text decides all three
+        return "nll" in a and "nll" in b and all(a.get(k) == b.get(k) for k in keys)
+    keys = ("target", "prompt_tokens")  # a sample: `tokens` also counts the generated ones, which differ
+    return "correct" in a and "correct" in b and all(a.get(k) == b.get(k) for k in keys)
+
+
+def _pairing_key(row: pd.Series, swept: List[str]) -> str:
+    """What a run measured up to its item range: the metric, model, data and swept data/eval keys."""
+    keys = [k for k in swept if k.startswith(SETTING_PREFIXES) and k not in ID_COLUMNS.values()
+            and k not in SETTING_IGNORED and k not in RANGE_KEYS]
+    return json.dumps([row.get(c) for c in ("metric", "model", "dataset", "seq_len")] + [row.get(k) for k in keys],
+                      default=str)
+
+
+def _compare(run: Dict[int, Dict[str, Any]], base: Dict[int, Dict[str, Any]], seed: int) -> Dict[str, Any]:
+    shared = sorted(i for i in run.keys() & base.keys() if same_item(run[i], base[i]))
+    out: Dict[str, Any] = {"paired_n": len(shared)}
+    if not shared:
+        return out
+    if "nll" in run[shared[0]]:
+        ratio, low, high = paired_perplexity_ratio([run[i]["nll"] for i in shared], [base[i]["nll"] for i in shared],
+                                                   [run[i]["predicted"] for i in shared], seed=seed)
+        out.update(paired_ratio=ratio, paired_ratio_ci_low=low, paired_ratio_ci_high=high)
+    else:
+        mine, theirs = [bool(run[i]["correct"]) for i in shared], [bool(base[i]["correct"]) for i in shared]
+        delta, low, high = paired_accuracy_difference(mine, theirs)
+        out.update(paired_delta=delta, paired_delta_ci_low=low, paired_delta_ci_high=high,
+                   paired_gains=sum(m and not t for m, t in zip(mine, theirs)),
+                   paired_losses=sum(t and not m for m, t in zip(mine, theirs)))
+    return out
+
+
+def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd.DataFrame:
+    """ok with PAIRED_COLUMNS: each run against a baseline run of the same metric, model and data.
+
+    `baseline`: a family (`full`, `window`, `oracle_topk`, `lsh/simhash`, ...) or one run directory as the
+    collector names it. Where several baseline runs qualify, the one sharing the most items is taken
+    (the first in natural order on a tie); a run with no shared item keeps empty columns."""
+    if ok.empty:
+        return ok.assign(**{c: None for c in PAIRED_COLUMNS})
+    is_base = (ok["family"] == baseline) | (ok["attention"] == baseline) | (ok["run_dir"] == baseline)
+    if not is_base.any():
+        families = ", ".join(sorted(str(f) for f in ok["family"].dropna().unique()))
+        raise ValueError(f"--paired-with {baseline}: no ok run has that family or run directory; "
+                         f"families here: {families or 'none'}")
+    swept = ok.attrs.get("swept", [])
+    keys = ok.apply(lambda r: _pairing_key(r, swept), axis=1)
+    cache: Dict[str, Dict[int, Dict[str, Any]]] = {}
+
+    def items(run_dir: str) -> Dict[int, Dict[str, Any]]:
+        if run_dir not in cache:
+            cache[run_dir] = read_items(Path(root) / run_dir)
+        return cache[run_dir]
+
+    rows: List[Dict[str, Any]] = []
+    for pos in range(len(ok)):
+        row: Dict[str, Any] = {c: None for c in PAIRED_COLUMNS}
+        mine = items(ok["run_dir"].iat[pos])
+        best: Optional[Dict[str, Any]] = None
+        for other in [p for p in range(len(ok)) if is_base.iat[p] and keys.iat[p] == keys.iat[pos]]:
+            found = _compare(mine, items(ok["run_dir"].iat[other]), seed) if mine else {"paired_n": 0}
+            if found["paired_n"] and (best is None or found["paired_n"] > best["paired_n"]):
+                best = {**found, "paired_with": ok["run_dir"].iat[other]}
+        if best is not None:
+            row.update(best)
+        elif mine:
+            log.info("%s: no %s run shares an item with it; its paired columns stay empty", ok["run_dir"].iat[pos],
+                     baseline)
+        rows.append(row)
+    out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=PAIRED_COLUMNS)], axis=1)
+    for col in ("paired_n", "paired_gains", "paired_losses"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
+    out.attrs.update(ok.attrs)
+    out.attrs["paired_with"] = baseline
+    return out
