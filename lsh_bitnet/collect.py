@@ -2,7 +2,7 @@
 
     python -m lsh_bitnet.collect multirun/2025-01-01/12-00-00 [--out DIR] [--no-plot] [--metric NAME]
                                  [--x comparison_ratio|mac_ratio|wall_ratio] [--group-seeds]
-                                 [--paired-with FAMILY_OR_RUN_DIR]
+                                 [--pool-ranges] [--paired-with FAMILY_OR_RUN_DIR]
 
 Rows and columns come from lsh_bitnet.runs; this module aggregates seeds, writes the tables and plots.
 """
@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.items import pool_ranges
 from lsh_bitnet.paired import add_paired
 from lsh_bitnet.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
 from lsh_bitnet.results import RESULTS_FILE
@@ -68,7 +69,7 @@ TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_rati
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 # With --paired-with: beside the metric, what the run scored against its baseline on the items both scored.
 PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n"]
-HIDDEN = ("_group", "_seeds", "_setting_extra")
+HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
 
@@ -109,6 +110,7 @@ def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str
     cols += [c for c in knobs.values() if c in shown]
     cols += [c for c in table.columns if c in shown and c not in cols and c not in ("attention", "hasher")]
     cols += ["n_seeds", "seeds"] if "n_seeds" in table else []
+    cols += ["pooled_runs", "items"] if "pooled_runs" in table else []
     metric_cols = [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys])
     cols += metric_cols + PAIRED_VIEW + [x] + TAIL
     view = table[[c for c in dict.fromkeys(cols) if c in table.columns]]
@@ -178,14 +180,15 @@ def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True, metric: Optional[str] = None,
-                  x: str = "comparison_ratio", group: bool = False, paired_with: Optional[str] = None
-                  ) -> Dict[str, Path]:
+                  x: str = "comparison_ratio", group: bool = False, paired_with: Optional[str] = None,
+                  pool: bool = False) -> Dict[str, Path]:
     """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv and pareto_<metric>.{png,pdf,svg}.
 
     `metric`: a metric.name (only that table) or a value column from pareto.Y_COLUMNS (that table, with
     the column as the frontier's y). `x`: the cost axis of frontiers, sorting and plots. `group`: one
     row per set of runs differing only in seeds. `paired_with`: a family or run directory; each run gets
-    lsh_bitnet.paired's columns against it. Returns {file name: path} of everything written.
+    lsh_bitnet.paired's columns against it. `pool`: one row per set of runs differing only in the item
+    range (lsh_bitnet.items.pool_ranges). Returns {file name: path} of everything written.
     """
     if group and paired_with is not None:
         raise ValueError("--paired-with compares runs item by item, --group-seeds averages runs: use one of them "
@@ -201,6 +204,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     only = Y_COLUMNS[metric][0] if metric in Y_COLUMNS else metric
     if only is not None:
         ok = ok[ok["metric"] == only]
+    if pool:
+        ok = pool_ranges(ok, root)
     swept, attrs = ok.attrs.get("swept", []), dict(ok.attrs)
     if group:
         ok = group_seeds(ok)
@@ -230,6 +235,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
              f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
              f"Swept: {', '.join(swept) or '(nothing)'}."
              + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
+             *(["Runs of one config over different item ranges pooled (`--pool-ranges`): `items` lists the "
+                "windows or samples each row scored, `pooled_runs` how many runs they came from.", ""] if pool else []),
              *([f"Paired with `{paired_with}`: `paired_ratio` (perplexity, run / baseline) or `paired_delta` "
                 f"(accuracy, run - baseline, with `paired_gains` / `paired_losses`: samples only the run / only the "
                 f"baseline answered) over the `paired_n` items each run shares with its {paired_with} run "
@@ -276,6 +283,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--group-seeds", action="store_true",
                         help="one row per set of runs differing only in seeds (hasher.seed, seed, ...): mean, "
                              "std/min/max and n_seeds")
+    parser.add_argument("--pool-ranges", action="store_true",
+                        help="one row per set of runs differing only in the items they scored (eval.batch_offset, "
+                             "eval.max_batches, dataset.n_samples): metrics and intervals over the pooled items")
     parser.add_argument("--paired-with", default=None, metavar="FAMILY_OR_RUN_DIR",
                         help="compare every run with a baseline run (a family such as full, window, oracle_topk, "
                              "or one run directory) on the windows or samples both scored: paired perplexity ratio "
@@ -288,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         written = write_summary(args.dir, args.out, plot=not args.no_plot, metric=args.metric, x=args.x,
-                                group=args.group_seeds, paired_with=args.paired_with)
+                                group=args.group_seeds, paired_with=args.paired_with, pool=args.pool_ranges)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2

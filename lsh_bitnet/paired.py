@@ -21,50 +21,20 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
-from lsh_bitnet.samples import SAMPLES_FILE
+from lsh_bitnet.items import RANGE_KEYS, Items, items_of, same_item, setting_label
+from lsh_bitnet.runs import log
 from lsh_bitnet.stats import paired_accuracy_difference, paired_perplexity_ratio
 
-# Keys that choose which items of a dataset a run scores, not what an item is: runs differing only
-# here are compared on the items they share.
-RANGE_KEYS = ("eval.batch_offset", "eval.max_batches", "dataset.n_samples")
 PAIRED_COLUMNS = ["paired_with", "paired_n", "paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high",
                   "paired_delta", "paired_delta_ci_low", "paired_delta_ci_high", "paired_gains", "paired_losses"]
 
 
-def read_items(run_path: Path) -> Dict[int, Dict[str, Any]]:
-    """index -> record of a run's samples.jsonl; {} without one. A line cut short by a kill is skipped."""
-    path = Path(run_path) / SAMPLES_FILE
-    if not path.is_file():
-        return {}
-    items: Dict[int, Dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            items[int(record["index"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-    return items
-
-
-def same_item(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
-    """Whether two records with one index scored the same window or sample (of the same dataset)."""
-    if "nll" in a or "nll" in b:
-        keys = ("tokens", "predicted", "bytes")  # a window: its text decides all three
-        return "nll" in a and "nll" in b and all(a.get(k) == b.get(k) for k in keys)
-    keys = ("target", "prompt_tokens")  # a sample: `tokens` also counts the generated ones, which differ
-    return "correct" in a and "correct" in b and all(a.get(k) == b.get(k) for k in keys)
-
-
 def _pairing_key(row: pd.Series, swept: List[str]) -> str:
-    """What a run measured up to its item range: the metric, model, data and swept data/eval keys."""
-    keys = [k for k in swept if k.startswith(SETTING_PREFIXES) and k not in ID_COLUMNS.values()
-            and k not in SETTING_IGNORED and k not in RANGE_KEYS]
-    return json.dumps([row.get(c) for c in ("metric", "model", "dataset", "seq_len")] + [row.get(k) for k in keys],
-                      default=str)
+    """What a run measured up to its item range: the metric and the setting without the range keys."""
+    return json.dumps([row.get("metric"), setting_label(row, swept, skip=RANGE_KEYS)], default=str)
 
 
-def _compare(run: Dict[int, Dict[str, Any]], base: Dict[int, Dict[str, Any]], seed: int) -> Dict[str, Any]:
+def _compare(run: Items, base: Items, seed: int) -> Dict[str, Any]:
     shared = sorted(i for i in run.keys() & base.keys() if same_item(run[i], base[i]))
     out: Dict[str, Any] = {"paired_n": len(shared)}
     if not shared:
@@ -97,20 +67,14 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
                          f"families here: {families or 'none'}")
     swept = ok.attrs.get("swept", [])
     keys = ok.apply(lambda r: _pairing_key(r, swept), axis=1)
-    cache: Dict[str, Dict[int, Dict[str, Any]]] = {}
-
-    def items(run_dir: str) -> Dict[int, Dict[str, Any]]:
-        if run_dir not in cache:
-            cache[run_dir] = read_items(Path(root) / run_dir)
-        return cache[run_dir]
-
+    items = [items_of(ok.iloc[p], root) or {} for p in range(len(ok))]  # pooled rows carry theirs
     rows: List[Dict[str, Any]] = []
     for pos in range(len(ok)):
         row: Dict[str, Any] = {c: None for c in PAIRED_COLUMNS}
-        mine = items(ok["run_dir"].iat[pos])
+        mine = items[pos]
         best: Optional[Dict[str, Any]] = None
         for other in [p for p in range(len(ok)) if is_base.iat[p] and keys.iat[p] == keys.iat[pos]]:
-            found = _compare(mine, items(ok["run_dir"].iat[other]), seed) if mine else {"paired_n": 0}
+            found = _compare(mine, items[other], seed) if mine else {"paired_n": 0}
             if found["paired_n"] and (best is None or found["paired_n"] > best["paired_n"]):
                 best = {**found, "paired_with": ok["run_dir"].iat[other]}
         if best is not None:

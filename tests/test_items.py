@@ -1,0 +1,85 @@
+"""--pool-ranges: runs of one config over different item ranges become one row, recomputed from their items."""
+import logging
+import math
+
+import pandas as pd
+import pytest
+
+from lsh_bitnet import stats
+from lsh_bitnet.collect import main, write_summary
+from lsh_bitnet.items import item_ranges
+from test_collect import write
+from test_paired import acc_record, passkey, samples
+
+
+def with_cost(rows, comparisons=20, full=100):
+    return [{**r, "comparisons": comparisons, "full_comparisons": full} for r in rows]
+
+
+def piece(root, name, offset, n, correct, attention="lsh", mac=0.5, hash_ops=1000, seed=0, n_bits=8, **kw):
+    rec = acc_record(attention, offset, n, 0.0)  # the pooled row recomputes it
+    rec["config"]["hasher"].update(n_bits=n_bits, seed=seed)
+    rec["cost"].update(mac_ratio=mac, hash_ops=hash_ops, comparisons=20 * (n - offset),
+                       full_comparisons=100 * (n - offset), comparison_ratio=0.2)
+    rec["timing"]["eval_s"] = 10.0 * (n - offset)
+    write(root, name, rec)
+    samples(root, name, with_cost([passkey(i, correct(i)) for i in range(offset, n)], **kw))
+
+
+def test_pieces_of_one_config_pool_into_one_row_recomputed_from_items(tmp_path, caplog):
+    root = tmp_path / "sweep"
+    piece(root, "a_0", 0, 10, lambda i: i % 2 == 0, mac=0.4, hash_ops=1000)
+    piece(root, "b_10", 10, 15, lambda i: True, mac=0.6, hash_ops=500, comparisons=30)
+    piece(root, "c_5", 5, 15, lambda i: i % 2 == 0 or i >= 10)  # repeats 5-14: the first records are kept
+    piece(root, "d_other", 0, 10, lambda i: True, n_bits=4)  # another config: its own row
+    piece(root, "e_differs", 0, 3, lambda i: False, n_bits=2)
+    piece(root, "f_differs", 2, 4, lambda i: True, n_bits=2)  # item 2 answered otherwise: warned
+    with caplog.at_level(logging.WARNING, logger="lsh_bitnet.collect"):
+        write_summary(root, plot=False, pool=True)
+    table = pd.read_csv(root / "summary_passkey_accuracy.csv")
+    assert len(table) == 3
+    row = table[table["n_bits"] == 8].iloc[0]
+    assert (row["pooled_runs"], row["pooled_duplicates"], row["items"]) == (3, 10, "0-14")
+    assert row["run_dir"] == "a_0 (+2)"
+    assert row["accuracy"] == pytest.approx(10 / 15)  # 5 of 0-9, 5 of 10-14
+    assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(stats.wilson(10, 15))
+    assert row["n_samples"] == 15
+    assert row["comparison_ratio"] == pytest.approx((10 * 20 + 5 * 30) / (15 * 100))  # from the items
+    assert row["mac_ratio"] == pytest.approx((0.4 * 1000 + 0.6 * 500) / 1500)  # weighted by the work pooled
+    assert row["hash_ops"] == pytest.approx(1000 + 500)  # c_5 contributed nothing
+    assert row["eval_s"] == pytest.approx(100 + 50)
+    assert "dataset.n_samples" not in table or table["dataset.n_samples"].isna().all()
+    assert "item 2 differs" in caplog.text and "f_differs" in caplog.text
+    assert table[table["n_bits"] == 4].iloc[0]["items"] == "0-9"
+
+
+def test_pooled_rows_pair_and_group_like_runs(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        piece(root, f"lsh_s{seed}_0", 0, 5, lambda i: True, seed=seed)
+        piece(root, f"lsh_s{seed}_5", 5, 10, lambda i: i != 7, seed=seed)
+    piece(root, "full_0", 0, 10, lambda i: i < 5, attention="full")
+    assert main([str(root), "--pool-ranges", "--paired-with", "full", "--no-plot"]) == 0
+    table = pd.read_csv(root / "summary_passkey_accuracy.csv").set_index("run_dir")
+    assert table.loc["lsh_s0_0 (+1)", ["paired_n", "paired_gains", "paired_losses"]].tolist() == [10, 4, 0]
+    write_summary(root, out_dir=tmp_path / "g", plot=False, pool=True, group=True)
+    grouped = pd.read_csv(tmp_path / "g" / "summary_passkey_accuracy.csv")
+    lsh = grouped[grouped["family"] != "full"]
+    assert len(lsh) == 1 and lsh.iloc[0]["n_seeds"] == 2 and lsh.iloc[0]["accuracy"] == pytest.approx(0.9)
+
+
+def test_runs_without_samples_stay_rows_of_their_own(tmp_path):
+    root = tmp_path / "sweep"
+    piece(root, "a", 0, 5, lambda i: True)
+    rec = acc_record("lsh", 5, 10, 0.4)
+    rec["config"]["hasher"].update(n_bits=8)
+    write(root, "b_no_samples", rec)
+    write_summary(root, plot=False, pool=True)
+    table = pd.read_csv(root / "summary_passkey_accuracy.csv").set_index("run_dir")
+    assert table.loc["b_no_samples", "accuracy"] == 0.4 and math.isnan(table.loc["b_no_samples", "items"])
+    assert table.loc["a", "items"] == "0-4"
+
+
+def test_item_ranges_reads_as_a_person_would_write_it():
+    assert item_ranges([8, 0, 1, 2, 5, 7]) == "0-2, 5, 7-8"
+    assert item_ranges([]) == "" and item_ranges([3]) == "3"
