@@ -69,6 +69,7 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
     keys = ok.apply(lambda r: _pairing_key(r, swept), axis=1)
     items = [items_of(ok.iloc[p], root) or {} for p in range(len(ok))]  # pooled rows carry theirs
     rows: List[Dict[str, Any]] = []
+    unpaired: List[str] = []
     for pos in range(len(ok)):
         row: Dict[str, Any] = {c: None for c in PAIRED_COLUMNS}
         mine = items[pos]
@@ -80,9 +81,11 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
         if best is not None:
             row.update(best)
         elif mine:
-            log.info("%s: no %s run shares an item with it; its paired columns stay empty", ok["run_dir"].iat[pos],
-                     baseline)
+            unpaired.append(ok["run_dir"].iat[pos])
         rows.append(row)
+    if unpaired:  # one line, not one per run: a directory of many sweeps has many such runs
+        log.info("%d run(s) share no item with a %s run of their setting; their paired columns stay empty: %s%s",
+                 len(unpaired), baseline, ", ".join(unpaired[:3]), " ..." if len(unpaired) > 3 else "")
     out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=PAIRED_COLUMNS)], axis=1)
     for col in ("paired_n", "paired_gains", "paired_losses"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
