@@ -2,7 +2,7 @@
 
     python -m lsh_bitnet.collect multirun/2025-01-01/12-00-00 [--out DIR] [--no-plot] [--metric NAME]
                                  [--x comparison_ratio|mac_ratio|wall_ratio] [--group-seeds]
-                                 [--pool-ranges] [--paired-with FAMILY_OR_RUN_DIR]
+                                 [--pool-ranges] [--paired-with FAMILY_OR_RUN_DIR] [--gap-closed [--gap-tolerance F]]
 
 Rows and columns come from lsh_bitnet.runs; this module aggregates seeds, writes the tables and plots.
 """
@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.gap import DEFAULT_TOLERANCE, add_gap_closed, gap_lines
 from lsh_bitnet.items import pool_ranges
 from lsh_bitnet.paired import add_paired
 from lsh_bitnet.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
@@ -68,7 +69,7 @@ METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
 TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 # With --paired-with: beside the metric, what the run scored against its baseline on the items both scored.
-PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n"]
+PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n", "gap_closed"]
 HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 
@@ -181,14 +182,16 @@ def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True, metric: Optional[str] = None,
                   x: str = "comparison_ratio", group: bool = False, paired_with: Optional[str] = None,
-                  pool: bool = False) -> Dict[str, Path]:
+                  pool: bool = False, gap: bool = False, gap_tolerance: float = DEFAULT_TOLERANCE
+                  ) -> Dict[str, Path]:
     """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv and pareto_<metric>.{png,pdf,svg}.
 
     `metric`: a metric.name (only that table) or a value column from pareto.Y_COLUMNS (that table, with
     the column as the frontier's y). `x`: the cost axis of frontiers, sorting and plots. `group`: one
     row per set of runs differing only in seeds. `paired_with`: a family or run directory; each run gets
     lsh_bitnet.paired's columns against it. `pool`: one row per set of runs differing only in the item
-    range (lsh_bitnet.items.pool_ranges). Returns {file name: path} of everything written.
+    range (lsh_bitnet.items.pool_ranges). `gap`: each run's share of the window-to-oracle gap at its
+    ratio (lsh_bitnet.gap). Returns {file name: path} of everything written.
     """
     if group and paired_with is not None:
         raise ValueError("--paired-with compares runs item by item, --group-seeds averages runs: use one of them "
@@ -213,6 +216,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     ok = add_wall_ratio(ok)
     if paired_with is not None:
         ok = add_paired(ok, root, paired_with)
+    if gap:
+        ok = add_gap_closed(ok, root, gap_tolerance)
     if not ok.empty and (x not in ok or pd.to_numeric(ok[x], errors="coerce").isna().all()):
         why = " (wall_ratio divides by a full-attention run of the same setting)" if x == "wall_ratio" else ""
         raise ValueError(f"--x {x}: no run reports it{why}; available: "
@@ -241,6 +246,7 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
                 f"(accuracy, run - baseline, with `paired_gains` / `paired_losses`: samples only the run / only the "
                 f"baseline answered) over the `paired_n` items each run shares with its {paired_with} run "
                 f"(`paired_with` in the CSV).", ""] if paired_with is not None else []),
+             *(gap_lines(gap_tolerance) if gap else []),
              f"Model: {'; '.join(str(m) for m in ok['model'].dropna().unique()) or '(none ok)'}.", ""]
     if attrs.get("nonfinite"):
         lines += [f"**Non-finite values** (NaN/inf) in {len(attrs['nonfinite'])} run(s); see the `nonfinite` "
@@ -290,6 +296,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="compare every run with a baseline run (a family such as full, window, oracle_topk, "
                              "or one run directory) on the windows or samples both scored: paired perplexity ratio "
                              "or accuracy difference with a 95%% interval")
+    parser.add_argument("--gap-closed", action="store_true",
+                        help="each run's share of the gap between a window and an oracle_topk run of the same "
+                             "setting at its comparison ratio: 0 = the window, 1 = the oracle")
+    parser.add_argument("--gap-tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="F",
+                        help=f"how near (relative) a reference's comparison ratio must be (default {DEFAULT_TOLERANCE})")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -298,7 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         written = write_summary(args.dir, args.out, plot=not args.no_plot, metric=args.metric, x=args.x,
-                                group=args.group_seeds, paired_with=args.paired_with, pool=args.pool_ranges)
+                                group=args.group_seeds, paired_with=args.paired_with, pool=args.pool_ranges,
+                                gap=args.gap_closed, gap_tolerance=args.gap_tolerance)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ item's outcome and cost, so the pieces pool into one row with the metric and its
 the union of their items (lsh_bitnet.samples.summarize, as a finished run computes them).
 """
 import json
+import math
 import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -50,6 +51,22 @@ def same_outcome(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     if "nll" in a:
         return abs(a["nll"] - b["nll"]) <= 1e-6 * max(abs(a["nll"]), 1.0)
     return a.get("correct") == b.get("correct") and a.get("prediction") == b.get("prediction")
+
+
+def shared_items(*runs: Items) -> List[int]:
+    """Indices every run scored, as the same item in all of them."""
+    if not runs:
+        return []
+    common = set(runs[0]).intersection(*runs[1:])
+    return sorted(i for i in common if all(same_item(runs[0][i], other[i]) for other in runs[1:]))
+
+
+def primary_value(items: Items, indices: List[int]) -> float:
+    """The table's metric over some items: perplexity exp(sum NLL / sum predicted), or mean accuracy."""
+    records = [items[i] for i in indices]
+    if "nll" in records[0]:
+        return math.exp(sum(r["nll"] for r in records) / sum(r["predicted"] for r in records))
+    return sum(bool(r["correct"]) for r in records) / len(records)
 
 
 def item_ranges(indices) -> str:
