@@ -111,7 +111,7 @@ def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str
     cols += [c for c in knobs.values() if c in shown]
     cols += [c for c in table.columns if c in shown and c not in cols and c not in ("attention", "hasher")]
     cols += ["n_seeds", "seeds"] if "n_seeds" in table else []
-    cols += ["pooled_runs", "items"] if "pooled_runs" in table else []
+    cols += ["pooled_runs", "pooled_partial", "items"] if "pooled_runs" in table else []
     metric_cols = [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys])
     cols += metric_cols + PAIRED_VIEW + [x] + TAIL
     view = table[[c for c in dict.fromkeys(cols) if c in table.columns]]
@@ -207,8 +207,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     only = Y_COLUMNS[metric][0] if metric in Y_COLUMNS else metric
     if only is not None:
         ok = ok[ok["metric"] == only]
-    if pool:
-        ok = pool_ranges(ok, root)
+    if pool:  # interrupted runs' finished items pool too; they stay in the failed list
+        stopped = failed[(failed["status"] == "interrupted") & ((failed["metric"] == only) if only else True)]
+        ok = pool_ranges(ok, root, interrupted=stopped)
     swept, attrs = ok.attrs.get("swept", []), dict(ok.attrs)
     if group:
         ok = group_seeds(ok)
@@ -241,7 +242,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
              f"Swept: {', '.join(swept) or '(nothing)'}."
              + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
              *(["Runs of one config over different item ranges pooled (`--pool-ranges`): `items` lists the "
-                "windows or samples each row scored, `pooled_runs` how many runs they came from.", ""] if pool else []),
+                "windows or samples each row scored, `pooled_runs` how many runs they came from, `pooled_partial` "
+                "how many of those were interrupted (their finished items count; they stay in the failed list).", ""]
+               if pool else []),
              *([f"Paired with `{paired_with}`: `paired_ratio` (perplexity, run / baseline) or `paired_delta` "
                 f"(accuracy, run - baseline, with `paired_gains` / `paired_losses`: samples only the run / only the "
                 f"baseline answered) over the `paired_n` items each run shares with its {paired_with} run "

@@ -115,11 +115,15 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
     def combine(col: str, section: str, key: str) -> Any:
         vals = list(group[col])
         numeric = [v for v in vals if isinstance(v, numbers.Number) and not isinstance(v, bool) and not pd.isna(v)]
+        reporting = [(v, d) for v, d in zip(vals, group["run_dir"]) if isinstance(v, numbers.Number)
+                     and not isinstance(v, bool) and not pd.isna(v)]
         if section == "memory":
             return max(numeric) if numeric else None
-        if len(numeric) == len(vals) and total_taken and section in ("cost", "diagnostics"):
-            if key.endswith("_ratio") or section == "diagnostics":  # rates: weighted by the pooled work
-                return sum(v * taken[d] for v, d in zip(numeric, group["run_dir"])) / total_taken
+        if (key.endswith("_ratio") or section == "diagnostics") and section in ("cost", "diagnostics"):
+            # rates: weighted by the work pooled, over the runs that report one (an interrupted run has no cost)
+            work = sum(taken[d] for _, d in reporting)
+            return sum(v * taken[d] for v, d in reporting) / work if work else None
+        if len(numeric) == len(vals) and total_taken and section == "cost":
             return sum(v * share[d] for v, d in zip(numeric, group["run_dir"]))  # counts: each run's pooled part
         if section == "timing" and key.endswith("_s") and not key.endswith("_per_s") and len(numeric) == len(vals):
             return sum(v * share[d] for v, d in zip(numeric, group["run_dir"]))
@@ -141,15 +145,21 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
         row[columns.get(key, key)] = value
     if len(group) > 1:
         row["run_dir"] = f"{row['run_dir']} (+{len(group) - 1})"
-    row.update(pooled_runs=len(group), pooled_duplicates=duplicates, items=item_ranges(pooled), _items=pooled)
+    partial = int(group["_partial"].sum()) if "_partial" in group else 0
+    row.update(pooled_runs=len(group), pooled_partial=partial, pooled_duplicates=duplicates,
+               items=item_ranges(pooled), _items=pooled, status="partial" if partial else row.get("status"))
     for key in RANGE_KEYS:
         if key in row:
             row[key] = None  # `items` says which were scored
     return row
 
 
-def pool_ranges(ok: pd.DataFrame, root: Path) -> pd.DataFrame:
+def pool_ranges(ok: pd.DataFrame, root: Path, interrupted: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per set of ok runs that differ only in RANGE_KEYS, their items pooled by index.
+
+    `interrupted`: runs stopped part-way (status `interrupted`: a signal, a time limit); their finished
+    items pool too (`pooled_partial` counts such runs, and the row's status is `partial`). They have no
+    cost section, so the pooled cost ratios come from the other runs and the counts stay empty.
 
     Metrics and intervals are recomputed over the pooled items, and so are `comparisons` and the
     comparison ratio (from each item's counts). Other cost and diagnostic ratios are the runs' values
@@ -157,10 +167,16 @@ def pool_ranges(ok: pd.DataFrame, root: Path) -> pd.DataFrame:
     seconds the runs' values times the part of each run pooled, memory the largest. An index two runs
     both scored is taken from the first in natural order (`pooled_duplicates` counts them); a warning
     says where the two records disagree. Runs without samples.jsonl pool only with themselves."""
+    attrs = dict(ok.attrs)
+    if interrupted is not None and not interrupted.empty:
+        pieces = interrupted[[(Path(root) / d / SAMPLES_FILE).is_file() and bool(read_items(Path(root) / d))
+                              for d in interrupted["run_dir"]]]
+        ok = pd.concat([ok.assign(_partial=False), pieces.drop(columns=["error"], errors="ignore").assign(_partial=True)],
+                       ignore_index=True)
     if ok.empty:
         return ok
-    values = ok.attrs.get("values", {})
-    swept = ok.attrs.get("swept", [])
+    values = attrs.get("values", {})
+    swept = attrs.get("swept", [])
 
     def key(pos: int) -> str:
         config = {k: v for k, v in json.loads(ok["_group"].iat[pos]).items() if k not in RANGE_KEYS}
@@ -177,9 +193,10 @@ def pool_ranges(ok: pd.DataFrame, root: Path) -> pd.DataFrame:
         row["_group"] = json.dumps(json.loads(k)[0], sort_keys=True, default=str)  # --group-seeds joins pooled rows
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("pooled_runs", "pooled_duplicates"):
+    for col in ("pooled_runs", "pooled_partial", "pooled_duplicates"):
         out[col] = pd.to_numeric(out.get(col), errors="coerce").astype("Int64")
-    out.attrs.update(ok.attrs)
+    out = out.drop(columns=["_partial"], errors="ignore")
+    out.attrs.update(attrs)
     out.attrs["swept"] = [k for k in swept if k not in RANGE_KEYS]
     out.attrs["pooled"] = True
     return out

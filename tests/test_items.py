@@ -83,3 +83,23 @@ def test_runs_without_samples_stay_rows_of_their_own(tmp_path):
 def test_item_ranges_reads_as_a_person_would_write_it():
     assert item_ranges([8, 0, 1, 2, 5, 7]) == "0-2, 5, 7-8"
     assert item_ranges([]) == "" and item_ranges([3]) == "3"
+
+
+def test_an_interrupted_run_pools_its_finished_items_and_is_flagged(tmp_path):
+    root = tmp_path / "sweep"
+    stopped = acc_record("lsh", 0, 40, 0.0)  # stopped after 0-3 of 0-39, like a time limit
+    stopped["config"]["hasher"].update(n_bits=8)
+    stopped.update(status="interrupted", error={"type": "RunInterrupted", "message": "SIGTERM"}, cost=None)
+    write(root, "a_0_stopped", stopped)
+    samples(root, "a_0_stopped", with_cost([passkey(i, i != 1) for i in range(4)]))
+    piece(root, "b_40", 40, 50, lambda i: True, mac=0.5)
+    piece(root, "c_other", 0, 4, lambda i: True, n_bits=4)
+    write_summary(root, plot=False, pool=True)
+    table = pd.read_csv(root / "summary_passkey_accuracy.csv")
+    row = table[table["n_bits"] == 8].iloc[0]
+    assert (row["items"], row["pooled_runs"], row["pooled_partial"], row["status"]) == ("0-3, 40-49", 2, 1, "partial")
+    assert row["accuracy"] == pytest.approx(13 / 14)
+    assert row["mac_ratio"] == pytest.approx(0.5)  # from the run that reports one
+    assert pd.isna(row["hash_ops"])  # a count the interrupted run never reported: not guessed
+    assert table[table["n_bits"] == 4].iloc[0]["pooled_partial"] == 0
+    assert "a_0_stopped" in pd.read_csv(root / "failed.csv")["run_dir"].tolist()  # still listed as stopped
