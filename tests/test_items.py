@@ -103,3 +103,35 @@ def test_an_interrupted_run_pools_its_finished_items_and_is_flagged(tmp_path):
     assert pd.isna(row["hash_ops"])  # a count the interrupted run never reported: not guessed
     assert table[table["n_bits"] == 4].iloc[0]["pooled_partial"] == 0
     assert "a_0_stopped" in pd.read_csv(root / "failed.csv")["run_dir"].tolist()  # still listed as stopped
+
+
+def test_a_run_in_pieces_pools_to_what_one_run_over_all_its_items_reports(tmp_path, cache_dir):
+    """Real runs (tiny BitNet, perplexity, a hashed rule): windows 0-2 and 3-5 pooled against one run of 0-5."""
+    from conftest import compose_config
+    from lsh_bitnet.runner import run
+    from test_eval_records import TEXT, TINY
+
+    text = tmp_path / "tiny.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    rule = TINY + [f"dataset.path={text}", "attention=lsh", "hasher=simhash", "hasher.n_bits=2",
+                   "attention.n_tables=2"]
+    root = tmp_path / "sweep"
+    pieces = {"piece_0": ["eval.max_batches=3"], "piece_3": ["eval.batch_offset=3", "eval.max_batches=3"]}
+    for name, extra in pieces.items():
+        run(compose_config(rule + extra, cache_dir=cache_dir), output_dir=root / name)
+    whole = run(compose_config(rule + ["eval.max_batches=6"], cache_dir=cache_dir), output_dir=tmp_path / "whole")
+    full = TINY + [f"dataset.path={text}", "attention=full", "eval.max_batches=6"]
+    full_record = run(compose_config(full, cache_dir=cache_dir), output_dir=root / "full")
+    write_summary(root, plot=False, pool=True, paired_with="full")
+    table = pd.read_csv(root / "summary_perplexity.csv")
+    row = table[table["attention"] == "lsh"].iloc[0]
+    assert (row["items"], row["pooled_runs"]) == ("0-5", 2)
+    for key in ("perplexity", "perplexity_ci_low", "perplexity_ci_high", "nll", "bits_per_byte"):
+        assert row[key] == pytest.approx(whole["metrics"][key], rel=1e-9), key
+    for key in ("comparisons", "full_comparisons", "hash_ops", "selection_ops"):
+        assert row[key] == whole["cost"][key], key
+    for key in ("comparison_ratio", "mac_ratio"):
+        assert row[key] == pytest.approx(whole["cost"][key], rel=1e-12), key
+    assert row["paired_n"] == 6
+    assert row["paired_ratio"] == pytest.approx(
+        math.exp(whole["metrics"]["nll"] - full_record["metrics"]["nll"]), rel=1e-9)
