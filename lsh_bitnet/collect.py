@@ -68,7 +68,8 @@ METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
                  "passkey_accuracy": ["accuracy", "n_samples"]}
 TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
-# With --paired-with: beside the metric, what the run scored against its baseline on the items both scored.
+# Beside the metric: the run against its baseline on the items both scored (--paired-with), and its share of
+# the window-to-oracle gap (--gap-closed).
 PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n", "gap_closed"]
 HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
@@ -193,6 +194,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     range (lsh_bitnet.items.pool_ranges). `gap`: each run's share of the window-to-oracle gap at its
     ratio (lsh_bitnet.gap). Returns {file name: path} of everything written.
     """
+    if gap and not 0 < gap_tolerance < 1:  # before reading any run
+        raise ValueError(f"--gap-tolerance {gap_tolerance}: give a relative tolerance in (0, 1), e.g. 0.05")
     if group and paired_with is not None:
         raise ValueError("--paired-with compares runs item by item, --group-seeds averages runs: use one of them "
                          "(pair first, then read the seeds' rows side by side)")
