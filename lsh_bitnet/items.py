@@ -114,9 +114,9 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
 
     def combine(col: str, section: str, key: str) -> Any:
         vals = list(group[col])
-        numeric = [v for v in vals if isinstance(v, numbers.Number) and not isinstance(v, bool) and not pd.isna(v)]
         reporting = [(v, d) for v, d in zip(vals, group["run_dir"]) if isinstance(v, numbers.Number)
-                     and not isinstance(v, bool) and not pd.isna(v)]
+                     and not isinstance(v, bool) and not pd.isna(v)]  # (value, run_dir) of the runs reporting it
+        numeric = [v for v, _ in reporting]
         if section == "memory":
             return max(numeric) if numeric else None
         if (key.endswith("_ratio") or section == "diagnostics") and section in ("cost", "diagnostics"):
@@ -132,7 +132,8 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
 
     for (section, key), col in values.items():
         row[col] = combine(col, section, key)
-    metrics = summarize(records)
+    seed = json.loads(row.get("_seeds") or "{}").get("seed", 0)  # the bootstrap seed a single run would use
+    metrics = summarize(records, seed=seed if isinstance(seed, int) else 0)
     if records and "prompt_tokens" in records[0]:
         lengths = [r["prompt_tokens"] for r in records]
         metrics.update(mean_prompt_tokens=sum(lengths) / len(lengths), min_prompt_tokens=min(lengths),
