@@ -15,13 +15,12 @@ errs low. Where either family has no match, the columns stay empty. Size the
 references to a rule's ratio before running them (docs/FINDINGS.md does: `attention.local_window`,
 `attention.fraction`).
 """
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.items import RANGE_KEYS, items_of, primary_value, setting_label, shared_items
+from lsh_bitnet.items import comparable_key, items_of, primary_value, shared_items
 from lsh_bitnet.pareto import PRIMARY_Y
 
 GAP_COLUMNS = ["gap_closed", "gap_n", "gap_window", "gap_window_run", "gap_oracle", "gap_oracle_run"]
@@ -48,9 +47,8 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
         out[col] = None
     if out.empty or "comparison_ratio" not in out:
         return out
-    swept = [k for k in ok.attrs.get("swept", []) if k not in RANGE_KEYS]
-    keys = out.apply(lambda r: json.dumps([r.get("metric"), setting_label(r, swept, skip=RANGE_KEYS)], default=str),
-                     axis=1)
+    swept = ok.attrs.get("swept", [])
+    keys = out.apply(lambda r: comparable_key(r, swept), axis=1)
     ratio = pd.to_numeric(out["comparison_ratio"], errors="coerce")
     items: Dict[int, Any] = {}
 

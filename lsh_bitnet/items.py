@@ -88,6 +88,11 @@ def setting_label(row: pd.Series, swept: List[str], skip=()) -> str:
     return ", ".join(head + extra)
 
 
+def comparable_key(row: pd.Series, swept: List[str]) -> str:
+    """Runs with equal keys measured the same thing up to their item range: metric and setting without RANGE_KEYS."""
+    return json.dumps([row.get("metric"), setting_label(row, swept, skip=RANGE_KEYS)], default=str)
+
+
 def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]:
     """One row for runs of one config over different ranges; see pool_ranges."""
     pooled: Items = {}

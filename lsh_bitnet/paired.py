@@ -15,23 +15,17 @@ Columns added (docs/RESULTS.md, "The collector"):
   paired_delta, _ci_low, _ci_high       accuracy: the run's minus the baseline's on those samples
   paired_gains, paired_losses           accuracy: samples only the run, or only the baseline, answered
 """
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.items import RANGE_KEYS, Items, items_of, same_item, setting_label
+from lsh_bitnet.items import Items, comparable_key, items_of, same_item
 from lsh_bitnet.runs import log
 from lsh_bitnet.stats import paired_accuracy_difference, paired_perplexity_ratio
 
 PAIRED_COLUMNS = ["paired_with", "paired_n", "paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high",
                   "paired_delta", "paired_delta_ci_low", "paired_delta_ci_high", "paired_gains", "paired_losses"]
-
-
-def _pairing_key(row: pd.Series, swept: List[str]) -> str:
-    """What a run measured up to its item range: the metric and the setting without the range keys."""
-    return json.dumps([row.get("metric"), setting_label(row, swept, skip=RANGE_KEYS)], default=str)
 
 
 def _compare(run: Items, base: Items, seed: int) -> Dict[str, Any]:
@@ -66,7 +60,7 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
         raise ValueError(f"--paired-with {baseline}: no ok run has that family or run directory; "
                          f"families here: {families or 'none'}")
     swept = ok.attrs.get("swept", [])
-    keys = ok.apply(lambda r: _pairing_key(r, swept), axis=1)
+    keys = ok.apply(lambda r: comparable_key(r, swept), axis=1)
     items = [items_of(ok.iloc[p], root) or {} for p in range(len(ok))]  # pooled rows carry theirs
     rows: List[Dict[str, Any]] = []
     unpaired: List[str] = []
