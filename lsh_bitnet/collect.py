@@ -18,15 +18,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
-from lsh_bitnet.gap import DEFAULT_TOLERANCE, add_gap_closed, gap_lines
+from lsh_bitnet.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.items import pool_ranges
-from lsh_bitnet.paired import add_paired
+from lsh_bitnet.paired import PAIRED_COLUMNS, add_paired
 from lsh_bitnet.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
 from lsh_bitnet.results import RESULTS_FILE
 from lsh_bitnet.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
                              flatten, is_seed_key, keys_read, nonfinite_values, relevant)
 
 # ----------------------------------------------------------------------------- seeds
+SEED_SPREAD = ("paired_ratio", "paired_delta", "gap_closed")  # the per-seed figures whose spread a reader wants
 def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per set of runs that differ only in seed keys: means, plus `<m>_std/_min/_max` for every
     metric and cost ratio, `n_seeds` and `seeds` (the seed values seen). A group of several runs has no
@@ -38,12 +39,18 @@ def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
                and not pd.api.types.is_bool_dtype(ok[c])]
     spread = [c for (s, k), c in values.items() if c in numeric and not re.search(r"_ci_(low|high)$", k)
               and (s == "metrics" or k.endswith("_ratio")) and not pd.api.types.is_integer_dtype(ok[c])]
+    # Per-seed figures of --paired-with and --gap-closed: averaged and spread like a metric.
+    derived = [c for c in PAIRED_COLUMNS + GAP_COLUMNS if c in ok and pd.api.types.is_numeric_dtype(ok[c])]
+    numeric += derived
+    spread += [c for c in derived if c in SEED_SPREAD]
     rows = []
     for _, group in ok.groupby("_group", sort=False, dropna=False):
         row = group.iloc[0].to_dict()
         for col in numeric:
             vals = pd.to_numeric(group[col], errors="coerce").astype(float)
-            row[col] = vals.mean()
+            # A per-seed figure missing for one seed (no shared item, no reference in tolerance) leaves the
+            # mean empty rather than quietly averaging the other seeds.
+            row[col] = vals.mean(skipna=col not in derived)
             if col in spread:
                 row[f"{col}_std"] = vals.std(ddof=1) if vals.notna().sum() > 1 else float("nan")
                 row[f"{col}_min"], row[f"{col}_max"] = vals.min(), vals.max()
@@ -196,9 +203,6 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     """
     if gap and not 0 < gap_tolerance < 1:  # before reading any run
         raise ValueError(f"--gap-tolerance {gap_tolerance}: give a relative tolerance in (0, 1), e.g. 0.05")
-    if group and paired_with is not None:
-        raise ValueError("--paired-with compares runs item by item, --group-seeds averages runs: use one of them "
-                         "(pair first, then read the seeds' rows side by side)")
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
     ok, failed = collect_runs(root)
@@ -214,14 +218,16 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
         stopped = failed[(failed["status"] == "interrupted") & ((failed["metric"] == only) if only else True)]
         ok = pool_ranges(ok, root, interrupted=stopped)
     swept, attrs = ok.attrs.get("swept", []), dict(ok.attrs)
-    if group:
-        ok = group_seeds(ok)
-        swept = [k for k in swept if not is_seed_key(k)]
-    ok = add_wall_ratio(ok)
+    # Item by item, each seed's run on its own: with --group-seeds these become a figure per seed, then a
+    # mean and spread over seeds, as every other metric.
     if paired_with is not None:
         ok = add_paired(ok, root, paired_with)
     if gap:
         ok = add_gap_closed(ok, root, gap_tolerance)
+    if group:
+        ok = group_seeds(ok)
+        swept = [k for k in swept if not is_seed_key(k)]
+    ok = add_wall_ratio(ok)
     if not ok.empty and (x not in ok or pd.to_numeric(ok[x], errors="coerce").isna().all()):
         why = " (wall_ratio divides by a full-attention run of the same setting)" if x == "wall_ratio" else ""
         raise ValueError(f"--x {x}: no run reports it{why}; available: "
@@ -251,7 +257,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
              *([f"Paired with `{paired_with}`: `paired_ratio` (perplexity, run / baseline) or `paired_delta` "
                 f"(accuracy, run - baseline, with `paired_gains` / `paired_losses`: samples only the run / only the "
                 f"baseline answered) over the `paired_n` items each run shares with its {paired_with} run "
-                f"(`paired_with` in the CSV).", ""] if paired_with is not None else []),
+                f"(`paired_with` in the CSV)."
+                + (" With seeds grouped: each seed's run is paired on its own, then averaged (`± std` over seeds)."
+                   if group else ""), ""] if paired_with is not None else []),
              *(gap_lines(gap_tolerance) if gap else []),
              f"Model: {'; '.join(str(m) for m in ok['model'].dropna().unique()) or '(none ok)'}.", ""]
     if attrs.get("nonfinite"):
@@ -294,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "with hashing and selection (mac_ratio), or seconds vs full attention (wall_ratio)")
     parser.add_argument("--group-seeds", action="store_true",
                         help="one row per set of runs differing only in seeds (hasher.seed, seed, ...): mean, "
-                             "std/min/max and n_seeds")
+                             "std/min/max and n_seeds; with --paired-with / --gap-closed, of the per-seed figures")
     parser.add_argument("--pool-ranges", action="store_true",
                         help="one row per set of runs differing only in the items they scored (eval.batch_offset, "
                              "eval.max_batches, dataset.n_samples): metrics and intervals over the pooled items")

@@ -140,14 +140,44 @@ def test_collector_pairs_accuracy_runs_over_different_sample_ranges(tmp_path, ca
     assert "paired_delta" in capsys.readouterr().out
 
 
-def test_paired_with_refuses_an_unknown_baseline_and_grouped_seeds(tmp_path, capsys):
+def test_paired_with_refuses_an_unknown_baseline(tmp_path, capsys):
     root = tmp_path / "sweep"
     write(root, "0_full", record("full", 1.0, 20.0))
     assert main([str(root), "--paired-with", "fulll", "--no-plot"]) == 2
     err = capsys.readouterr().err
     assert "--paired-with fulll" in err and "families here: full" in err
-    assert main([str(root), "--paired-with", "full", "--group-seeds", "--no-plot"]) == 2
-    assert "--group-seeds" in capsys.readouterr().err
+
+
+def test_paired_and_gap_with_grouped_seeds_are_per_seed_figures_then_their_spread(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    write(root, "0_full", record("full", 1.0, 20.0))
+    samples(root, "0_full", [window(i, 3000.0 + 100 * i) for i in range(4)])
+    for family, shift in (("window", 0.2), ("oracle_topk", 0.0)):  # the gap's references, at ratio 0.3
+        write(root, f"ref_{family}", record(family, 0.3, 30.0))
+        samples(root, f"ref_{family}", [window(i, 3000.0 + 100 * i + 1023 * shift) for i in range(4)])
+    shifts = {0: 0.02, 1: 0.05, 2: 0.11}  # per hash draw: log of its perplexity over full's on every window
+    for seed, shift in shifts.items():
+        write(root, f"lsh_s{seed}", record("lsh", 0.3 + 0.001 * seed, 21.0 + seed, hasher={"seed": seed}))
+        samples(root, f"lsh_s{seed}", [window(i, 3000.0 + 100 * i + 1023 * shift) for i in range(4)])
+    for seed in (0, 1):  # draw 1 scored other windows: no paired figure for it, so none for the group
+        write(root, f"b4_s{seed}", record("lsh", 0.2, 25.0 + seed, hasher={"n_bits": 4, "seed": seed}))
+        samples(root, f"b4_s{seed}", [window(i + 10 * seed, 3000.0 + 100 * i) for i in range(4)])
+    assert main([str(root), "--paired-with", "full", "--gap-closed", "--group-seeds", "--no-plot"]) == 0
+    import pandas as pd
+    table = pd.read_csv(root / "summary_perplexity.csv").set_index("run_dir")
+    row = table.loc["lsh_s0 (+2)"]
+    ratios = np.exp(list(shifts.values()))
+    assert row["n_seeds"] == 3 and row["paired_n"] == 4
+    assert row["paired_ratio"] == pytest.approx(ratios.mean())
+    assert row["paired_ratio_std"] == pytest.approx(ratios.std(ddof=1))
+    assert (row["paired_ratio_min"], row["paired_ratio_max"]) == pytest.approx((ratios.min(), ratios.max()))
+    assert pd.isna(row["paired_ratio_ci_low"])  # one run's interval does not describe a mean over draws
+    gaps = (ratios - math.exp(0.2)) / (1 - math.exp(0.2))
+    assert row["gap_closed"] == pytest.approx(gaps.mean()) and row["gap_closed_std"] == pytest.approx(gaps.std(ddof=1))
+    assert table.loc["b4_s0 (+1)", "n_seeds"] == 2 and pd.isna(table.loc["b4_s0 (+1)", "paired_ratio"])
+    assert table.loc["0_full", "paired_ratio"] == 1.0
+    md = (root / "summary.md").read_text()
+    assert "each seed's run is paired on its own" in md
 
 
 def test_items_are_read_and_matched_by_what_they_are(tmp_path):
