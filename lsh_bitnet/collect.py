@@ -28,6 +28,8 @@ from lsh_bitnet.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natura
 
 # ----------------------------------------------------------------------------- seeds
 SEED_SPREAD = ("paired_ratio", "paired_delta", "gap_closed")  # the per-seed figures whose spread a reader wants
+
+
 def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per set of runs that differ only in seed keys: means, plus `<m>_std/_min/_max` for every
     metric and cost ratio, `n_seeds` and `seeds` (the seed values seen). A group of several runs has no

@@ -148,7 +148,7 @@ def test_paired_with_refuses_an_unknown_baseline(tmp_path, capsys):
     assert "--paired-with fulll" in err and "families here: full" in err
 
 
-def test_paired_and_gap_with_grouped_seeds_are_per_seed_figures_then_their_spread(tmp_path, capsys):
+def test_paired_and_gap_with_grouped_seeds_are_per_seed_figures_then_their_spread(tmp_path):
     root = tmp_path / "sweep"
     write(root, "0_full", record("full", 1.0, 20.0))
     samples(root, "0_full", [window(i, 3000.0 + 100 * i) for i in range(4)])
