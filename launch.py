@@ -1,7 +1,7 @@
 """lsh-bitnet entrypoint: `python launch.py [group=option ...] [key=value ...]`, `-m` for sweeps.
 
 A thin Hydra wrapper: composition, output directory and sweeps are Hydra's; the work is
-`lsh_bitnet.runner.run(cfg)`, which tests call directly.
+`lsh_bitnet.run.runner.run(cfg)`, which tests call directly.
 """
 import atexit
 import logging
@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
 from lsh_bitnet.cli import hide_from_completion
 from lsh_bitnet.console import install_progress, report_job
-from lsh_bitnet.results import RESULTS_FILE
-from lsh_bitnet.runner import run
-from lsh_bitnet.sweep import register_resolvers
+from lsh_bitnet.run.results import RESULTS_FILE
+from lsh_bitnet.run.runner import run
+from lsh_bitnet.run.sweep import register_resolvers
 
 register_resolvers()
 hide_from_completion()

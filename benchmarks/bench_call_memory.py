@@ -37,7 +37,7 @@ def compose_variant(name: str):
     from hydra.core.global_hydra import GlobalHydra
 
     import lsh_bitnet.config  # noqa: F401  (registers the ConfigStore schemas)
-    from lsh_bitnet.sweep import register_resolvers
+    from lsh_bitnet.run.sweep import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 def compose_config(overrides=(), cache_dir=None, return_hydra_config=False):
     from lsh_bitnet import config as _schemas  # noqa: F401  (ConfigStore schemas)
-    from lsh_bitnet.sweep import register_resolvers
+    from lsh_bitnet.run.sweep import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

@@ -168,7 +168,7 @@ def test_calibration_is_cached(tmp_path, cache_dir, monkeypatch):
 
 
 def test_runner_records_causal_flag(tmp_path, cache_dir):
-    from lsh_bitnet.runner import run
+    from lsh_bitnet.run.runner import run
 
     (tmp_path / "t.txt").write_text("The river runs past the old mill and the mill wheel turns. " * 30)
     for center, causal in (("calibration", True), ("prompt", False)):

@@ -41,7 +41,7 @@ def test_completion_offers_no_schema_group_nor_test_hooks():
 
 def test_console_script_runs_launch_py():
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["lsh-bitnet"] == "lsh_bitnet.cli:main" and scripts["lsh-bitnet-collect"] == "lsh_bitnet.collect:main"
+    assert scripts["lsh-bitnet"] == "lsh_bitnet.cli:main" and scripts["lsh-bitnet-collect"] == "lsh_bitnet.report.collect:main"
     out = _py("-c", "import sys; sys.argv = ['lsh-bitnet', '--help']; from lsh_bitnet.cli import main; main()")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("lsh-bitnet: how much accuracy")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lsh_bitnet.collect import collect_runs, main, write_summary
-from lsh_bitnet.pareto import pareto_front
+from lsh_bitnet.report.collect import collect_runs, main, write_summary
+from lsh_bitnet.report.pareto import pareto_front
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_synthetic_metric_tables_and_plot(tmp_path):
 
 def test_cli_prints_table_and_exit_codes(tree, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "lsh_bitnet.collect", str(tree), "--no-plot"],
+    proc = subprocess.run([sys.executable, "-m", "lsh_bitnet.report.collect", str(tree), "--no-plot"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "| run_dir" in proc.stdout and "| 2_…" in proc.stdout and "Failed runs (4)" in proc.stdout
@@ -197,7 +197,7 @@ def test_cli_output_cut_short_by_a_pipe_is_not_an_error(tree, tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is printed, as with `| head` on a long table
     try:
-        proc = subprocess.run([sys.executable, "-m", "lsh_bitnet.collect", str(tree), "--no-plot"],
+        proc = subprocess.run([sys.executable, "-m", "lsh_bitnet.report.collect", str(tree), "--no-plot"],
                               stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=60)
     finally:
         os.close(write_end)
@@ -219,7 +219,7 @@ def rich(attention="lsh", ratio=0.5, ppl=30.0, mac=None, seed=0, top_seed=0, eva
 
 
 def test_intervals_and_new_cost_columns_reach_tables_and_plot_data(tmp_path):
-    from lsh_bitnet.pareto import plot_pareto
+    from lsh_bitnet.report.pareto import plot_pareto
 
     root = tmp_path / "r"
     write(root, "0_full", rich("full", 1.0, 20.0))
@@ -256,7 +256,7 @@ def test_causal_false_for_prompt_centred_runs_is_kept(tmp_path):
     rows = ok.set_index("run_dir")
     assert rows.loc["a", "causal"] == False and rows.loc["b", "causal"] == True  # noqa: E712
     assert rows.loc["a", "center"] == "prompt"  # a hasher field no schema of this checkout declares still shows
-    from lsh_bitnet.pareto import plot_pareto
+    from lsh_bitnet.report.pareto import plot_pareto
 
     write_summary(root)
     data = next(iter(plot_pareto.last_data.values()))["lsh/simhash"]
@@ -297,7 +297,7 @@ def test_seed_that_changes_nothing_is_not_listed_as_swept(tmp_path):
 
 
 def test_x_axis_choice_moves_frontier_and_plot(tmp_path):
-    from lsh_bitnet.pareto import plot_pareto
+    from lsh_bitnet.report.pareto import plot_pareto
 
     root = tmp_path / "x"
     write(root, "0_full", rich("full", 1.0, 20.0, mac=1.0, eval_s=4.0, compile_s=0.0))
@@ -370,7 +370,7 @@ def test_nonfinite_values_are_flagged(tmp_path, caplog):
     quoted = rich("lsh", 0.1, 25.0)
     quoted["metrics"]["nll"] = "NaN"
     write(root, "d", quoted)
-    with caplog.at_level("WARNING", logger="lsh_bitnet.collect"):
+    with caplog.at_level("WARNING", logger="lsh_bitnet.report.collect"):
         ok, failed = collect_runs(root)
     assert list(ok["run_dir"]) == ["a", "b"]
     assert ok.set_index("run_dir").loc["b", "nonfinite"] == "cost.hash_ops=inf"
@@ -389,7 +389,7 @@ def test_clipped_points_are_marked_at_the_edge_and_labels_are_moved_not_dropped(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lsh_bitnet.pareto import plot_pareto, repel_labels, y_limits
+    from lsh_bitnet.report.pareto import plot_pareto, repel_labels, y_limits
 
     root = tmp_path / "clip"
     write(root, "0_full", rich("full", 1.0, 20.0))
@@ -419,7 +419,7 @@ def test_job_killed_before_the_runner_started_is_a_failed_row(tree):
     not vanish from the tables; one whose lock is held is reported as starting."""
     import yaml
 
-    from lsh_bitnet.jobs import job_lock
+    from lsh_bitnet.run.jobs import job_lock
 
     config = copy.deepcopy(BASE_CONFIG)
     config["attention"].update({"name": "lsh", **VARIANT_FIELDS["lsh"]})

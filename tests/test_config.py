@@ -8,7 +8,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra.errors import ConfigCompositionException, HydraException
 
 from conftest import REPO_ROOT, compose_config
-from lsh_bitnet.runner import run
+from lsh_bitnet.run.runner import run
 from lsh_bitnet.validate import validate_config
 
 

@@ -120,7 +120,7 @@ def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path
 def test_model_record_and_tables_say_what_ran(tmp_path):
     from omegaconf import OmegaConf
 
-    from lsh_bitnet.collect import write_summary
+    from lsh_bitnet.report.collect import write_summary
     from lsh_bitnet.models import describe_model
 
     default = OmegaConf.load(REPO_ROOT / "conf" / "model" / "smollm2_135m.yaml")
@@ -136,13 +136,13 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
               "metrics": {"perplexity": 20.0, "n_windows": 4}, "cost": {"comparison_ratio": 1.0},
               "model_info": {"description": describe_model(default, "/x", "float32")}}
     (run / "results.json").write_text(json.dumps(record))
-    from lsh_bitnet.pareto import plot_pareto
+    from lsh_bitnet.report.pareto import plot_pareto
 
     written = write_summary(run)
     assert "Model: SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32)." in written["summary.md"].read_text()
     assert plot_pareto.last_data  # the panel title is built from the same column
-    from lsh_bitnet.collect import collect_runs
-    from lsh_bitnet.pareto import panel_title
+    from lsh_bitnet.report.collect import collect_runs
+    from lsh_bitnet.report.pareto import panel_title
 
     ok, _ = collect_runs(run)
     assert panel_title(ok) == ("SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32) · wikitext2 (test split)"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from lsh_bitnet.metrics import perplexity as PPL
-from lsh_bitnet.runner import run
+from lsh_bitnet.tasks import perplexity as PPL
+from lsh_bitnet.run.runner import run
 
 TEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 3 +
         "Après l'été, naïve café owners counted 12,345 coins — and €50 notes.\n") * 40

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from lsh_bitnet.collect import main, write_summary
+from lsh_bitnet.report.collect import main, write_summary
 from test_collect import record, write
 from test_paired import acc_record, passkey, samples, window
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from lsh_bitnet import stats
-from lsh_bitnet.collect import main, write_summary
-from lsh_bitnet.items import item_ranges
+from lsh_bitnet.report.collect import main, write_summary
+from lsh_bitnet.report.items import item_ranges
 from test_collect import write
 from test_paired import acc_record, passkey, samples
 
@@ -34,7 +34,7 @@ def test_pieces_of_one_config_pool_into_one_row_recomputed_from_items(tmp_path, 
     piece(root, "d_other", 0, 10, lambda i: True, n_bits=4)  # another config: its own row
     piece(root, "e_differs", 0, 3, lambda i: False, n_bits=2)
     piece(root, "f_differs", 2, 4, lambda i: True, n_bits=2)  # item 2 answered otherwise: warned
-    with caplog.at_level(logging.WARNING, logger="lsh_bitnet.collect"):
+    with caplog.at_level(logging.WARNING, logger="lsh_bitnet.report.collect"):
         write_summary(root, plot=False, pool=True)
     table = pd.read_csv(root / "summary_passkey_accuracy.csv")
     assert len(table) == 3
@@ -108,7 +108,7 @@ def test_an_interrupted_run_pools_its_finished_items_and_is_flagged(tmp_path):
 def test_a_run_in_pieces_pools_to_what_one_run_over_all_its_items_reports(tmp_path, cache_dir):
     """Real runs (tiny BitNet, perplexity, a hashed rule): windows 0-2 and 3-5 pooled against one run of 0-5."""
     from conftest import compose_config
-    from lsh_bitnet.runner import run
+    from lsh_bitnet.run.runner import run
     from test_eval_records import TEXT, TINY
 
     text = tmp_path / "tiny.txt"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from lsh_bitnet import stats
-from lsh_bitnet.collect import main, write_summary
-from lsh_bitnet.items import item_ranges, read_items, same_item
+from lsh_bitnet.report.collect import main, write_summary
+from lsh_bitnet.report.items import item_ranges, read_items, same_item
 from test_collect import record, write
 
 

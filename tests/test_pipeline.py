@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, compose_config
-from lsh_bitnet.runner import run
+from lsh_bitnet.run.runner import run
 
 TEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 3 +
         "Après l'été, naïve café owners counted 12,345 coins — and €50 notes.\n") * 40
@@ -92,7 +92,7 @@ def test_sweep_isolates_failure_resumes_and_collects(tmp_path, text_file, cache_
         unchanged = (sweep_dir / name / "results.json").stat().st_mtime_ns == mtime
         assert unchanged == (jobs[name]["status"] == "ok"), name
 
-    collect = subprocess.run([sys.executable, "-m", "lsh_bitnet.collect", str(sweep_dir)], cwd=REPO_ROOT,
+    collect = subprocess.run([sys.executable, "-m", "lsh_bitnet.report.collect", str(sweep_dir)], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert collect.returncode == 0, collect.stderr
     import pandas as pd

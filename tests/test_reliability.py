@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, compose_config
-from lsh_bitnet import results as R
+from lsh_bitnet.run import results as R
 from lsh_bitnet.errors import ConfigError
-from lsh_bitnet.runner import NonFiniteMetricError, ResultsWriteError, run
+from lsh_bitnet.run.runner import NonFiniteMetricError, ResultsWriteError, run
 from lsh_bitnet.validate import validate_fast
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank. " * 120  # 7.8 KB: > 4096 bytes
@@ -249,7 +249,7 @@ def test_public_names_register_the_attention_function():
 
 # ----------------------------------------------------------------------------- item 4: lost writes, signals
 def test_failed_final_write_puts_the_record_on_stderr_and_raises(text_file, cache_dir, tmp_path, monkeypatch, capsys):
-    import lsh_bitnet.runner as runner
+    import lsh_bitnet.run.runner as runner
 
     calls = []
     real = runner.write_json_atomic
@@ -313,7 +313,7 @@ def test_resume_reruns_when_code_or_data_changed(text_file, cache_dir, tmp_path,
 
 
 def test_weights_fingerprint_changes_with_local_checkpoint(tmp_path):
-    from lsh_bitnet.jobs import resume_mismatch
+    from lsh_bitnet.run.jobs import resume_mismatch
     from lsh_bitnet.models.checks import weights_fingerprint
 
     (tmp_path / "config.json").write_text("{}")
@@ -330,12 +330,12 @@ def test_weights_fingerprint_changes_with_local_checkpoint(tmp_path):
 
 # ----------------------------------------------------------------------------- item 6: sweeps
 def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_dir, tmp_path, capsys):
-    from lsh_bitnet.jobs import job_busy, job_lock
+    from lsh_bitnet.run.jobs import job_busy, job_lock
 
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
     with job_lock(tmp_path) as holder:
         assert holder is None
-        child = subprocess.run([sys.executable, "-c", "import sys; from lsh_bitnet.jobs import job_busy; "
+        child = subprocess.run([sys.executable, "-c", "import sys; from lsh_bitnet.run.jobs import job_busy; "
                                 f"sys.exit(0 if job_busy({str(tmp_path)!r}) else 1)"], cwd=REPO_ROOT)
         assert child.returncode == 0  # another process sees the job busy
         out = run(cfg, output_dir=tmp_path)
@@ -370,7 +370,7 @@ def test_sweep_checks_every_job_before_launching_and_groups_errors(tmp_path):
 def test_submitit_time_limit_it_cannot_honour_is_rejected():
     from omegaconf import OmegaConf
 
-    from lsh_bitnet.sweep import check_launcher
+    from lsh_bitnet.run.sweep import check_launcher
 
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     with pytest.raises(ConfigError, match="timeout_min>=3"):
@@ -483,7 +483,7 @@ def test_job_dead_without_result_is_recorded_and_does_not_end_the_sweep(state, s
     import submitit
     from omegaconf import OmegaConf
 
-    from lsh_bitnet.sweep import dead_jobs_recorded
+    from lsh_bitnet.run.sweep import dead_jobs_recorded
 
     monkeypatch.setattr(submitit.Job, "results", lambda job: job.fake_results())
 
@@ -511,7 +511,7 @@ def test_job_dead_without_result_is_recorded_and_does_not_end_the_sweep(state, s
 
 
 def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path, monkeypatch):
-    from lsh_bitnet.sweep import MEMBERS_DIR, sweep_status
+    from lsh_bitnet.run.sweep import MEMBERS_DIR, sweep_status
 
     for name, status in (("old", "failed"), ("a", "ok"), ("b", "ok")):
         (tmp_path / name).mkdir()

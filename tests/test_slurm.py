@@ -134,7 +134,7 @@ def test_sweep_runs_as_one_job_array_and_collects(slurm_env, tmp_path, cache_dir
     assert sorted(r["provenance"]["slurm_array_task_id"] for r in records.values()) == ["0", "1", "2"]
     assert sorted(r["config"]["hasher"]["n_bits"] for r in records.values()) == [2, 4, 8]
 
-    collected = _run([sys.executable, "-m", "lsh_bitnet.collect", str(sweep), "--no-plot"], slurm_env, timeout=120)
+    collected = _run([sys.executable, "-m", "lsh_bitnet.report.collect", str(sweep), "--no-plot"], slurm_env, timeout=120)
     assert collected.returncode == 0, collected.stderr[-3000:]
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -149,7 +149,7 @@ def test_failing_job_is_recorded_failed_and_slurm_says_failed(slurm_env, tmp_pat
     out = _run([sys.executable, "launch.py", "-m", "hydra/launcher=submitit_slurm", *TINY, "hasher.n_bits=4",
                 "fail_on_purpose=false,true", f"cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"], slurm_env)
     log = out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.returncode != 0, log  # lsh_bitnet.sweep: a sweep with a failed job exits non-zero, at the end
+    assert out.returncode != 0, log  # lsh_bitnet.run.sweep: a sweep with a failed job exits non-zero, at the end
 
     records = {r["config"]["fail_on_purpose"]: r for r in _results(sweep).values()}
     assert set(records) == {False, True}, log
@@ -202,7 +202,7 @@ def test_scancel_of_one_task_is_recorded_interrupted_and_the_sweep_summarises(sl
     cancelled = records[LONG]
     assert cancelled["status"] == "interrupted", cancelled["error"]
     assert cancelled["error"].get("signal") == "SIGTERM" or "CANCELLED" in cancelled["error"].get("slurm_state", "")
-    collected = _run([sys.executable, "-m", "lsh_bitnet.collect", str(sweep), "--no-plot"], slurm_env, timeout=120)
+    collected = _run([sys.executable, "-m", "lsh_bitnet.report.collect", str(sweep), "--no-plot"], slurm_env, timeout=120)
     assert collected.returncode == 0, collected.stderr[-2000:]
     assert f"n_samples={LONG}" in (sweep / "failed.csv").read_text()
 
@@ -318,7 +318,7 @@ def test_cluster_scripts_refuse_unknown_arguments_before_touching_anything():
 # ----------------------------------------------------------------------------- presets (no cluster needed)
 def _hydra_launcher(overrides):
     from lsh_bitnet import config as _schemas  # noqa: F401  (ConfigStore schemas)
-    from lsh_bitnet.sweep import register_resolvers
+    from lsh_bitnet.run.sweep import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lsh_bitnet import stats
-from lsh_bitnet.samples import SampleLog, summarize
+from lsh_bitnet.run.samples import SampleLog, summarize
 
 
 # ----------------------------------------------------------------------------- Wilson

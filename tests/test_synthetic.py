@@ -12,7 +12,7 @@ from conftest import byte_level_bpe
 from lsh_bitnet.config import SyntheticDatasetConfig
 from lsh_bitnet.data import check_dataset_config
 from lsh_bitnet.data import synthetic as S
-from lsh_bitnet.metrics.synthetic import evaluate_synthetic, score_sample
+from lsh_bitnet.tasks.synthetic import evaluate_synthetic, score_sample
 
 FORMATS = S.PROMPT_FORMATS
 
@@ -235,7 +235,7 @@ def test_target_tokens_needs_a_tokenizer_and_room(tiny_tokenizer):
 
 
 def test_batch_offset_skips_samples_and_records_them(tiny_tokenizer, tmp_path):
-    from lsh_bitnet.samples import SampleLog
+    from lsh_bitnet.run.samples import SampleLog
 
     model = tiny_llama(tiny_tokenizer)
     samples = S.make_samples(cfg(n_samples=5, filler_sentences=1))

@@ -1,5 +1,5 @@
 """lsh-bitnet's Hydra plugins. Hydra instantiates sweepers and launchers only from the `hydra_plugins`
-namespace, so these thin classes live here; their logic is in `lsh_bitnet.sweep`.
+namespace, so these thin classes live here; their logic is in `lsh_bitnet.run.sweep`.
 
 (The sweeper, with its config checks before launch, is hydra_plugins/lsh_bitnet_sweeper.)
 - SlurmLauncher / LocalLauncher: hydra-submitit-launcher's, except that a job which dies without a
@@ -14,7 +14,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _plugin
 
 class _DeadJobsRecorded:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        from lsh_bitnet.sweep import dead_jobs_recorded
+        from lsh_bitnet.run.sweep import dead_jobs_recorded
 
         with dead_jobs_recorded(self.config):
             return super().launch(job_overrides, initial_job_idx)

@@ -1,6 +1,6 @@
 """`hydra/sweeper=lsh_bitnet`: Hydra's basic grid sweeper plus reference jobs every sweep needs, and our
 config checks on every job before the first one starts (identical errors printed once; nothing is
-launched if no job is valid; lsh_bitnet.sweep.check_jobs).
+launched if no job is valid; lsh_bitnet.run.sweep.check_jobs).
 
 A sweep over LSH knobs (hasher.n_bits x attention.n_tables ...) says nothing without the full-attention
 run it is compared with, and that run cannot be a point of the grid (full attention has no n_tables).
@@ -60,6 +60,6 @@ class BaselineSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch) -> None:
         super().validate_batch_is_legal(batch)  # Hydra's own: every job composes
-        from lsh_bitnet.sweep import check_jobs
+        from lsh_bitnet.run.sweep import check_jobs
 
         check_jobs(self.hydra_context.config_loader, self.config, batch)

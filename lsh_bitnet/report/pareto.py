@@ -1,4 +1,4 @@
-"""Accuracy-versus-cost Pareto frontiers and their plots (used by `lsh_bitnet.collect`)."""
+"""Accuracy-versus-cost Pareto frontiers and their plots (used by `lsh_bitnet.report.collect`)."""
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
-from lsh_bitnet.results import utc_now
+from lsh_bitnet.run.results import utc_now
 
 # When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
 # tells a SIGTERM at the SLURM time limit from a scancel when no SIGUSR2 warning came first.

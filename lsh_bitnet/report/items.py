@@ -4,7 +4,7 @@ config over different item ranges (`lsh-bitnet-collect DIR --pool-ranges`).
 A long evaluation is often run in pieces: samples 0-34 one day, `eval.batch_offset=35 dataset.n_samples=50`
 the next. Every piece is the same config but for the keys in RANGE_KEYS, and its samples.jsonl holds each
 item's outcome and cost, so the pieces pool into one row with the metric and its interval recomputed over
-the union of their items (lsh_bitnet.samples.summarize, as a finished run computes them).
+the union of their items (lsh_bitnet.run.samples.summarize, as a finished run computes them).
 """
 import json
 import math
@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
-from lsh_bitnet.samples import COST_KEYS, SAMPLES_FILE, summarize
+from lsh_bitnet.report.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
+from lsh_bitnet.run.samples import COST_KEYS, SAMPLES_FILE, summarize
 
 # Keys that choose which items of a dataset a run scores, not what an item is.
 RANGE_KEYS = ("eval.batch_offset", "eval.max_batches", "dataset.n_samples")

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.items import comparable_key, items_of, primary_value, shared_items
-from lsh_bitnet.pareto import PRIMARY_Y
+from lsh_bitnet.report.items import comparable_key, items_of, primary_value, shared_items
+from lsh_bitnet.report.pareto import PRIMARY_Y
 
 GAP_COLUMNS = ["gap_closed", "gap_n", "gap_window", "gap_window_run", "gap_oracle", "gap_oracle_run"]
 REFERENCES = {"window": "gap_window", "oracle_topk": "gap_oracle"}

@@ -1,7 +1,7 @@
 """Read every results.json under a directory into rows: which config keys each variant reads
 (derived from the schema dataclasses in lsh_bitnet.config, so a new variant or field needs no edit
 here), every scalar value the runs report, which keys were swept, and which values are not finite.
-`lsh_bitnet.collect` turns the rows into tables and plots.
+`lsh_bitnet.report.collect` turns the rows into tables and plots.
 """
 import json
 import logging
@@ -14,11 +14,11 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
-from lsh_bitnet.jobs import job_busy
-from lsh_bitnet.pareto import PRIMARY_Y, family_of
-from lsh_bitnet.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
+from lsh_bitnet.run.jobs import job_busy
+from lsh_bitnet.report.pareto import PRIMARY_Y, family_of
+from lsh_bitnet.run.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
 
-log = logging.getLogger("lsh_bitnet.collect")  # what the collector CLI reports
+log = logging.getLogger("lsh_bitnet.report.collect")  # what the collector CLI reports
 
 # Identity columns: short name -> dotted config key (what was run, on what). Knob columns come from the schemas.
 ID_COLUMNS = {"model": "model.name", "attention": "attention.name", "hasher": "hasher.name",

@@ -24,13 +24,13 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsh_bitnet.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
+from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
 from lsh_bitnet.console import report_job
-from lsh_bitnet.jobs import job_lock, resume_key, resume_mismatch
-from lsh_bitnet.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
-from lsh_bitnet.sweep import register_job
+from lsh_bitnet.run.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
+from lsh_bitnet.run.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
             try:
                 if cfg.get("fail_on_purpose"):
                     raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
-                from lsh_bitnet.samples import SAMPLES_FILE, SampleLog
+                from lsh_bitnet.run.samples import SAMPLES_FILE, SampleLog
 
                 state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # samples.jsonl, flushed per sample
                 _evaluate(cfg, cache_dir, record, state)
@@ -288,14 +288,14 @@ def _metric_data(cfg: DictConfig, tokenizer, cache_dir: Path, text: Optional[str
 def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str, Any]:
     # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
     if cfg.metric.name == "perplexity":
-        from lsh_bitnet.metrics.perplexity import evaluate_perplexity
+        from lsh_bitnet.tasks.perplexity import evaluate_perplexity
 
         return evaluate_perplexity(model, data, cfg.eval, sink=sink, seed=cfg.seed)
     if cfg.metric.name == "synthetic_accuracy":
-        from lsh_bitnet.metrics.synthetic import evaluate_synthetic
+        from lsh_bitnet.tasks.synthetic import evaluate_synthetic
 
         return evaluate_synthetic(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
-    from lsh_bitnet.metrics.passkey import evaluate_passkey
+    from lsh_bitnet.tasks.passkey import evaluate_passkey
 
     return evaluate_passkey(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
 

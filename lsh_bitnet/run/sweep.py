@@ -94,7 +94,7 @@ def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None
     dirs = every if jobs is None else jobs
     # Registered dirs are absolute, a relative sweep dir's are not: compare resolved paths.
     older = len({p.resolve() for p in every} - {p.resolve() for p in dirs})
-    from lsh_bitnet.jobs import job_busy
+    from lsh_bitnet.run.jobs import job_busy
 
     for job in dirs:
         if jobs is not None and job_busy(job):
@@ -136,7 +136,7 @@ def check_launcher(launcher: DictConfig) -> None:
 
 def _logger(sweep_dir: Path) -> logging.Logger:
     """Console and <sweep dir>/sweep.log; not the root logger, which holds the last job's launch.log."""
-    log = logging.getLogger("lsh_bitnet.sweep")
+    log = logging.getLogger("lsh_bitnet.run.sweep")
     log.setLevel(logging.INFO)
     log.propagate = False
     for handler in list(log.handlers):
@@ -185,7 +185,7 @@ class SweepSummary(Callback):
     def _collect(sweep_dir: Path, log: logging.Logger) -> None:
         """The collected tables, as `lsh-bitnet-collect DIR` prints them; a collector error never fails the sweep."""
         try:
-            from lsh_bitnet.collect import write_summary
+            from lsh_bitnet.report.collect import write_summary
 
             written = write_summary(sweep_dir)
             tables = [p for name, p in sorted(written.items()) if name.startswith("summary_") and name.endswith(".md")]
@@ -244,7 +244,7 @@ def _slurm_id(record: dict) -> Optional[str]:
 def record_dead_job(sweep_dir: Path, job, exc: BaseException) -> dict:
     """A submitit job that ended without a result (scancel, time limit, OOM kill, node failure): mark its
     results.json (found by SLURM job id) if it still says running, and say so in one line."""
-    from lsh_bitnet.results import error_record, utc_now, write_json_atomic
+    from lsh_bitnet.run.results import error_record, utc_now, write_json_atomic
 
     state = str(getattr(job, "state", "UNKNOWN"))
     status = "interrupted" if state.split()[0] in INTERRUPTED_STATES else "failed"

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.items import Items, comparable_key, items_of, same_item
-from lsh_bitnet.runs import log
+from lsh_bitnet.report.items import Items, comparable_key, items_of, same_item
+from lsh_bitnet.report.runs import log
 from lsh_bitnet.stats import paired_accuracy_difference, paired_perplexity_ratio
 
 PAIRED_COLUMNS = ["paired_with", "paired_n", "paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high",
