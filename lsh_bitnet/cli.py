@@ -12,16 +12,16 @@ from typing import Any, List
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Not for users: the ConfigStore schemas (typed defaults of every group option) and test hooks.
+# Not for users: the ConfigStore schemas (typed defaults of every group option). (The failure test
+# hook is an environment variable, lsh_bitnet.run.jobs.FAIL_ENV, so no config key needs hiding.)
 HIDDEN_GROUPS = ("schema", "hydra")
-HIDDEN_KEYS = ("fail_on_purpose",)
 GROUPS_RESOLVER, CONFIG_RESOLVER = "lsh_bitnet_groups", "lsh_bitnet_config"
 
 
 def _hidden(word: str) -> bool:
     word = word.lstrip("+~")
     return word.startswith(tuple(f"{g}/" for g in HIDDEN_GROUPS if g != "hydra") + ("schema=",)) \
-        or word == "schema" or word.split("=")[0] in HIDDEN_KEYS
+        or word == "schema"
 
 
 def config_groups() -> str:
@@ -41,10 +41,9 @@ def config_groups() -> str:
 
 
 def visible_config(_root_: Any) -> str:
-    """The composed config without Hydra's node and the test-only keys, as YAML."""
+    """The composed config without Hydra's node, as YAML."""
     node = OmegaConf.to_container(_root_, resolve=False)
-    for key in ("hydra", *HIDDEN_KEYS):
-        node.pop(key, None)
+    node.pop("hydra", None)
     # Hydra fills its help template with string.Template: a literal `$` (the `${seed}` defaults) must be `$$`.
     return OmegaConf.to_yaml(node).rstrip().replace("$", "$$")
 
@@ -57,7 +56,7 @@ def register_help_resolvers() -> None:
 
 
 def hide_from_completion() -> None:
-    """Shell completion (`python launch.py -sc install=bash`) offers neither schema/* nor test hooks."""
+    """Shell completion (`python launch.py -sc install=bash`) does not offer schema/*."""
     from hydra.plugins.completion_plugin import CompletionPlugin
 
     if getattr(CompletionPlugin._query, "_lsh_bitnet", False):

@@ -245,9 +245,11 @@ class Config:
     cache_dir: Optional[str] = None
     # Skip the job when its output dir already holds an `ok` results.json for the same config.
     resume: bool = True
-    # Test hook: raise inside the job (after validation) to exercise failure handling.
-    fail_on_purpose: bool = False
-    extra: Any = None  # free-form notes copied into results.json
+    # Free-form notes for the run, any YAML (`+extra.note=baseline`, `'extra={tag: a, n: 1}'`): copied into
+    # results.json's config, never read by the code, and left out of the config hash, so adding a note
+    # to a finished run does not make resume rerun it. null = no notes. (The failure-handling test hook
+    # is the environment variable LSH_BITNET_FAIL_ON_PURPOSE, lsh_bitnet/run/jobs.py: not a config key.)
+    extra: Any = None
 
 
 SCHEMAS = {

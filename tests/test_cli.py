@@ -26,6 +26,26 @@ def test_help_has_examples_and_hides_schemas_and_test_hooks():
     assert "\nhasher:\n  name: simhash\n  n_bits: 8" in text  # the composed config is still shown
 
 
+def test_cfg_job_shows_no_test_hook():
+    out = _py("launch.py", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "fail_on_purpose" not in out.stdout and "\nextra: null" in out.stdout
+
+
+def test_fail_on_purpose_hook_is_an_environment_variable(monkeypatch):
+    from lsh_bitnet.run.jobs import FAIL_ENV, fail_on_purpose
+
+    cfg = compose_config(["seed=1"])
+    monkeypatch.delenv(FAIL_ENV, raising=False)
+    assert fail_on_purpose(cfg) is None
+    monkeypatch.setenv(FAIL_ENV, "seed=0")
+    assert fail_on_purpose(cfg) is None
+    monkeypatch.setenv(FAIL_ENV, "seed=1")
+    assert fail_on_purpose(cfg).startswith(f"{FAIL_ENV}=seed=1: this job fails")
+    monkeypatch.setenv(FAIL_ENV, "1")
+    assert fail_on_purpose(cfg)
+
+
 def _complete(line):
     out = _py("launch.py", "-sc", "query=bash", env={"COMP_LINE": f"python launch.py {line}", "COMP_POINT": "200"})
     assert out.returncode == 0, out.stderr

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from lsh_bitnet import console
+from lsh_bitnet.run.jobs import FAIL_ENV
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank.\n" * 120
 
@@ -67,10 +68,10 @@ def test_failures_are_grouped_by_identical_error():
     assert len(lines) == 3 and sum(len(line) for line in lines) < 400
 
 
-def _launch(args, cwd=REPO_ROOT, timeout=300):
+def _launch(args, cwd=REPO_ROOT, timeout=300, env=None):
     # Pipes, not a terminal: what SLURM, nohup and `> file` give a job.
     return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.slow
@@ -103,14 +104,14 @@ def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path
     stale.mkdir(parents=True)
     (stale / "results.json").write_text(json.dumps({"status": "failed", "error": {"summary": "OldError: x"}}))
     os.utime(stale / "results.json", (time.time() - 3600, time.time() - 3600))
-    # fail_on_purpose fails after validation, before any model loads: three identical failures, fast.
-    out = _launch(["-m", "fail_on_purpose=true", "eval.seq_len=16,32,48", f"hydra.sweep.dir={sweep}"])
+    # The test hook fails after validation, before any model loads: three identical failures, fast.
+    out = _launch(["-m", "eval.seq_len=16,32,48", f"hydra.sweep.dir={sweep}"], env={FAIL_ENV: "1"})
     assert out.returncode == 1, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     summary = next(i for i, line in enumerate(lines) if line.startswith(f"[lsh-bitnet] sweep {sweep}:"))
     assert lines[summary] == f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed (1 older job dir(s) in this sweep dir not counted)"
     grouped = lines[summary + 2:]
-    assert len(grouped) == 1 and grouped[0].strip().startswith("3 x RuntimeError: fail_on_purpose=true")
+    assert len(grouped) == 1 and grouped[0].strip().startswith(f"3 x RuntimeError: {FAIL_ENV}=1: this job fails")
     assert "OldError" not in "\n".join(lines[summary:])
     assert (sweep / "summary.md").exists() and "Failed runs (4)" in (sweep / "summary.md").read_text()
     assert "[lsh-bitnet] sweep" in (sweep / "sweep.log").read_text()
@@ -153,13 +154,14 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
 def test_failed_submitit_job_exits_non_zero_after_its_result_is_saved(tmp_path, cache_dir):
     # launcher=local: submitit's local executor, the code path of launcher=slurm without a cluster.
     sweep = tmp_path / "sweep"
-    out = _launch(["-m", "launcher=local", "fail_on_purpose=true,false", "model=tiny_bitnet", "dataset=text_file",
+    out = _launch(["-m", "launcher=local", "seed=1,0", "model=tiny_bitnet", "dataset=text_file",
                    f"dataset.path={REPO_ROOT / 'README.md'}", "metric=perplexity", "eval.seq_len=16",
-                   "eval.max_batches=1", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"])
+                   "eval.max_batches=1", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"],
+                  env={FAIL_ENV: "seed=1"})
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"[lsh-bitnet] sweep {sweep}: 1 ok, 1 failed" in out.stdout  # both results reached the sweep
     logs = {p: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}
-    failed = [text for text in logs.values() if "fail_on_purpose=true: this job fails" in text]
+    failed = [text for text in logs.values() if f"{FAIL_ENV}=seed=1: this job fails" in text]
     assert len(logs) == 2 and len(failed) == 1
     assert failed[0].strip().splitlines()[-1].endswith("[lsh-bitnet] this job failed (error in its results.json): "
                                                        "exit status 1")

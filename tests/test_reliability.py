@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT, compose_config
 from lsh_bitnet.run import results as R
 from lsh_bitnet.errors import ConfigError
+from lsh_bitnet.run.jobs import FAIL_ENV
 from lsh_bitnet.run.runner import NonFiniteMetricError, ResultsWriteError, run
 from lsh_bitnet.validate import validate_fast
 
@@ -348,7 +349,8 @@ def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_
 def test_stale_failed_job_in_reused_sweep_dir_does_not_fail_a_new_sweep(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     common = ["-m", *TINY_SYN, "attention=lsh", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"]
-    first = _launch(*common, "hasher.n_bits=2", "fail_on_purpose=true")
+    # seed=1 names its own job dir: the failure stays on disk beside the second sweep's jobs
+    first = _launch(*common, "hasher.n_bits=2", "seed=1", env={**os.environ, FAIL_ENV: "1"})
     assert first.returncode != 0 and "0 ok, 1 failed" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
     second = _launch(*common, "hasher.n_bits=2,4")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]

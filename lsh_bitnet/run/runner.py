@@ -28,7 +28,7 @@ from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, 
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
 from lsh_bitnet.console import report_job
-from lsh_bitnet.run.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.run.jobs import fail_on_purpose, job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.run.sweep import register_job
 from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
@@ -134,8 +134,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         write_json_atomic(results_path, record)
         with signals_recorded(state):
             try:
-                if cfg.get("fail_on_purpose"):
-                    raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
+                if fail_on_purpose(cfg):  # the test hook (environment variable LSH_BITNET_FAIL_ON_PURPOSE)
+                    raise RuntimeError(fail_on_purpose(cfg))
                 from lsh_bitnet.run.samples import SAMPLES_FILE, SampleLog
 
                 state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # samples.jsonl, flushed per sample
