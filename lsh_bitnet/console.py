@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -72,10 +73,50 @@ def job_line(record: Dict[str, Any], results_path: Path) -> str:
         summary = error.get("summary") if isinstance(error, dict) else error
         parts.append(_one_line(summary or "no error recorded"))
     wall = (record.get("timing") or {}).get("wall_s")
-    if wall is not None:
+    if is_config_error(record):  # its wall time says nothing: the checks stopped it before any work
+        parts.append("config error: nothing was evaluated")
+    elif wall is not None:
         parts.append(f"wall {wall:.1f} s")
-    parts.append(str(results_path))
+    if status == "ok":
+        parts.append(str(results_path))
+    else:  # a failed single run still leaves its outputs/<date>/<time>/: say so, and where
+        parts.append(f"{_shown_path(Path(results_path).parent)}/ kept, its results.json says {status}")
     return " | ".join(parts)
+
+
+def is_config_error(record: Dict[str, Any]) -> bool:
+    """The run stopped on lsh_bitnet.errors.ConfigError: a value that cannot work, named with its fix."""
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("type") == "ConfigError"
+
+
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it (outputs/2026-01-01/12-00-00), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def traceback_wanted() -> bool:
+    """HYDRA_FULL_ERROR=1 (Hydra's own switch, read as Hydra reads it): show tracebacks of config errors too."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def config_errors_in_one_line(prefix: str = "[lsh-bitnet] config error: "):
+    """A ConfigError raised inside becomes one line on stderr and exit status 1, without the traceback
+    that Hydra would print for it (its own composition errors print none either). HYDRA_FULL_ERROR=1
+    lets it through, so Hydra shows the full traceback."""
+    from lsh_bitnet.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        if traceback_wanted():
+            raise
+        print(f"{prefix}{_one_line(exc, 2000)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def report_job(record: Dict[str, Any], results_path: Path) -> str:

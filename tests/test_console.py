@@ -31,8 +31,9 @@ def test_job_line_names_metric_interval_ratios_wall_and_path(tmp_path):
                         metrics={"accuracy": 23 / 30, "n_samples": 30}, cost={"comparison_ratio": 1.0})
     assert "| accuracy 0.7667 (n=30) | comparison_ratio 1 |" in console.job_line(synthetic, "r.json")
     huge = _record("failed", error={"summary": "ValueError: " + "x" * 8000})
-    line = console.job_line(huge, "r.json")
-    assert line.startswith("[lsh-bitnet] failed | ValueError: xxx") and len(line) < 320 and "\n" not in line
+    line = console.job_line(huge, tmp_path / "r.json")
+    assert line.startswith("[lsh-bitnet] failed | ValueError: xxx") and len(line) < 320 + len(str(tmp_path))
+    assert "\n" not in line and line.endswith(f"| wall 31.2 s | {tmp_path}/ kept, its results.json says failed")
 
 
 def test_report_job_logs_at_error_for_failures(caplog, tmp_path):
@@ -72,6 +73,24 @@ def _launch(args, cwd=REPO_ROOT, timeout=300, env=None):
     # Pipes, not a terminal: what SLURM, nohup and `> file` give a job.
     return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def test_config_error_is_one_line_without_traceback_unless_hydra_full_error(tmp_path):
+    run_dir = tmp_path / "run"
+    out = _launch(["eval.seq_len=1", f"hydra.run.dir={run_dir}"], env={"HYDRA_FULL_ERROR": ""})
+    assert out.returncode == 1
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines  # no "Error executing job", no traceback
+    assert "[lsh-bitnet] failed | ConfigError: eval.seq_len must be >= 2 (got 1) | config error: nothing was " \
+           f"evaluated | {run_dir}/ kept, its results.json says failed" in lines[0]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+    full = _launch(["eval.seq_len=1", f"hydra.run.dir={run_dir}"], env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "raise ConfigError(message)" in full.stderr
+    # A sweep whose every job has a config error launches nothing: the errors, one closing line, no traceback.
+    sweep = _launch(["-m", "eval.seq_len=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], env={"HYDRA_FULL_ERROR": ""})
+    assert sweep.returncode == 1 and "Traceback" not in sweep.stderr
+    assert sweep.stderr.strip().splitlines()[-1] == ("[lsh-bitnet] sweep: every job of the sweep has a config error "
+                                                     "(listed above); nothing was launched")
 
 
 @pytest.mark.slow

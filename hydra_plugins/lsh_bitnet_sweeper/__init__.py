@@ -60,6 +60,8 @@ class BaselineSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch) -> None:
         super().validate_batch_is_legal(batch)  # Hydra's own: every job composes
+        from lsh_bitnet.console import config_errors_in_one_line
         from lsh_bitnet.run.sweep import check_jobs
 
-        check_jobs(self.hydra_context.config_loader, self.config, batch)
+        with config_errors_in_one_line("[lsh-bitnet] sweep: "):  # no traceback under the listed errors
+            check_jobs(self.hydra_context.config_loader, self.config, batch)
