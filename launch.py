@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
-from lsh_bitnet.cli import hide_from_completion
+from lsh_bitnet.cli import explain_refused_overrides, hide_from_completion
 from lsh_bitnet.console import install_progress, report_job, traceback_wanted
 from lsh_bitnet.errors import ConfigError
 from lsh_bitnet.run.results import RESULTS_FILE
@@ -24,6 +24,7 @@ from lsh_bitnet.run.sweep import register_resolvers
 
 register_resolvers()
 hide_from_completion()
+explain_refused_overrides()
 
 
 # A single run that stopped on a config error exits with this status once Hydra has finished the job.

@@ -70,6 +70,37 @@ def hide_from_completion() -> None:
     CompletionPlugin._query = _query
 
 
+def explain_refused_overrides() -> None:
+    """`attention.n_table=2` (no `+`) on a schema-typed node: Hydra says "Could not override ... To append
+    use +attention.n_table=2", and that `+` form is then refused by our own check. Give the plain form
+    the hint the `+` form gets (lsh_bitnet.validate.unknown_key_hint): the option that has the key, the
+    close spellings, the valid keys. Nodes without a schema (`extra`) keep Hydra's message."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    original = ConfigLoaderImpl._apply_overrides_to_config
+    if getattr(original, "_lsh_bitnet", False):
+        return
+
+    def _apply_overrides_to_config(overrides, cfg) -> None:
+        try:
+            original(overrides, cfg)
+        except ConfigCompositionException as exc:
+            if not isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)):
+                raise
+            from lsh_bitnet.validate import override_hint
+
+            refused = next((o for o in overrides if f"'{o.key_or_group}'" in str(exc)), None)
+            hint = override_hint(cfg, refused.key_or_group) if refused is not None else None
+            if hint is None:
+                raise
+            raise ConfigCompositionException(f"Could not override {refused.input_line}: {hint}") from None
+
+    _apply_overrides_to_config._lsh_bitnet = True
+    ConfigLoaderImpl._apply_overrides_to_config = staticmethod(_apply_overrides_to_config)
+
+
 def main() -> None:
     """Entry point of the `lsh-bitnet` console script: `python launch.py` with the same arguments."""
     launch = REPO_ROOT / "launch.py"

@@ -195,6 +195,19 @@ def test_unknown_key_of_another_option_names_that_option():
         validate_fast(compose_config(["+attention.n_table=4"]))  # default attention=full has no n_tables
 
 
+@pytest.mark.parametrize("args, hint", [
+    (["attention.n_table=2"], "attention=full has no field 'n_table'; attention.n_tables exists with "
+                              "attention=lsh or attention=lsh_topk."),
+    (["attention=lsh", "attention.n_table=2"], "attention=lsh has no field 'n_table'; did you mean attention.n_tables?"),
+    (["sed=1"], "the top level has no field 'sed'; did you mean seed?"),
+])
+def test_unknown_key_without_plus_gets_the_hint_of_the_plus_form(args, hint):
+    out = _launch(*args, "--cfg", "job", timeout=60)
+    assert out.returncode == 1 and hint in out.stderr, out.stderr[-2000:]
+    assert "To append to your config use +" not in out.stderr  # that form would be refused as well
+    assert "use +extra.note=x" in _launch("extra.note=x", "--cfg", "job", timeout=60).stderr  # free-form: Hydra's advice
+
+
 def test_free_form_extra_and_declared_keys_pass():
     assert validate_fast(compose_config(["attention=lsh", "extra={note: hi, any: {nested: 1}}"])) == []
 
