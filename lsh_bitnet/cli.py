@@ -2,9 +2,10 @@
 
 `python launch.py ...` and `lsh-bitnet ...` are the same program: the console script runs launch.py
 from the checkout this package was installed from (`pip install -e .`), so config paths, the job name
-(launch.log) and the job directory layout do not depend on how it was started.
+(launch.log) and the job directory layout do not depend on how it was started; shell completion
+(`lsh-bitnet -sc install=bash`) is installed for `lsh-bitnet`.
 """
-import runpy
+import builtins
 import sys
 from pathlib import Path
 from typing import Any, List
@@ -107,6 +108,11 @@ def main() -> None:
     if not launch.exists():
         sys.exit(f"lsh-bitnet: {launch} not found: the console script runs the checkout's launch.py, so install "
                  f"the package editable from the repository (pip install -e .) or run `python launch.py` there")
-    sys.argv[0] = str(launch)
     sys.path.insert(0, str(REPO_ROOT))  # as for `python launch.py`: hydra_plugins/ (the sweeper) is found there
-    runpy.run_path(str(launch), run_name="__main__")
+    # Executed as __main__ from its own file name, so Hydra finds conf/ beside it and names the job after it
+    # (launch.log), while sys.argv[0] stays the console script (runpy.run_path would set it to launch.py):
+    # Hydra's completion installs itself for the program it was started as, `lsh-bitnet -sc install=bash`
+    # -> `complete ... lsh-bitnet` (for a `.py` name it would complete `python`).
+    code = compile(launch.read_text(), str(launch), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(launch), "__package__": None, "__spec__": None,
+                "__builtins__": builtins})

@@ -67,6 +67,18 @@ def test_console_script_runs_launch_py():
     assert out.stdout.startswith("lsh-bitnet: how much accuracy")
 
 
+def test_console_script_completion_is_for_lsh_bitnet(tmp_path):
+    script = "import sys; sys.argv = ['/venv/bin/lsh-bitnet', *sys.argv[1:]]; from lsh_bitnet.cli import main; main()"
+    install = _py("-c", script, "-sc", "install=bash")
+    assert install.returncode == 0, install.stderr
+    assert "complete -p lsh-bitnet" in install.stdout
+    assert install.stdout.rstrip().endswith("-F hydra_bash_completion lsh-bitnet")  # not `python`
+    query = _py("-c", script, "-sc", "query=bash", env={"COMP_LINE": "lsh-bitnet attention=l", "COMP_POINT": "22"})
+    assert query.stdout.split() == ["attention=lsh", "attention=lsh_forest", "attention=lsh_topk"], query.stderr
+    out = _py("-c", script, "eval.seq_len=1", f"hydra.run.dir={tmp_path}")  # the job name is still launch
+    assert out.returncode == 1 and (tmp_path / "launch.log").exists()
+
+
 def _jobs(args, baseline):
     from hydra_plugins.lsh_bitnet_sweeper import BaselineSweeper
 
