@@ -252,7 +252,8 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
     record["metrics"] = metrics
-    record["timing"] = {"load_s": loaded.info.get("load_s"), "data_s": data_s, "eval_s": eval_s,
+    record["timing"] = {"load_s": loaded.info.get("load_s"), "model_cached": loaded.info.get("model_cached"),
+                        "data_s": data_s, "eval_s": eval_s,
                         "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
     record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
     bad = nonfinite_paths(metrics)
