@@ -110,3 +110,16 @@ def test_make_help_lists_targets():
     out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "make test-fast" in out.stdout and "make test-slurm" in out.stdout and "make quickstart" in out.stdout
+
+
+def test_docs_name_no_machine_paths():
+    """Commands and links in the docs must work from a user's clone: no absolute paths of the machine the
+    measurements ran on (they are written relative to the repository, or with a variable such as $WIKITEXT2)."""
+    import re
+
+    pattern = re.compile(r"(?<![\w.$])/(work|home|root|scratch|mnt)/|=\.\.\./")
+    for doc in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        bad = [f"{doc.name}:{i}: {line.strip()[:80]}" for i, line in enumerate(doc.read_text().splitlines(), 1)
+               if pattern.search(line)]
+        assert not bad, bad
+
