@@ -440,3 +440,24 @@ def test_job_killed_before_the_runner_started_is_a_failed_row(tree):
     written = write_summary(tree, plot=False)
     assert "11_killed" in pd.read_csv(written["failed.csv"])["run_dir"].tolist()
     assert "6 failed" in written["summary.md"].read_text()
+
+
+def test_a_job_running_now_is_reported_as_running_not_failed(tree):
+    """A `running` results.json whose job lock is held is a job still at work: listed apart, not failed;
+    the same record without the lock is a job that died."""
+    from lsh_bitnet.run.jobs import job_lock
+
+    with job_lock(tree / "8_running") as holder:
+        assert holder is None
+        ok, failed = collect_runs(tree)
+        row = failed.set_index("run_dir").loc["8_running"]
+        assert bool(row["running"]) and row["error"].startswith("running now (started ")
+        assert f"pid {os.getpid()} on " in row["error"]
+        written = write_summary(tree, plot=False)
+    md = written["summary.md"].read_text()
+    assert "7 ok runs, 3 failed, 1 running now (not counted as failed" in md and "## Running now (1)" in md
+    assert "8_running" not in pd.read_csv(written["failed.csv"])["run_dir"].tolist()
+    _, failed = collect_runs(tree)  # the lock is gone: the job died
+    row = failed.set_index("run_dir").loc["8_running"]
+    assert not row["running"] and "no process holds its lock: the job died" in row["error"]
+

@@ -210,6 +210,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     ok, failed = collect_runs(root)
     if ok.empty and failed.empty:
         raise FileNotFoundError(f"no {RESULTS_FILE} under {root}: point the collector at a run or sweep directory")
+    # Jobs running now (their lock is held) are neither ok nor failed yet: listed apart.
+    now = failed["running"].fillna(False).astype(bool) if "running" in failed else pd.Series(False, index=failed.index)
+    running, failed = failed[now], failed[~now]
     y_by_metric = dict(PRIMARY_Y)
     if metric in Y_COLUMNS:
         y_by_metric[Y_COLUMNS[metric][0]] = (metric, Y_COLUMNS[metric][1])
@@ -249,7 +252,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     save_csv(failed, "failed.csv")
     no_effect = attrs.get("no_effect", [])
     lines = [f"# lsh-bitnet results: {root}", "",
-             f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
+             f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed"
+             + (f", {len(running)} running now (not counted as failed; collect again when they end)" if len(running)
+                else "") + ". "
              f"Swept: {', '.join(swept) or '(nothing)'}."
              + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
              *(["Runs of one config over different item ranges pooled (`--pool-ranges`): `items` lists the "
@@ -285,6 +290,8 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
             lines += [f"Plot: {', '.join(f.name for f in files)}", ""]
     lines += [f"## Failed runs ({len(failed)})", "",
               to_markdown(failed[["run_dir", "status", "error"]]) if len(failed) else "(none)", ""]
+    if len(running):
+        lines += [f"## Running now ({len(running)})", "", to_markdown(running[["run_dir", "error"]]), ""]
     (out / "summary.md").write_text("\n".join(lines))
     written["summary.md"] = out / "summary.md"
     return written
