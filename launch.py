@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
 from lsh_bitnet.cli import explain_refused_overrides, hide_from_completion
-from lsh_bitnet.console import install_progress, report_job, traceback_wanted
+from lsh_bitnet.console import install_progress, keep_file_only_lines_off_console, report_job, traceback_wanted
 from lsh_bitnet.errors import ConfigError
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.run.runner import run
@@ -34,6 +34,7 @@ EXIT_STATUS = {"code": 0}
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     install_progress()  # bars on a terminal; log lines in launch.log, SLURM logs and pipes
+    keep_file_only_lines_off_console()  # the job's header goes to launch.log only
     try:
         record = run(cfg)
     except Exception as exc:  # recorded in results.json and in the job's closing log line

@@ -126,6 +126,42 @@ def report_job(record: Dict[str, Any], results_path: Path) -> str:
     return line
 
 
+FILE_ONLY = {"lsh_bitnet_file_only": True}  # `extra=` of a record meant for launch.log, not the console
+
+
+class _NotOnConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "lsh_bitnet_file_only", False)
+
+
+def keep_file_only_lines_off_console() -> None:
+    """Hydra's console handler (configured anew for each job) skips the records logged with FILE_ONLY; its
+    file handler (launch.log) keeps them. Without this call (tests, scripts) they go everywhere."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+                and not any(isinstance(f, _NotOnConsole) for f in handler.filters):
+            handler.addFilter(_NotOnConsole())
+
+
+def log_job_header(cfg: Any, job: Dict[str, Any]) -> None:
+    """The first lines of a job's launch.log: what runs and where its results go (not on the console,
+    where Hydra's own lines and the command say it). The model as loaded follows (log_model_loaded)."""
+    model = cfg.model
+    overrides = " ".join(job.get("overrides") or []) or "(none: the defaults)"
+    log.info("[lsh-bitnet] job: overrides %s", overrides, extra=FILE_ONLY)
+    log.info("[lsh-bitnet] job: seed %s | device %s | model %s (%s, %s) | output dir %s", cfg.seed, model.device,
+             model.name, model.get("name_or_path") or model.get("gguf_file") or "built in", model.dtype,
+             job.get("output_dir"), extra=FILE_ONLY)
+
+
+def log_model_loaded(info: Dict[str, Any]) -> None:
+    """`model: SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32), 30 layers, on cpu, loaded in 0.8 s`."""
+    how = ("reused (loaded by an earlier job of this process)" if info.get("model_cached")
+           else f"loaded in {float(info.get('load_s') or 0):.1f} s ({info.get('loaded_from')})")
+    log.info("[lsh-bitnet] model: %s, %s layers, %s params, on %s, %s", info.get("description"), info.get("n_layers"),
+             _si(float(info.get("n_params") or 0)), info.get("device"), how)
+
+
 def group_failures(failed: List[Tuple[Any, str]], limit: int = 3) -> List[str]:
     """[(job, error), ...] -> one line per distinct error, most frequent first, with a count and a few jobs."""
     groups: Dict[str, List[str]] = {}
@@ -205,8 +241,20 @@ class LogProgress:
         done = f"{_si(self.n)}/{_si(self.total)} {self.unit}" if self.total else f"{_si(self.n)} {self.unit}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = f", {_si(self.n / elapsed)} {self.unit}/s" if elapsed > 0 else ""
-        log.info("%s: %s%s in %.1f s%s%s", self.desc, done, pct, elapsed, rate,
+        # At the rate so far, as tqdm's bar shows it on a terminal.
+        left = f", ~{_duration(elapsed / self.n * (self.total - self.n))} left" \
+            if self.total and 0 < self.n < self.total and elapsed > 0 else ""
+        log.info("%s: %s%s in %.1f s%s%s%s", self.desc, done, pct, elapsed, rate, left,
                  f", {self.postfix}" if self.postfix else "")
+
+
+def _duration(seconds: float) -> str:
+    """42 s, 3.5 min, 2 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def _si(value: float) -> str:

@@ -54,10 +54,24 @@ def test_log_progress_writes_quarter_lines_with_postfix(caplog, monkeypatch):
         "perplexity: 2/8 batch (25%)", "perplexity: 4/8 batch (50%)", "perplexity: 6/8 batch (75%)",
         "perplexity: 8/8 batch (100%)"]
     assert lines[-1].endswith("ppl=17.00") and not any("\r" in line for line in lines)
+    assert all(" s left, ppl=" in line for line in lines[:-1]) and " left" not in lines[-1]  # time remaining
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lsh_bitnet"):
         list(console.progress(range(5), desc="quiet", disable=True))
     assert caplog.records == []
+
+
+def test_job_log_starts_with_a_header(caplog, tmp_path):
+    from conftest import compose_config
+    from lsh_bitnet.errors import ConfigError
+    from lsh_bitnet.run.runner import run
+
+    with caplog.at_level(logging.INFO, logger="lsh_bitnet"), pytest.raises(ConfigError):
+        run(compose_config(["eval.seq_len=1", "seed=7"]), output_dir=tmp_path)  # a config error: header first
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "[lsh-bitnet] job: overrides (none: the defaults)"
+    assert lines[1].startswith("[lsh-bitnet] job: seed 7 | device cpu | model smollm2_135m (")
+    assert lines[1].endswith(f", float32) | output dir {tmp_path}") and "ConfigError" in lines[-1]
 
 
 def test_failures_are_grouped_by_identical_error():
@@ -107,6 +121,14 @@ def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_ret
     assert "perplexity: 1/4 batch (25%)" in both and "perplexity: 4/4 batch (100%)" in both
     closing = f"| wall "
     launch_log = (run_dir / "launch.log").read_text()
+    header = launch_log.splitlines()[:3]
+    assert header[0].endswith("[lsh-bitnet] job: overrides model=tiny_bitnet dataset=text_file "
+                              f"dataset.path={text} metric=perplexity eval.seq_len=32 eval.max_batches=4 attention=lsh "
+                              f"cache_dir={cache_dir}")
+    assert f"[lsh-bitnet] job: seed 0 | device cpu | model tiny_bitnet (built in, float32) | output dir {run_dir}" \
+        in header[1]
+    assert "[lsh-bitnet] model: tiny_bitnet (random init, seed 0, float32), 2 layers, " in header[2]
+    assert "[lsh-bitnet] job: " not in out.stdout + out.stderr  # the header is launch.log's, not the console's
     last = launch_log.strip().splitlines()[-1]
     assert "[lsh-bitnet] ok | perplexity " in last and closing in last and last.endswith(str(run_dir / "results.json"))
     assert last.split(" - ", 1)[1] in out.stdout

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
-from lsh_bitnet.console import report_job
+from lsh_bitnet.console import log_job_header, log_model_loaded, report_job
 from lsh_bitnet.run.jobs import fail_on_purpose, job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.run.sweep import register_job
@@ -101,6 +101,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     # .partial_metrics() become the record's metrics.
     state: Dict[str, Any] = {"sink": None, "output_dir": output_dir}
 
+    log_job_header(cfg, record["job"])  # launch.log's first lines: overrides, seed, device, model, output dir
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
         config_warnings = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
@@ -218,6 +219,7 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     record["model_info"] = loaded.info
+    log_model_loaded(loaded.info)  # the model as loaded, right under the job's header
     if fit_warnings is None:  # no config.json was on disk before the load: the same checks, now from the model
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         from lsh_bitnet.attention.checks import validate_attention_config
