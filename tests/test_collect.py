@@ -461,3 +461,31 @@ def test_a_job_running_now_is_reported_as_running_not_failed(tree):
     row = failed.set_index("run_dir").loc["8_running"]
     assert not row["running"] and "no process holds its lock: the job died" in row["error"]
 
+
+def test_brief_table_is_short_sorted_by_cost_and_labels_variants(tree):
+    written = write_summary(tree, plot=False)
+    lines = written["brief.md"].read_text().splitlines()
+    assert lines[0].startswith("## perplexity")
+    header = [c.strip() for c in lines[1].split("|")[1:-1]]
+    assert header == ["variant", "perplexity [95% CI]", "comparisons", "MACs", "wall", "n"]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[3:] if line.startswith("|")]
+    assert [r[0] for r in rows] == ["full", "lsh/simhash b=2", "lsh/simhash b=8", "lsh_forest/simhash",
+                                    "lsh/simhash b=4", "window", "oracle_topk"]  # most expensive first
+    assert [r[2] for r in rows] == ["1", "0.5", "0.4", "0.35", "0.3", "0.2", "0.1"]
+    assert max(len(line) for line in lines) < 100 and not any("no full-attention" in line for line in lines)
+    # Without a full-attention run the table says it has no reference.
+    for name in ("0_attention=full",):
+        (tree / name / "results.json").unlink()
+    assert "no full-attention run in this setting" in write_summary(tree, plot=False)["brief.md"].read_text()
+
+
+def test_brief_labels_name_the_variant_a_job_was_started_with(tree):
+    from lsh_bitnet.report.brief import variant_labels
+
+    table = pd.DataFrame({"family": ["full", "oracle_topk", "oracle_topk", "lsh/simhash"],
+                          "overrides": ["+variant=full,experiment=quickstart", "+variant=oracle5_sw,fraction=0.1",
+                                        "+variant=oracle5_sw,fraction=0.2", None],
+                          "fraction": [None, 0.1, 0.2, None], "n_bits": [None, None, None, 4]})
+    assert variant_labels(table, ["n_bits", "fraction"]).tolist() == ["full", "oracle5_sw f=0.1", "oracle5_sw f=0.2",
+                                                                      "lsh/simhash"]
+

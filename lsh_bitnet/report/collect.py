@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.report.brief import brief_lines
 from lsh_bitnet.report.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.report.items import pool_ranges
 from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
@@ -82,6 +83,7 @@ TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_rati
 PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n", "gap_closed"]
 HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
+BRIEF_FILE = "brief.md"  # the short table a sweep prints at its end
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -165,9 +167,12 @@ def _sorted(df: pd.DataFrame, x: str) -> pd.DataFrame:
 
 
 def _label_columns(df: pd.DataFrame, swept: List[str]) -> List[str]:
-    """The swept knobs that tell points of one family apart (family and setting are shown otherwise)."""
+    """The swept knobs that tell points of one family apart (family and setting are shown otherwise), in
+    the knobs' own order (hash bits, tables, the rule's fields, then sinks and window), not alphabetical."""
     knobs = df.attrs.get("knobs", {})
-    cols = [knobs.get(k, k) for k in swept if not k.startswith(SETTING_PREFIXES)]
+    order = {k: i for i, k in enumerate(knobs)}  # runs.collect_runs orders the knobs
+    keys = sorted((k for k in swept if not k.startswith(SETTING_PREFIXES)), key=lambda k: (order.get(k, len(order)), k))
+    cols = [knobs.get(k, k) for k in keys]
     return [c for c in dict.fromkeys(cols) if c not in ("attention.name", "hasher.name", "attention", "hasher")]
 
 
@@ -288,6 +293,10 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
                                 label_cols=_label_columns(table, swept), x=x)
             written.update({f.name: f for f in files})
             lines += [f"Plot: {', '.join(f.name for f in files)}", ""]
+    # What a sweep prints at its end: a short line per run (lsh_bitnet.report.brief); the tables above keep all.
+    brief = brief_lines(ok, y_by_metric, _label_columns(ok, swept), x) if not ok.empty else []
+    (out / BRIEF_FILE).write_text("\n".join(brief) + "\n")
+    written[BRIEF_FILE] = out / BRIEF_FILE
     lines += [f"## Failed runs ({len(failed)})", "",
               to_markdown(failed[["run_dir", "status", "error"]]) if len(failed) else "(none)", ""]
     if len(running):
