@@ -250,6 +250,11 @@ class Config:
     # to a finished run does not make resume rerun it. null = no notes. (The failure-handling test hook
     # is the environment variable LSH_BITNET_FAIL_ON_PURPOSE, lsh_bitnet/run/jobs.py: not a config key.)
     extra: Any = None
+    # Sweeps only: `+baselines=true` adds, per setting, a full-attention job and the window (4 sinks + 32
+    # local) and oracle (10% of the causal keys) references (hydra_plugins/lsh_bitnet_sweeper REFERENCES),
+    # so an ad-hoc grid has something to be read against. null (= false) adds nothing; a single run ignores
+    # it. Not part of a job's identity: left out of the config hash and of the job directory name.
+    baselines: Optional[bool] = None
 
 
 SCHEMAS = {

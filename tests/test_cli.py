@@ -79,12 +79,38 @@ def test_console_script_completion_is_for_lsh_bitnet(tmp_path):
     assert out.returncode == 1 and (tmp_path / "launch.log").exists()
 
 
-def _jobs(args, baseline):
+def _jobs(args, baseline, config=None):
     from hydra_plugins.lsh_bitnet_sweeper import BaselineSweeper
 
     sweeper = BaselineSweeper(max_batch_size=None, baseline=baseline)
+    sweeper.config = config  # BasicSweeper.setup sets it to the sweep's composed config
     (jobs,) = sweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     return jobs
+
+
+def test_plus_baselines_adds_full_window_and_oracle_per_setting():
+    args = ["attention=lsh", "hasher.n_bits=4,8", "eval.seq_len=128,256", "+baselines=true"]
+    config = compose_config(args[:1] + ["eval.seq_len=128", "+baselines=true"])
+    assert config.baselines is True
+    jobs = _jobs(args, [], config)
+    references = [j for j in jobs if "attention=lsh" not in j]
+    assert references == [["eval.seq_len=128", "+baselines=True", r] for r in
+                          ("attention=full", "+variant=window", "+variant=oracle10")] + \
+                         [["eval.seq_len=256", "+baselines=True", r] for r in
+                          ("attention=full", "+variant=window", "+variant=oracle10")]
+    assert len(jobs) == 6 + 4
+    assert len(_jobs(args, [], compose_config(["attention=lsh"]))) == 4  # without it: the plain grid
+    # a reference the grid already runs is not added twice (the default attention is full)
+    plain = _jobs(["dataset.n_samples=10,20", "+baselines=true"], [], config)
+    assert not any("attention=full" in j for j in plain) and len(plain) == 2 + 4
+    # the key names no job directory and no config hash: a run with and without it is the same run
+    from lsh_bitnet.run.results import config_hash
+    from omegaconf import OmegaConf
+
+    with_it, without = (OmegaConf.to_container(compose_config(a), resolve=True) for a in (["+baselines=true"], []))
+    assert config_hash(with_it) == config_hash(without)
+    hydra = compose_config(["+baselines=true"], return_hydra_config=True).hydra
+    assert "baselines" in hydra.job.config.override_dirname.exclude_keys
 
 
 def test_baseline_jobs_one_per_setting_before_the_grid():
