@@ -489,3 +489,41 @@ def test_brief_labels_name_the_variant_a_job_was_started_with(tree):
     assert variant_labels(table, ["n_bits", "fraction"]).tolist() == ["full", "oracle5_sw f=0.1", "oracle5_sw f=0.2",
                                                                       "lsh/simhash"]
 
+
+def _quickstart_like(root: Path) -> None:
+    """The quickstart's shape: full, a window and a bucket rule at nearly the same ratio and score, the
+    oracle, and a second bucket setting; accuracy with Wilson-like intervals."""
+    points = [("0_full", "full", 1.0, 1.0, {}, {}), ("1_window", "window", 0.282, 0.0, {}, {}),
+              ("2_lsh", "lsh", 0.291, 0.0, {"n_tables": 4, "sink_tokens": 4, "local_window": 32}, {"n_bits": 8}),
+              ("3_oracle", "oracle_topk", 0.1065, 0.97, {}, {}),
+              ("4_lsh", "lsh", 0.097, 0.0, {"n_tables": 1}, {"n_bits": 4})]
+    for name, attention, ratio, acc, attn, hasher in points:
+        rec = record(attention, ratio, acc=acc, attn=attn, hasher=hasher)
+        rec["metrics"].update(accuracy_ci_low=max(acc - 0.15, 0), accuracy_ci_high=min(acc + 0.1, 1),
+                              chance_choice_accuracy=0.25)
+        write(root, name, rec)
+
+
+def test_default_plot_fits_one_column_with_a_label_on_every_point_and_none_overlapping(tmp_path):
+    from lsh_bitnet.report.pareto import COLUMN_IN, plot_pareto
+
+    _quickstart_like(tmp_path / "q")
+    write_summary(tmp_path / "q")
+    figure = plot_pareto.last_figure
+    assert figure["size_in"][0] == COLUMN_IN <= 3.5 and figure["legends"] == 0  # one column, labels not legends
+    for key, panel in figure["labels"].items():
+        texts = [t for t, _ in panel["labels"]]
+        # every run is named on the plot, off-front ones too (lsh b=8 is dominated by lsh b=4)
+        assert {"full", "window", "oracle_topk", "lsh/simhash b=4 t=1 sink=0 w=0", "b=8 t=4 sink=4 w=32"} <= set(texts), texts
+        x0, y0, w, h = panel["axes"]
+        boxes = [b for _, b in panel["labels"]]
+        for i, (bx, by, bw, bh) in enumerate(boxes):
+            assert x0 <= bx and bx + bw <= x0 + w + 0.5 and y0 <= by and by + bh <= y0 + h + 0.5, (key, texts[i])
+            for jx, jy, jw, jh in boxes[:i]:
+                assert bx + bw <= jx or jx + jw <= bx or by + bh <= jy or jy + jh <= by, (key, texts[i])
+    # no family has two points on its front: the figure promises no front lines
+    assert "lines join" not in figure["note"] and "faded: off its family's front" in figure["note"]
+    png = (tmp_path / "q" / "pareto_synthetic_accuracy.png").read_bytes()
+    width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
+    assert width <= 3.5 * 200
+
