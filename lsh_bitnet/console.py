@@ -154,6 +154,14 @@ def log_job_header(cfg: Any, job: Dict[str, Any]) -> None:
              job.get("output_dir"), extra=FILE_ONLY)
 
 
+def log_model_loading(model: Any, converting: bool) -> None:
+    """Said before the slow part of a job's start (importing torch and transformers, then the weights), so
+    a run or the first job of a sweep says what it is doing at once instead of nothing for 20 s or more."""
+    first = " (first use of this cache: converting the GGUF file, about 15-30 s)" if converting and \
+        model.get("gguf_file") else ""
+    log.info("[lsh-bitnet] loading model %s: importing torch and transformers, then the weights%s", model.name, first)
+
+
 def log_model_loaded(info: Dict[str, Any]) -> None:
     """`model: SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32), 30 layers, on cpu, loaded in 0.8 s`."""
     how = ("reused (loaded by an earlier job of this process)" if info.get("model_cached")

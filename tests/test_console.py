@@ -129,6 +129,10 @@ def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_ret
         in header[1]
     assert "[lsh-bitnet] model: tiny_bitnet (random init, seed 0, float32), 2 layers, " in header[2]
     assert "[lsh-bitnet] job: " not in out.stdout + out.stderr  # the header is launch.log's, not the console's
+    # before the silent part of a start (imports, the load), a line says what comes
+    console = [line.split(" - ", 1)[-1] for line in out.stdout.splitlines() if "[lsh_bitnet]" in line]
+    assert console[0].startswith("[lsh-bitnet] loading model tiny_bitnet: importing torch and transformers")
+    assert console[1].startswith("[lsh-bitnet] model: tiny_bitnet (random init")
     last = launch_log.strip().splitlines()[-1]
     assert "[lsh-bitnet] ok | perplexity " in last and closing in last and last.endswith(str(run_dir / "results.json"))
     assert last.split(" - ", 1)[1] in out.stdout

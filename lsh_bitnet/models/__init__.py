@@ -143,6 +143,11 @@ def load_model_cached(model_cfg: Any, cache_dir: Path) -> LoadedModel:
                        info={**first.info, "load_s": 0.0, "model_cached": True})
 
 
+def is_loaded(model_cfg: Any, cache_dir: Path) -> bool:
+    """Whether load_model_cached would reuse a model this process already holds."""
+    return _cache_key(as_config(model_cfg), cache_dir) in _LOADED
+
+
 def clear_model_cache() -> None:
     """Forget the models held by load_model_cached (frees their memory once no caller holds them)."""
     _LOADED.clear()

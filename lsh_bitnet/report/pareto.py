@@ -186,7 +186,8 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, styles: 
         if family == "full":
             ax.axhline(fam[y].min() if minimize else fam[y].max(), color=color, lw=0.8, ls=":", zorder=1)
         elif len(front) > 1:  # a front of one point is a point, not a line
-            ax.plot(front[x], shown[front.index], color=color, lw=1.1, zorder=3, ls="--" if family == "oracle_topk" else "-")
+            ax.plot(front[x], shown[front.index], color=color, lw=1.1, zorder=3,
+                    ls="--" if family == "oracle_topk" else "-")
             drawn["line"] = True
         for i, row in fam.iterrows():
             on_front, clipped = bool(row["_front"]) or family == "full", bool(out[i])
@@ -211,8 +212,8 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, styles: 
         drawn["noncausal"] = True
     if chance is not None:
         ax.axhline(chance, color="0.5", lw=0.7, ls="-.", zorder=1)
-        annotations.insert(0, ax.annotate(f"chance {chance:.2g}", (ax.get_xlim()[1], chance), textcoords="offset points",
-                                          xytext=(-2, 2), fontsize=5.5, color="0.4", ha="right"))
+        annotations.insert(0, ax.annotate(f"chance {chance:.2g}", (ax.get_xlim()[1], chance), xytext=(-2, 2),
+                                          textcoords="offset points", fontsize=5.5, color="0.4", ha="right"))
     ax.figure.canvas.draw()  # label sizes are known only after a draw
     repel_labels(ax, annotations, px, np.vstack(bars_px) if bars_px else None)
     renderer = ax.figure.canvas.get_renderer()
@@ -237,7 +238,8 @@ def _set_axes(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     if len(xs):  # room on the right for labels of the most expensive points (full attention at 1)
-        ax.set_xlim(xs.min() / 1.6 if ax.get_xscale() == "log" else 0, xs.max() * (1.6 if ax.get_xscale() == "log" else 1.15))
+        log_x = ax.get_xscale() == "log"
+        ax.set_xlim(xs.min() / 1.6 if log_x else 0, xs.max() * (1.6 if log_x else 1.15))
     if limits:
         ax.set_ylim(*limits)
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
-from lsh_bitnet.console import log_job_header, log_model_loaded, report_job
+from lsh_bitnet.console import log_job_header, log_model_loaded, log_model_loading, report_job
 from lsh_bitnet.run.jobs import fail_on_purpose, job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.run.sweep import register_job
@@ -208,6 +208,10 @@ def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
 def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
     text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
     fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
+    from lsh_bitnet.models import is_loaded
+
+    if not is_loaded(cfg.model, cache_dir):  # the next seconds are imports and the load: say so first
+        log_model_loading(cfg.model, converting=fit_warnings is None)
 
     import torch
 
