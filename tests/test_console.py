@@ -121,13 +121,14 @@ def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_ret
     assert "perplexity: 1/4 batch (25%)" in both and "perplexity: 4/4 batch (100%)" in both
     closing = f"| wall "
     launch_log = (run_dir / "launch.log").read_text()
-    header = launch_log.splitlines()[:3]
+    header = launch_log.splitlines()[:4]
     assert header[0].endswith("[lsh-bitnet] job: overrides model=tiny_bitnet dataset=text_file "
                               f"dataset.path={text} metric=perplexity eval.seq_len=32 eval.max_batches=4 attention=lsh "
                               f"cache_dir={cache_dir}")
     assert f"[lsh-bitnet] job: seed 0 | device cpu | model tiny_bitnet (built in, float32) | output dir {run_dir}" \
         in header[1]
-    assert "[lsh-bitnet] model: tiny_bitnet (random init, seed 0, float32), 2 layers, " in header[2]
+    assert "[lsh-bitnet] loading model tiny_bitnet: importing torch and transformers" in header[2]
+    assert "[lsh-bitnet] model: tiny_bitnet (random init, seed 0, float32), 2 layers, " in header[3]
     assert "[lsh-bitnet] job: " not in out.stdout + out.stderr  # the header is launch.log's, not the console's
     # before the silent part of a start (imports, the load), a line says what comes
     console = [line.split(" - ", 1)[-1] for line in out.stdout.splitlines() if "[lsh_bitnet]" in line]
