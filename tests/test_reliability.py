@@ -115,7 +115,7 @@ def _damage_config(entry):
 
 @pytest.mark.parametrize("damage", [_damage_overwrite, _damage_truncate, _damage_meta, _damage_config],
                          ids=["overwritten", "truncated", "no-meta", "garbage-config"])
-def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, capsys):
+def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, caplog):
     import torch
 
     from lsh_bitnet.models import cache, load_model
@@ -125,11 +125,12 @@ def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, cap
     assert first.info["loaded_from"] == "tiny-build" and cache.entry_problem(entry) is None
     damage(entry)
     assert cache.entry_problem(entry) is not None
-    capsys.readouterr()
-    again = load_model(cfg, tmp_path)
-    out = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lsh_bitnet"):
+        again = load_model(cfg, tmp_path)
+    said = [r.getMessage() for r in caplog.records if "model cache" in r.getMessage()]
     assert again.info["loaded_from"] == "tiny-build", "a damaged entry must be rebuilt, not loaded"
-    assert f"model cache {entry} is damaged" in out and out.count("\n") == 1  # one line naming the path
+    assert len(said) == 1 and f"model cache {entry} is damaged" in said[0] and "\n" not in said[0]  # one line
     assert cache.entry_problem(entry) is None
     assert load_model(cfg, tmp_path).info["loaded_from"] == "tiny-cache"
     # Against a fresh build (not `first`: its tensors are mmapped from the file the damage rewrote).
@@ -155,7 +156,7 @@ def test_leftover_conversion_tmp_dir_of_a_dead_process_is_removed(tmp_path):
     assert not leftover.exists() and alive.exists()
 
 
-def test_swapped_token_cache_file_is_rebuilt(tmp_path, capsys):
+def test_swapped_token_cache_file_is_rebuilt(tmp_path, caplog):
     from conftest import byte_level_bpe
     from lsh_bitnet.data import tokens as K
 
@@ -167,9 +168,9 @@ def test_swapped_token_cache_file_is_rebuilt(tmp_path, capsys):
     assert len(files) == 2
     files[0].write_bytes(files[1].read_bytes())  # A's cache file now holds B's (valid) stream
     K._MEMORY.clear()
-    capsys.readouterr()
-    again = K.token_stream(text_a, tok, tmp_path, "t")
-    assert "does not match (text_sha256" in capsys.readouterr().out
+    with caplog.at_level("WARNING", logger="lsh_bitnet"):
+        again = K.token_stream(text_a, tok, tmp_path, "t")
+    assert "does not match (text_sha256" in caplog.text
     assert again.ids.tolist() == a.ids.tolist()
 
 
@@ -248,7 +249,7 @@ def test_public_names_register_the_attention_function():
 
 
 # ----------------------------------------------------------------------------- item 4: lost writes, signals
-def test_failed_final_write_puts_the_record_on_stderr_and_raises(text_file, cache_dir, tmp_path, monkeypatch, capsys):
+def test_failed_final_write_puts_the_record_in_the_log_and_raises(text_file, cache_dir, tmp_path, monkeypatch, caplog):
     import lsh_bitnet.run.runner as runner
 
     calls = []
@@ -262,9 +263,9 @@ def test_failed_final_write_puts_the_record_on_stderr_and_raises(text_file, cach
 
     monkeypatch.setattr(runner, "write_json_atomic", flaky)
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
-    with pytest.raises(ResultsWriteError):
+    with pytest.raises(ResultsWriteError), caplog.at_level("ERROR", logger="lsh_bitnet"):
         run(cfg, output_dir=tmp_path)
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert "No space left on device" in err
     dumped = json.loads(err[err.index("{"):].strip())
     assert dumped["status"] == "ok" and dumped["metrics"]["perplexity"] > 1
@@ -296,19 +297,21 @@ def test_signal_is_recorded_as_interrupted(sig, tmp_path, cache_dir):
 
 
 # ----------------------------------------------------------------------------- item 5: resume key
-def test_resume_reruns_when_code_or_data_changed(text_file, cache_dir, tmp_path, monkeypatch, capsys):
+def test_resume_reruns_when_code_or_data_changed(text_file, cache_dir, tmp_path, monkeypatch, caplog):
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
     assert run(cfg, output_dir=tmp_path)["status"] == "ok"
     assert run(cfg, output_dir=tmp_path).get("resumed") is True
 
     monkeypatch.setitem(R._CODE_VERSION, "value", "0123abc+dirty.feedbeef")
-    capsys.readouterr()
+    caplog.set_level("INFO", logger="lsh_bitnet")
+    caplog.clear()
     again = run(cfg, output_dir=tmp_path)
-    assert not again.get("resumed") and "code version differ" in capsys.readouterr().out
+    assert not again.get("resumed") and "code version differ" in caplog.text
 
     text_file.write_text(TEXT.replace("fox", "cat"), encoding="utf-8")
+    caplog.clear()
     again = run(cfg, output_dir=tmp_path)
-    assert not again.get("resumed") and "data content differ" in capsys.readouterr().out
+    assert not again.get("resumed") and "data content differ" in caplog.text
     assert run(cfg, output_dir=tmp_path).get("resumed") is True
 
 
@@ -329,7 +332,7 @@ def test_weights_fingerprint_changes_with_local_checkpoint(tmp_path):
 
 
 # ----------------------------------------------------------------------------- item 6: sweeps
-def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_dir, tmp_path, capsys):
+def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_dir, tmp_path, caplog):
     from lsh_bitnet.run.jobs import job_busy, job_lock
 
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
@@ -339,7 +342,7 @@ def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_
                                 f"sys.exit(0 if job_busy({str(tmp_path)!r}) else 1)"], cwd=REPO_ROOT)
         assert child.returncode == 0  # another process sees the job busy
         out = run(cfg, output_dir=tmp_path)
-    assert out["status"] == "locked" and "being run by pid" in capsys.readouterr().out
+    assert out["status"] == "locked" and "being run by pid" in caplog.text
     assert not (tmp_path / "results.json").exists()  # nothing computed twice
     assert not job_busy(tmp_path)
     assert run(cfg, output_dir=tmp_path)["status"] == "ok"

@@ -9,6 +9,7 @@ Temporary directories of a killed conversion are removed by the next run on the 
 """
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
+
+log = logging.getLogger(__name__)
 
 META_FILE = "lsh_bitnet_meta.json"  # written last: its presence marks a complete entry
 MANIFEST_KEY = "manifest"
@@ -166,8 +169,8 @@ def clean_stale_tmp(models_dir: Path) -> list:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        print(f"[lsh-bitnet] model cache: removed {len(removed)} leftover temporary dir(s) of killed "
-              f"conversions in {models_dir}", flush=True)
+        log.info(f"[lsh-bitnet] model cache: removed {len(removed)} leftover temporary dir(s) of killed "
+                 f"conversions in {models_dir}")
     return removed
 
 
@@ -189,7 +192,7 @@ def check_or_discard(entry: Path) -> bool:
     problem = entry_problem(entry)
     if problem is None:
         return True
-    print(f"[lsh-bitnet] model cache {entry} is damaged: {problem}; rebuilding it", flush=True)
+    log.warning(f"[lsh-bitnet] model cache {entry} is damaged: {problem}; rebuilding it")
     discard(entry)
     return False
 

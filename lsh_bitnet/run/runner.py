@@ -79,8 +79,7 @@ def _write_final(path: Path, record: Dict[str, Any]) -> None:
         dump = json.dumps(strict(record), default=str, allow_nan=False)
         message = (f"[lsh-bitnet] could not write {path} ({type(exc).__name__}: {exc}); status "
                    f"{record['status']}, the finished record follows:\n{dump}")
-        print(message, file=sys.stderr, flush=True)
-        log.error(message)
+        log.error(message)  # through logging: the console and the job's launch.log (stderr when none is set up)
         raise ResultsWriteError(exc.errno, f"could not write {path}: {exc} (the record is on stderr)") from exc
 
 
@@ -112,7 +111,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
 
     with job_lock(output_dir) as holder:
         if holder is not None:  # another process runs this job now: computing it twice helps nobody
-            print(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice", flush=True)
+            log.warning(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice")
             return {"status": "locked", "locked_by": holder, "job": record["job"]}
         cache_dir = default_cache_dir(cfg)
         try:
@@ -125,11 +124,10 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         if cfg.get("resume", True) and previous and previous.get("status") == "ok":
             differed = resume_mismatch(previous.get("resume_key"), record["resume_key"])
             if not differed:
-                print(f"[lsh-bitnet] resume: {results_path} is ok for this config, code, data and weights, skipping",
-                      flush=True)
+                log.info(f"[lsh-bitnet] resume: {results_path} is ok for this config, code, data and weights, "
+                         f"skipping")
                 return {**previous, "resumed": True}
-            print(f"[lsh-bitnet] resume: rerunning {output_dir}: {differed} differ from its ok results.json",
-                  flush=True)
+            log.info(f"[lsh-bitnet] resume: rerunning {output_dir}: {differed} differ from its ok results.json")
 
         write_json_atomic(results_path, record)
         with signals_recorded(state):
@@ -149,7 +147,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                     record["metrics"] = sink.partial_metrics()
                 _finish(record, results_path, started)
                 if own_process_job():  # a submitit job: return, so the sweep prints its summary
-                    print(f"[lsh-bitnet] job interrupted: {exc}", file=sys.stderr, flush=True)
+                    log.warning(f"[lsh-bitnet] job interrupted: {exc}")
                     return record
                 if exc.signum == signal.SIGTERM:
                     raise SystemExit(128 + signal.SIGTERM) from exc
@@ -198,10 +196,10 @@ class _LogitWatch:
 
 
 def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
-    """Into results.json's `warnings` and onto stderr, where a sweep's log shows them."""
+    """Into results.json's `warnings` and the log (console and launch.log)."""
     for warning in warnings:
         record["warnings"].append(warning)
-        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
+        log.warning(f"[lsh-bitnet] WARNING: {warning}")
 
 
 def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
