@@ -167,10 +167,15 @@ def _case_id(c):
 CASES = _cases()
 
 
+# The caller's scaling (Gemma passes its own) on both the masked prefill and the gathered decode/chunk path;
+# None (the default, D ** -0.5 = 0.25 here) on decode. 0.25 alone would not tell a dropped scaling from a kept one.
+MODE_SCALING = (("prefill", 0.7), ("decode", None), ("chunk", 0.7))
+
+
 @pytest.mark.parametrize("cfg", CASES, ids=[_case_id(c) for c in CASES])
 def test_matches_reference(cfg):
-    for seed, mode in enumerate(("prefill", "decode", "chunk")):
-        assert_matches(cfg, mode, seed=seed + 7 * CASES.index(cfg))
+    for seed, (mode, scaling) in enumerate(MODE_SCALING):
+        assert_matches(cfg, mode, seed=seed + 7 * CASES.index(cfg), scaling=scaling)
 
 
 # ----------------------------------------------------------------------------- targeted checks

@@ -8,8 +8,8 @@ import torch
 
 from naive_attention import (naive_candidates, naive_collision_prob, naive_selection_ops, naive_sparse_attention,
                              table_shape)
-from test_attention_reference import (ATOL, B, HKV, HQ, D, FakeHasher, quantized, query_valid, shapes,
-                                      simhash_margin, valid_mask)
+from test_attention_reference import (ATOL, B, HKV, HQ, MODE_SCALING, D, FakeHasher, quantized, query_valid,
+                                      shapes, simhash_margin, valid_mask)
 
 REF_KEYS = ("variant", "include_self", "sink_tokens", "local_window", "n_tables", "k", "fraction", "min_collisions",
             "score", "estimator")
@@ -86,8 +86,8 @@ CASES = _cases()
 
 @pytest.mark.parametrize("cfg", CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES])
 def test_rules_match_reference(cfg):
-    for seed, mode in enumerate(("prefill", "decode", "chunk")):
-        check(cfg, mode, seed=seed + 11 * CASES.index(cfg))
+    for seed, (mode, scaling) in enumerate(MODE_SCALING):  # the caller's scaling 0.7, and the default
+        check(cfg, mode, seed=seed + 11 * CASES.index(cfg), scaling=scaling)
 
 
 @pytest.mark.parametrize("way,pack_bits", [("sorted", 62), ("dense", 62), ("onehot", 62), ("dense", 4)])
