@@ -51,6 +51,18 @@ def centred(x, center):
     return x.double() - mu[:, :, None, :]
 
 
+def naive_prompt_center(key, key_valid):
+    """hasher.center=prompt: the mean of each row's valid keys per KV head, (B, Hkv, D) float64; padding keys
+    take no part. key (B, Hkv, K, D), key_valid (B, K) bool."""
+    valid = key_valid.tolist()
+    out = []
+    for b, row in enumerate(key.double().tolist()):
+        slots = [j for j, ok in enumerate(valid[b]) if ok]
+        out.append([[math.fsum(head[j][d] for j in slots) / max(len(slots), 1) for d in range(len(head[0]))]
+                    for head in row])
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def naive_hash_bits(x, hasher_params, kv_head_of=None):
     """x (B, H, T, D) -> bits[b][h][t][table] = tuple of n_bits bools, bit 0 first (most significant).
 

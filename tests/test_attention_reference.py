@@ -41,11 +41,14 @@ def shapes(mode):
 def make_hasher(cfg, layer_idx=0):
     from lsh_bitnet.attention.hashers import build_hasher
 
+    h = None
     if cfg["variant"] == "lsh":
-        return build_hasher(cfg["hasher"], cfg["n_bits"], D, HKV, cfg["n_tables"], cfg.get("seed", 0), layer_idx)
+        h = build_hasher(cfg["hasher"], cfg["n_bits"], D, HKV, cfg["n_tables"], cfg.get("seed", 0), layer_idx)
     if cfg["variant"] == "lsh_forest":
-        return build_hasher(cfg["hasher"], cfg["max_depth"], D, HKV, cfg["n_trees"], cfg.get("seed", 0), layer_idx)
-    return None
+        h = build_hasher(cfg["hasher"], cfg["max_depth"], D, HKV, cfg["n_trees"], cfg.get("seed", 0), layer_idx)
+    if h is not None:
+        h.center = cfg.get("center", "none")
+    return h
 
 
 def simhash_margin(x, hasher, g):
@@ -82,6 +85,9 @@ def run_impl(cfg, q, k, v, kv, hasher, scaling):
     from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention
 
     fields = {key: cfg[key] for key in REF_KEYS + ("query_chunk",) if key in cfg}
+    Q, K = q.shape[2], k.shape[2]
+    if getattr(hasher, "center", "none") == "prompt" and Q < K:  # a prefill sets mu; later calls keep the prompt's
+        hasher.set_prompt_center(k[:, :, :K - Q], kv[:, :K - Q])
     out, cost = sparse_attention(q, k, v, kv, spec=SparseSpec(**fields), hasher=hasher, scaling=scaling)
     return out, cost
 
@@ -260,8 +266,11 @@ def test_forest_min_candidates_per_query(hasher, min_candidates, include_self):
     dict(variant="lsh_forest", hasher="bit_sampling", n_trees=2, max_depth=6, min_candidates=5, sink_tokens=2),
     dict(variant="oracle_topk", fraction=0.25, local_window=4),
     dict(variant="window", sink_tokens=2, local_window=4),
-], ids=["lsh", "forest", "oracle", "window"])
+    dict(variant="lsh", hasher="simhash", n_bits=3, n_tables=2, sink_tokens=2, center="prompt"),
+    dict(variant="lsh_forest", hasher="bit_sampling", n_trees=2, max_depth=6, min_candidates=5, center="prompt"),
+], ids=["lsh", "forest", "oracle", "window", "lsh_prompt_center", "forest_prompt_center"])
 def test_padded_row_equals_row_alone(cfg):
+    """A padded row gives what the row alone gives; with hasher.center=prompt, the padding keys must not enter mu."""
     hasher = make_hasher(cfg)
     for mode in ("prefill", "chunk"):
         q, k, v, kv = make_data(mode, 5, hasher)
