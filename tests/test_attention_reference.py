@@ -208,6 +208,27 @@ def test_full_counts_are_triangular():
     assert cost.full_comparisons == B * HQ * T_PREFILL  # one decode step against S keys: S
 
 
+@pytest.mark.parametrize("Q", [1, 3, K_DECODE])
+def test_full_without_padding_matches_reference_and_stock_sdpa(Q):
+    """No padding at all takes stock SDPA's path (no mask). A decode step (Q = 1) sees all K keys, not only key 0
+    (SDPA's is_causal aligns its triangle top-left); a prefill (Q = K) is causal. The padded grid never gets here."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(21)
+    q, k = quantized((B, HQ, Q, D), gen), quantized((B, HKV, K_DECODE, D), gen)
+    v = torch.randn(B, HKV, K_DECODE, D, generator=gen)
+    kv = torch.ones(B, K_DECODE, dtype=torch.bool)
+    out, cost = run_impl(dict(variant="full"), q, k, v, kv, None, 0.7)
+    ref, comparisons, full = naive_sparse_attention(q, k, v, kv, variant="full", scaling=0.7)
+    assert float((out.double() - ref).abs().max()) <= ATOL
+    assert cost.comparisons == cost.full_comparisons == comparisons == full
+    if Q in (1, K_DECODE):  # what transformers' sdpa attention runs for these calls
+        g = HQ // HKV
+        stock = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), scale=0.7,
+                                               is_causal=Q > 1)
+        torch.testing.assert_close(out, stock, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("cfg", [
     dict(variant="lsh", hasher="simhash", n_bits=6, n_tables=1, include_self=False),
     dict(variant="lsh", hasher="bit_sampling", n_bits=6, n_tables=1, include_self=False, local_window=1),
