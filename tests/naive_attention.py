@@ -307,6 +307,9 @@ def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n
         return pairs + extra
     if variant == "lsh_topk":
         return visible * (n_tables * table_shape(hasher_params)[2] + 1) if score == "soft" else pairs + visible
-    if variant == "lsh_forest":
-        return visible * (n_trees + math.ceil(math.log2(max_depth + 1)))
+    if variant == "lsh_forest":  # binary search over the depths 0..max_depth: halvings until one depth is left
+        steps = 0
+        while 2 ** steps < max_depth + 1:
+            steps += 1
+        return visible * (n_trees + steps)
     return visible if variant == "oracle_topk" else 0

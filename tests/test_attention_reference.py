@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from naive_attention import naive_candidates, naive_hash_bits, naive_hash_ops, naive_sparse_attention
+from naive_attention import (naive_candidates, naive_hash_bits, naive_hash_ops, naive_selection_ops,
+                             naive_sparse_attention)
 
 B, HQ, HKV, D = 3, 4, 2, 16  # GQA 2:1
 T_PREFILL, K_DECODE = 32, 40
@@ -117,6 +118,9 @@ def assert_matches(cfg, mode, seed=0, scaling=0.25):
         f"{cfg} {mode}: (comparisons, full_comparisons) got {(cost.comparisons, cost.full_comparisons)} " \
         f"expected {(comparisons, full)}"
     assert cost.hash_ops == naive_hash_ops(q, k, kv, variant=cfg["variant"], hasher_params=hasher)
+    sel = naive_selection_ops(q, k, kv, variant=cfg["variant"], hasher_params=hasher, n_tables=cfg.get("n_tables", 1),
+                              n_trees=cfg.get("n_trees", 1), max_depth=cfg.get("max_depth", 0))
+    assert cost.selection_ops == sel, f"{cfg} {mode}: selection_ops {cost.selection_ops} != {sel}"
     if cfg["variant"] == "lsh_forest":  # the forest's promise, on the reference's sets (per query)
         C, V = naive_candidates(q, k, kv, **{key: cfg[key] for key in REF_KEYS if key in cfg}, hasher_params=hasher)
         short = [(b, h, i) for b in range(B) for h in range(HQ) for i in range(Q)
