@@ -129,6 +129,14 @@ def test_sample_log_flushes_each_record_and_counts_cost(tmp_path):
     assert partial["bits_per_byte"] == pytest.approx(12.0 / math.log(2) / 90)
 
 
+def test_summarize_bits_per_byte_is_in_bits():
+    """NLL sums of 30 ln 2 and 10 ln 2 nats are 40 bits, over 40 bytes: exactly 1 bit per byte (in nats, 0.69)."""
+    records = [{"index": 0, "tokens": 9, "predicted": 8, "nll": 30 * math.log(2), "bytes": 20},
+               {"index": 1, "tokens": 9, "predicted": 8, "nll": 10 * math.log(2), "bytes": 20}]
+    assert summarize(records)["bits_per_byte"] == pytest.approx(1.0, rel=1e-12)
+    assert summarize([{**r, "bytes": 0} for r in records])["bits_per_byte"] is None  # no bytes: no figure
+
+
 def test_summarize_accuracies_with_wilson():
     records = [{"index": i, "correct": i < 23, "choice_correct": i < 29} for i in range(30)]
     out = summarize(records)
