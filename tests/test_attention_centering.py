@@ -91,8 +91,12 @@ def test_prompt_center_is_flagged_and_kept_for_decode(monkeypatch):
     hasher = {"name": "simhash", "n_bits": 3, "center": "prompt"}
     prompt_keys = {}  # hasher -> the keys its layer's prefill saw (B, Hkv, T, D)
     real = Hasher.set_prompt_center
-    monkeypatch.setattr(Hasher, "set_prompt_center",
-                        lambda self, key, valid: (prompt_keys.__setitem__(id(self), key.clone()), real(self, key, valid)))
+
+    def record(self, key, valid):
+        prompt_keys[id(self)] = key.clone()
+        real(self, key, valid)
+
+    monkeypatch.setattr(Hasher, "set_prompt_center", record)
     with patched(model, {"name": "lsh", "n_tables": 2}, hasher) as p:
         logits(model, x, mask, pos)
         mu_prefill = [s.hasher.mu.clone() for s in p.states]

@@ -86,7 +86,8 @@ def test_pooled_perplexity_and_primary_value_of_unequal_windows_are_per_token(tm
     from test_paired import window
 
     root = tmp_path / "sweep"
-    pieces = {"a_0": [(0, 12, 1.0), (1, 900, 3.2)], "b_2": [(2, 40, 1.4), (3, 300, 2.6)]}  # (index, predicted, NLL/token)
+    # (index, predicted tokens, NLL per token) of each piece's windows
+    pieces = {"a_0": [(0, 12, 1.0), (1, 900, 3.2)], "b_2": [(2, 40, 1.4), (3, 300, 2.6)]}
     for name, rows in pieces.items():
         rec = record("lsh", 0.3, 20.0)
         rec["config"]["eval"]["batch_offset"] = rows[0][0]
