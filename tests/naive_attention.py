@@ -51,6 +51,18 @@ def centred(x, center):
     return x.double() - mu[:, :, None, :]
 
 
+def naive_prompt_center(key, key_valid):
+    """hasher.center=prompt: the mean of each row's valid keys per KV head, (B, Hkv, D) float64; padding keys
+    take no part. key (B, Hkv, K, D), key_valid (B, K) bool."""
+    valid = key_valid.tolist()
+    out = []
+    for b, row in enumerate(key.double().tolist()):
+        slots = [j for j, ok in enumerate(valid[b]) if ok]
+        out.append([[math.fsum(head[j][d] for j in slots) / max(len(slots), 1) for d in range(len(head[0]))]
+                    for head in row])
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def naive_hash_bits(x, hasher_params, kv_head_of=None):
     """x (B, H, T, D) -> bits[b][h][t][table] = tuple of n_bits bools, bit 0 first (most significant).
 
@@ -295,6 +307,9 @@ def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n
         return pairs + extra
     if variant == "lsh_topk":
         return visible * (n_tables * table_shape(hasher_params)[2] + 1) if score == "soft" else pairs + visible
-    if variant == "lsh_forest":
-        return visible * (n_trees + math.ceil(math.log2(max_depth + 1)))
+    if variant == "lsh_forest":  # binary search over the depths 0..max_depth: halvings until one depth is left
+        steps = 0
+        while 2 ** steps < max_depth + 1:
+            steps += 1
+        return visible * (n_trees + steps)
     return visible if variant == "oracle_topk" else 0
