@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
-from lsh_bitnet.cli import hide_from_completion
+from lsh_bitnet.cli import add_override_hints, hide_from_completion
 from lsh_bitnet.console import install_progress, report_job
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.run.runner import run
@@ -23,6 +23,7 @@ from lsh_bitnet.run.sweep import register_resolvers
 
 register_resolvers()
 hide_from_completion()
+add_override_hints()  # `dataset.path=~/x.txt`: Hydra's parse error ends with how to quote it
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

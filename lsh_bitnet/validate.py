@@ -137,7 +137,30 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
     validate_attention_config(cfg.attention, cfg.hasher)  # torch-free: lsh_bitnet/attention/checks.py
+    check_calibration_path(cfg)
     return ignored_field_warnings(cfg)
+
+
+def calibration_path(cfg: DictConfig) -> Optional[str]:
+    """hasher.calibration_path when this run reads it (a hashed variant, hasher.center=calibration,
+    hasher.calibration_source=file), else None."""
+    from lsh_bitnet.attention.spec import HASHED_VARIANTS
+
+    hasher = cfg.get("hasher")
+    if cfg.attention.name not in HASHED_VARIANTS or hasher is None or hasher.get("center") != "calibration":
+        return None
+    return hasher.calibration_path if hasher.get("calibration_source") == "file" else None
+
+
+def check_calibration_path(cfg: DictConfig) -> None:
+    """The calibration file is a readable regular file (stat only): a missing file, a directory or a device
+    such as /dev/urandom (which never ends) fails here, not after the model has loaded."""
+    from lsh_bitnet.data.files import path_problem
+
+    path = calibration_path(cfg)
+    problem = path_problem(path) if path else None
+    _require(problem is None, f"hasher.calibration_path={path} {problem}: point it at a readable UTF-8 text file "
+                              f"(or set hasher.calibration_source=auto)")
 
 
 def validate_config(cfg: DictConfig) -> List[str]:
@@ -147,7 +170,9 @@ def validate_config(cfg: DictConfig) -> List[str]:
 
 # ----------------------------------------------------------------------------- stage 2: data
 def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
-    """The perplexity text, read and checked before any model loads (None for generated datasets)."""
+    """The perplexity text, read and checked before any model loads (None for generated datasets); the
+    calibration file's text too (the part that is used) when the run reads one."""
+    check_calibration_text(cfg)
     if cfg.metric.name != "perplexity":
         return None
     from lsh_bitnet.data.text import load_text
@@ -162,6 +187,22 @@ def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
              f"{where} has {n_bytes} bytes, fewer than one window of eval.seq_len={cfg.eval.seq_len} tokens: lower "
              f"eval.seq_len or use a longer text")
     return text
+
+
+def check_calibration_text(cfg: DictConfig) -> None:
+    """hasher.calibration_path holds UTF-8 text (its first bytes, as many as calibration reads), not blank."""
+    path = calibration_path(cfg)
+    if not path:
+        return
+    from pathlib import Path
+
+    from lsh_bitnet.attention.spec import calibration_file_bytes
+    from lsh_bitnet.data.files import read_text_file
+
+    text = read_text_file(Path(path).expanduser(), key="hasher.calibration_path",
+                          max_bytes=calibration_file_bytes(cfg.hasher.calibration_tokens))
+    _require(bool(text.strip()), f"hasher.calibration_path={path} holds no text (empty or whitespace only): point "
+                                 f"it at a non-empty UTF-8 text file")
 
 
 # ----------------------------------------------------------------------------- stage 3: model geometry

@@ -108,7 +108,8 @@ def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path
     assert out.returncode == 1, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     summary = next(i for i, line in enumerate(lines) if line.startswith(f"[lsh-bitnet] sweep {sweep}:"))
-    assert lines[summary] == f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed (1 older job dir(s) in this sweep dir not counted)"
+    assert lines[summary] == (f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed, 0 interrupted, 0 skipped (another process "
+                              f"held their lock); 1 older job dir(s) in this sweep dir not counted")
     grouped = lines[summary + 2:]
     assert len(grouped) == 1 and grouped[0].strip().startswith("3 x RuntimeError: fail_on_purpose=true")
     assert "OldError" not in "\n".join(lines[summary:])

@@ -272,7 +272,7 @@ def test_failed_final_write_puts_the_record_in_the_log_and_raises(text_file, cac
     assert calls == ["running", "ok"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_is_recorded_as_interrupted(sig, tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "launch.py", "model=tiny_bitnet", "dataset.n_samples=100000",
@@ -287,13 +287,15 @@ def test_signal_is_recorded_as_interrupted(sig, tmp_path, cache_dir):
         time.sleep(0.2)
     time.sleep(5)  # model loaded, samples being scored
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     record = _strict_load(run_dir / "results.json")
     assert record["status"] == "interrupted", stderr[-2000:]
     assert record["error"]["signal"] == sig.name
-    assert proc.returncode != 0
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + sig  # the shell's convention: 143, 130, 129
+    assert "Traceback" not in stderr, stderr[-3000:]  # the closing line says it all
+    last = stdout.rstrip().splitlines()[-1]  # the job's log ends with its closing line, not a traceback
+    closing = f"[lsh-bitnet] interrupted | RunInterrupted: {sig.name} received"
+    assert last.split(" - ", 1)[-1].startswith(closing), stdout[-2000:]
 
 
 # ----------------------------------------------------------------------------- item 5: resume key
@@ -524,11 +526,11 @@ def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path, monkeypa
     for i, name in enumerate(("a", "b")):
         (members / str(i)).write_text(str(tmp_path / name))
     (members / "2").write_text(str(tmp_path / "died"))  # registered, killed before its first write
-    ok, failed, older = sweep_status(tmp_path, "s1")
-    assert sorted(p.name for p in ok) == ["a", "b"] and older == 1
-    assert [(p.name, e.split(":")[0]) for p, e in failed] == [("died", "no results.json")]
-    ok, failed, older = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
-    assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"] and older == 0
+    status = sweep_status(tmp_path, "s1")
+    assert sorted(p.name for p in status.ok) == ["a", "b"] and status.older == 1
+    assert [(p.name, e.split(":")[0]) for p, e in status.failed] == [("died", "no results.json")]
+    status = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
+    assert len(status.ok) == 2 and [p.name for p, _ in status.failed] == ["old"] and status.older == 0
     monkeypatch.chdir(tmp_path.parent)  # a relative sweep dir (hydra.sweep.dir=multirun/x): jobs register absolute
-    ok, failed, older = sweep_status(Path(tmp_path.name), "s1")
-    assert len(ok) == 2 and older == 1
+    status = sweep_status(Path(tmp_path.name), "s1")
+    assert len(status.ok) == 2 and status.older == 1

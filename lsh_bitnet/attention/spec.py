@@ -20,6 +20,14 @@ ESTIMATORS = ("softmax", "sampling")
 TOPK_SCORES = ("collisions", "soft")
 CENTERS = ("none", "calibration", "prompt")
 CALIBRATION_SOURCES = ("auto", "train_split", "file", "generated")
+# Calibration reads this many characters per calibration token (a token is at least one character for these
+# tokenizers: ample), so a 500 MB train split is not tokenised whole, and a calibration file is read only that
+# far: 4 bytes per character at most in UTF-8.
+CALIBRATION_CHARS_PER_TOKEN = 16
+
+
+def calibration_file_bytes(n_tokens: int) -> int:
+    return 4 * CALIBRATION_CHARS_PER_TOKEN * int(n_tokens)
 
 
 def _name(cfg: Any) -> Optional[str]:

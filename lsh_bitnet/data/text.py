@@ -11,6 +11,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsh_bitnet.data.files import path_problem, read_text_file  # noqa: F401  (read_text_file re-exported)
+
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"valid": "validation"}  # wikitext's own file names say "valid"
 TEXT_FILE_SPLIT = "all"  # a single file has no split of its own
@@ -96,9 +98,10 @@ def check_dataset_config(dataset_cfg) -> None:
     if name == "text_file":
         if not path:
             raise ValueError("dataset.path is required for dataset=text_file: pass dataset.path=/abs/file.txt")
-        if not Path(path).expanduser().is_file():
-            raise ValueError(f"dataset.path={path!r} is not an existing file: pass the absolute path "
-                             f"of a UTF-8 text file, e.g. dataset.path=/abs/file.txt")
+        problem = path_problem(path)
+        if problem is not None:
+            raise ValueError(f"dataset.path={path!r} {problem}: pass the absolute path of a readable UTF-8 "
+                             f"text file, e.g. dataset.path=/abs/file.txt")
         return
     if path is None:
         return
@@ -106,21 +109,13 @@ def check_dataset_config(dataset_cfg) -> None:
     if not p.exists():
         hint = ("a directory holding wiki.{train,valid,test}.raw or {train,valid,test}.txt"
                 if name != "enwik8" else "the enwik8 file or enwik8.zip, or null to download it")
-        raise ValueError(f"dataset.path={path!r} does not exist: point it at {hint}")
+        raise ValueError(f"dataset.path={path!r} {path_problem(p)}: point it at {hint}")
+    if not p.is_dir() and path_problem(p) is not None:  # a FIFO, a device: never a dataset
+        raise ValueError(f"dataset.path={path!r} {path_problem(p)}: point it at a file or a directory")
     if name == "enwik8":
         _enwik8_local(p)
     else:
         _wikitext_file(p, split)
-
-
-def read_text_file(path: Path) -> str:
-    try:
-        # newline="" keeps the file's bytes as they are, so bits_per_byte counts what is on disk.
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"dataset.path={str(path)!r} is not UTF-8 text ({exc}): convert it, "
-                         f"e.g. iconv -f latin1 -t utf-8") from exc
 
 
 # ----------------------------------------------------------------------------- wikitext

@@ -117,6 +117,22 @@ def entry_problem(entry: Path) -> Optional[str]:
     return None
 
 
+def check_cache_dir(cache_dir: Path, key: str) -> None:
+    """The cache directory exists (or can be made) and takes new files; else a ConfigError naming `key`
+    (cache_dir or LSH_BITNET_CACHE) and the fix, before any work. Tried, not judged from modes: root
+    ignores them, and /proc or a read-only mount refuse whatever they say."""
+    from lsh_bitnet.errors import ConfigError
+
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}={cache_dir} cannot hold the cache (converted models, token streams): "
+                          f"{exc.strerror or exc}; set cache_dir=/a/writable/dir, or the LSH_BITNET_CACHE "
+                          f"environment variable (used when cache_dir is null)") from exc
+
+
 def entry_dir(cache_dir: Path, name: str, key: Any) -> Path:
     return Path(cache_dir).expanduser() / "models" / f"{name}-{short_hash(key)}"
 

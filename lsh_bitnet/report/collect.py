@@ -330,6 +330,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only run dir (another user's, a read-only mount), a full disk
+        where = exc.filename or (args.out or args.dir)
+        print(f"lsh-bitnet-collect: cannot write {where} ({exc.strerror or exc}): pass --out DIR to write the "
+              f"tables and plots to a directory you can write", file=sys.stderr)
+        return 2
     try:
         print(written["summary.md"].read_text())
         print(f"wrote {len(written)} files to {written['summary.md'].parent}: {', '.join(sorted(written))}")

@@ -8,8 +8,9 @@ Nothing wrong is ever reported as ok. The steps, each leaving a results.json tha
  4. data (exists, UTF-8, non-empty, long enough) and model geometry (config.json / GGUF metadata)
     checks, before any weights load;
  5. weights, patch, evaluate; a non-finite metric or non-finite logits make the run `failed`.
-SIGTERM / SIGINT make it `interrupted` (signal named) before the process exits; SIGUSR2 (SLURM's
-time-limit warning through submitit) is noted so that the SIGTERM at the limit is named as such.
+SIGTERM / SIGINT / SIGHUP make it `interrupted` (signal named) before the process exits with 128 + the
+signal number; SIGUSR2 (SLURM's time-limit warning through submitit) is noted so that the SIGTERM at
+the limit is named as such.
 If the final write fails, the record goes to stderr and the log, and the run raises (exit code != 0).
 """
 import json
@@ -30,7 +31,8 @@ from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, 
 from lsh_bitnet.console import report_job
 from lsh_bitnet.run.jobs import job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
-from lsh_bitnet.run.sweep import register_job
+from lsh_bitnet.run.sweep import mark_skipped, register_job
+from lsh_bitnet.models.cache import check_cache_dir
 from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
         config_warnings = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
+        cache_dir = default_cache_dir(cfg)
+        check_cache_dir(cache_dir, "cache_dir" if cfg.get("cache_dir") or not os.environ.get("LSH_BITNET_CACHE")
+                        else "LSH_BITNET_CACHE")  # /proc/x, a read-only mount: named now, not as an OSError later
     except Exception as exc:
         record.update(status="failed", error=error_record(exc))
         _finish(record, results_path, started)
@@ -112,8 +117,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     with job_lock(output_dir) as holder:
         if holder is not None:  # another process runs this job now: computing it twice helps nobody
             log.warning(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice")
+            mark_skipped(output_dir, holder)  # the sweep's summary counts it as skipped, not as done
             return {"status": "locked", "locked_by": holder, "job": record["job"]}
-        cache_dir = default_cache_dir(cfg)
         try:
             record["resume_key"] = resume_key(cfg, record, cache_dir)
         except Exception as exc:  # an unreadable data file, say: recorded like any failure
@@ -149,9 +154,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                 if own_process_job():  # a submitit job: return, so the sweep prints its summary
                     log.warning(f"[lsh-bitnet] job interrupted: {exc}")
                     return record
-                if exc.signum == signal.SIGTERM:
-                    raise SystemExit(128 + signal.SIGTERM) from exc
-                raise
+                # The closing line above says what happened; the shell convention says which signal (130
+                # for SIGINT, 143 SIGTERM, 129 SIGHUP), with no traceback (SystemExit passes Hydra silently).
+                raise SystemExit(128 + exc.signum) from exc
             except BaseException as exc:
                 record.update(status="failed", error=error_record(exc))
                 sink = state.get("sink")

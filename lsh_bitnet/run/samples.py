@@ -13,9 +13,12 @@ that the item's forwards added (all layers, as in results.json `cost`; split eve
 windows of one batch when eval.batch_size > 1).
 """
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from lsh_bitnet.run.results import file_mode
 from lsh_bitnet.stats import accuracy_fields, perplexity_fields
 
 SAMPLES_FILE = "samples.jsonl"
@@ -30,8 +33,7 @@ class SampleLog:
         self.records: List[Dict[str, Any]] = []
         self._cost: Optional[Callable[[], Dict[str, Any]]] = None
         self._last: Dict[str, int] = {}
-        # "w": a rerun of a failed or interrupted job starts its record afresh, like its results.json.
-        self._file = open(self.path, "w", encoding="utf-8")
+        self._file = _fresh_file(self.path)
 
     def track_cost(self, cost_summary: Callable[[], Dict[str, Any]]) -> None:
         """cost_summary() -> dict with cumulative `comparisons`, `full_comparisons` (patch.cost_summary)."""
@@ -74,6 +76,22 @@ class SampleLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _fresh_file(path: Path):
+    """An empty file at `path`, opened for writing: a rerun of a failed or interrupted job starts its record
+    afresh, like its results.json. Made beside it and renamed over it, so whatever was at `path` (a symlink
+    planted in the run dir, say) is replaced, never written through to its target."""
+    fd, tmp = tempfile.mkstemp(prefix=".samples-", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the records from teammates
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def summarize(records: List[Dict[str, Any]], seed: int = 0) -> Dict[str, Any]:
