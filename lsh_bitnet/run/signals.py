@@ -8,15 +8,17 @@ SIGTERM and sends SIGKILL only KillWait seconds later, so the cause names that c
 submitit ignores SIGTERM in its jobs and treats SIGUSR2 as "timed out" (ending the job at once, before
 the limit, when no requeue is allowed); while a run is in progress these handlers replace both.
 """
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
 from lsh_bitnet.run.results import utc_now
+
+log = logging.getLogger(__name__)
 
 # When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
 # tells a SIGTERM at the SLURM time limit from a scancel when no SIGUSR2 warning came first.
@@ -85,8 +87,8 @@ def signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
 
     def warn(signum, frame):
         state["time_limit_warned"] = utc_now()
-        print(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
-              f"(and recorded interrupted) when it is reached", file=sys.stderr, flush=True)
+        log.warning(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
+                    f"(and recorded interrupted) when it is reached")
 
     wanted = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: stop, signal.SIGUSR2: warn}
     previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
