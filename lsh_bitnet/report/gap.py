@@ -25,12 +25,14 @@ from lsh_bitnet.registry import RULES
 from lsh_bitnet.report.pareto import PRIMARY_Y, is_full
 
 GAP_COLUMNS = ["gap_closed", "gap_n", "gap_window", "gap_window_run", "gap_oracle", "gap_oracle_run"]
-BRACKETS = ("window", "oracle")  # Rule.reference values: the lower and the upper bracket, gap_<bracket> columns
+# Rule.reference -> the columns of that bracket: the lower (a window, which knows nothing of the query) and the
+# upper (the oracle, which knows every score).
+BRACKETS = {"lower": "gap_window", "upper": "gap_oracle"}
 
 
 def references() -> Dict[str, str]:
-    """family -> gap_<bracket> of every registered rule that is a reference (Rule.reference)."""
-    return {name: f"gap_{rule.reference}" for name, rule in RULES.items() if rule.reference in BRACKETS}
+    """family -> gap column prefix of every registered rule that is a reference (Rule.reference)."""
+    return {name: BRACKETS[rule.reference] for name, rule in RULES.items() if rule.reference in BRACKETS}
 
 
 # A window and an oracle sized to a rule's ratio land within a few percent of it (docs/FINDINGS.md:
@@ -72,7 +74,7 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
             continue
         y, minimize = PRIMARY_Y[metric]
         refs: Dict[str, int] = {}
-        for prefix in (f"gap_{b}" for b in BRACKETS):
+        for prefix in BRACKETS.values():
             near = out[out["family"].isin([f for f, p in reference.items() if p == prefix]) & (keys == keys.iat[pos])
                        & ((ratio - ratio.iat[pos]).abs() <= tolerance * ratio.iat[pos])]
             best = _best(near, y, minimize)

@@ -32,7 +32,7 @@ class Rule:
     #                                    table, colliding codes) or "tree" (one per forest tree, shared prefixes)
     sampling: bool = False  # defines p_ij, so attention.estimator=sampling can weight its candidates
     oracle: bool = False  # chooses by q.k of every key: an upper bound (cost.is_oracle, dashed in plots)
-    reference: Optional[str] = None  # "window" | "oracle": the bracket it is in report/gap.py (gap_<reference>)
+    reference: Optional[str] = None  # "lower" | "upper": the bracket of report/gap.py it is (window, oracle)
     family_order: int = 100  # where its family sits in tables and plots (built-ins 0-50; plug-ins after)
 
     # ------------------------------------------------------------------ config (torch-free)

@@ -25,7 +25,7 @@ class OracleTopK(Rule):
     schema = OracleTopKAttentionConfig
     why_not = {"flex": " (it needs every score q.k to choose its top k: the dense product that flex skips)"}
     oracle = True
-    reference = "oracle"
+    reference = "upper"
     family_order = 50
 
     @classmethod

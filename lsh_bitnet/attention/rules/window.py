@@ -21,7 +21,7 @@ class WindowAttention(Rule):
     name = "window"
     schema = WindowAttentionConfig
     engines = ("masked", "flex")  # flex: the always pass alone (a band and columns of blocks)
-    reference = "window"
+    reference = "lower"
     family_order = 40
 
     @classmethod
