@@ -81,3 +81,18 @@ def test_the_check_sees_what_it_must(tmp_path):
     lines = [v.split(":")[1] for v in violations(src, {**names, "lsh": None})]
     assert lines == ["1", "2", "3", "3", "4"]
     assert [v.split(":")[1] for v in violations(src, {**names, "lsh": src, "lsh_topk": src})] == ["2", "4"]
+
+
+def test_rules_and_hashers_answer_the_config_questions_without_torch():
+    """Every registered rule and hasher loads, and answers what the config checks ask, before torch does."""
+    import subprocess
+
+    code = ("import sys; from lsh_bitnet.registry import HASHERS, RULES; "
+            "from lsh_bitnet.attention.checks import validate_attention_config; "
+            "[(r.refusal(r.schema(), 'flex'), r.family('simhash'), r.hashed and r.hash_shape(r.schema())) "
+            "for _, r in RULES.items()]; "
+            "[(h.schema(), h.log_p_collision, h.ops_for(4, 64, 2)) for _, h in HASHERS.items()]; "
+            "validate_attention_config({'name': 'lsh_forest'}, {'name': 'bit_sampling'}, head_dim=64); "
+            "print(len(RULES.names()) >= 6, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
