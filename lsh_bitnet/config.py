@@ -65,13 +65,25 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------- attention
+class Estimator(StrEnum):  # how candidates are weighted (SPEC section 7)
+    softmax = "softmax"  # plain softmax over C(i)
+    sampling = "sampling"  # MagicPIG importance weights exp(s) / p_ij (rules with a collision probability)
+
+
+class Engine(StrEnum):  # how C(i) is computed, never what (SPEC section 8)
+    auto = "auto"  # flex where the rule can run on it and the call is long enough (the rule's threshold), else masked
+    masked = "masked"  # dense masked product in query chunks: every rule
+    flex = "flex"  # compiled flex_attention over block masks: skips blocks with no candidate
+
+
 @dataclass
 class AttentionConfig:
-    name: str = MISSING  # full | lsh | lsh_forest | oracle_topk | window | lsh_topk
-    # How candidates are weighted (SPEC section 7): softmax (plain softmax over C(i)) | sampling
-    # (MagicPIG importance weights exp(s)/p_ij; attention=lsh only).
-    estimator: str = "softmax"
-    # Always-attend sets (SPEC section 3), shared by every sparse variant; ignored by `full`.
+    """Fields every rule has; each rule's own schema subclasses it in its module under lsh_bitnet/attention/rules/
+    (the rule's knobs and any default it sets apart, e.g. window's sink_tokens)."""
+    name: str = MISSING  # a registered rule: lsh_bitnet.registry.RULES (attention=<name>)
+    # How candidates are weighted (SPEC section 7): softmax | sampling (rules that declare a collision probability).
+    estimator: Estimator = Estimator.softmax
+    # Always-attend sets (SPEC section 3), shared by every sparse rule; ignored by `full`.
     include_self: bool = True
     sink_tokens: int = 0
     local_window: int = 0
@@ -84,71 +96,36 @@ class AttentionConfig:
     diagnostics: bool = False
     diagnostics_k: int = 32
     diagnostics_queries: int = 64
-    # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
-    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window, lsh, lsh_forest),
-    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables or a forest; else
-    # masked; README).
-    engine: str = "auto"
-
-
-@dataclass
-class FullAttentionConfig(AttentionConfig):
-    name: str = "full"
-
-
-@dataclass
-class LSHAttentionConfig(AttentionConfig):
-    name: str = "lsh"
-    n_tables: int = 1
-    # j is a candidate when at least min_collisions of the n_tables tables collide (1 = the union).
-    min_collisions: int = 1
-
-
-@dataclass
-class LSHForestAttentionConfig(AttentionConfig):
-    name: str = "lsh_forest"
-    n_trees: int = 4
-    max_depth: int = 16
-    min_candidates: int = 64
-
-
-@dataclass
-class OracleTopKAttentionConfig(AttentionConfig):
-    name: str = "oracle_topk"
-    k: Optional[int] = None  # exactly one of k / fraction is set
-    fraction: Optional[float] = None  # k = ceil(fraction * (i + 1)) per query
-
-
-@dataclass
-class LSHTopKAttentionConfig(AttentionConfig):
-    name: str = "lsh_topk"
-    n_tables: int = 8
-    k: Optional[int] = None  # exactly one of k / fraction is set (as oracle_topk)
-    fraction: Optional[float] = None
-    # collisions: number of tables whose code equals the query's; soft: agreeing bits over all tables
-    score: str = "collisions"
-
-
-@dataclass
-class WindowAttentionConfig(AttentionConfig):
-    name: str = "window"
-    sink_tokens: int = 4
-    local_window: int = 64
+    # auto | masked | flex (SPEC section 8): which engines run a rule, and auto's thresholds, are the rule's
+    # (lsh_bitnet/attention/rules/<name>.py; README).
+    engine: Engine = Engine.auto
 
 
 # ----------------------------------------------------------------------------- hasher
+class Center(StrEnum):  # keys are hashed as k - mu (SPEC section 7)
+    none = "none"
+    calibration = "calibration"  # mean key per layer and KV head over a calibration text never evaluated
+    prompt = "prompt"  # mean key of the prefill: not causal for perplexity (cost.causal=false)
+
+
+class CalibrationSource(StrEnum):
+    auto = "auto"  # the dataset's train split where it has one, else generated text
+    train_split = "train_split"
+    file = "file"  # hasher.calibration_path
+    generated = "generated"  # the synthetic task's filler sentences
+
+
 @dataclass
 class HasherConfig:
-    name: str = MISSING  # bit_sampling | simhash
+    """Fields every hasher has; each hasher's own schema subclasses it in its module under
+    lsh_bitnet/attention/hashers/."""
+    name: str = MISSING  # a registered hasher: lsh_bitnet.registry.HASHERS (hasher=<name>)
     n_bits: int = 8
+    # 0 here; conf/hasher/*.yaml set ${seed} (the run's master seed). Not II("seed") in the schema: a schema
+    # built outside Hydra (tests, benchmarks, the Python API) would then hold an unresolvable "${seed}".
     seed: int = 0
-    # Keys are hashed as k - mu (SPEC section 7): none | calibration (mean key per layer and KV head over a
-    # calibration text never evaluated; cached beside the converted model) | prompt (mean key of the
-    # prefill; not causal for perplexity, flagged cost.causal=false).
-    center: str = "none"
-    # calibration text: auto (the dataset's train split where it has one, else generated text) | train_split
-    # | file (calibration_path) | generated (the synthetic task's filler sentences)
-    calibration_source: str = "auto"
+    center: Center = Center.none
+    calibration_source: CalibrationSource = CalibrationSource.auto
     calibration_path: Optional[str] = None
     calibration_tokens: int = 8192  # tokens of calibration text, run in windows of eval.seq_len
 
@@ -250,17 +227,19 @@ class Config:
     extra: Any = None  # free-form notes copied into results.json
 
 
+# After the bases: the rule and hasher modules subclass them (rules/__init__.py imports this module first).
+from lsh_bitnet.registry import HASHERS, RULES  # noqa: E402
+
+
+def _registered(registry) -> dict:
+    """name -> schema dataclass of every registered rule or hasher (declared in its own module)."""
+    return {name: entry.schema for name, entry in registry.items()}
+
+
 SCHEMAS = {
     "model": {"model": ModelConfig},
-    "attention": {
-        "full": FullAttentionConfig,
-        "lsh": LSHAttentionConfig,
-        "lsh_forest": LSHForestAttentionConfig,
-        "oracle_topk": OracleTopKAttentionConfig,
-        "lsh_topk": LSHTopKAttentionConfig,
-        "window": WindowAttentionConfig,
-    },
-    "hasher": {"hasher": HasherConfig},
+    "attention": _registered(RULES),
+    "hasher": _registered(HASHERS),
     "dataset": {
         "text": DatasetConfig,
         "hub_text": HubTextDatasetConfig,

@@ -43,10 +43,14 @@ class Registry:
         self._builtins_loaded = False
 
     def _ensure(self) -> None:
-        """Built-ins first (their modules register on import), then every plug-in."""
+        """Built-ins first (their modules register on import), then every plug-in.
+
+        Re-entrant: a built-in's package imports lsh_bitnet.config first (the schema bases), and config.py lists
+        this registry; that inner call imports the remaining built-ins itself. Marked loaded only once they all
+        are, so no caller ever sees a partial listing."""
         if not self._builtins_loaded:
-            self._builtins_loaded = True
             _import_builtins(self)
+            self._builtins_loaded = True
         load_plugins()
 
     def add(self, name: str, target: Union[str, Any], origin: Optional[str] = None) -> None:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
 from lsh_bitnet.errors import require as _require
+from lsh_bitnet.registry import RULES
 
 METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
@@ -129,7 +130,8 @@ def validate_fast(cfg: DictConfig) -> List[str]:
         _require(cfg.metric.max_new_tokens >= 1,
                  f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
     layers = cfg.attention.get("layers")
-    _require(layers is None or len(layers) > 0 or cfg.attention.name == "full",
+    rule = RULES.find(cfg.attention.name)
+    _require(layers is None or len(layers) > 0 or (rule is not None and rule.dense),
              f"attention.layers=[] patches no layer: the run would be full attention labelled "
              f"attention={cfg.attention.name}; set attention.layers=null (all layers) or list layer indices")
     _require(cfg.eval.get("batch_offset", 0) >= 0,
@@ -144,10 +146,11 @@ def validate_fast(cfg: DictConfig) -> List[str]:
 def calibration_path(cfg: DictConfig) -> Optional[str]:
     """hasher.calibration_path when this run reads it (a hashed variant, hasher.center=calibration,
     hasher.calibration_source=file), else None."""
-    from lsh_bitnet.attention.spec import HASHED_VARIANTS
+    from lsh_bitnet.registry import RULES
 
     hasher = cfg.get("hasher")
-    if cfg.attention.name not in HASHED_VARIANTS or hasher is None or hasher.get("center") != "calibration":
+    rule = RULES.find(cfg.attention.name)
+    if rule is None or not rule.hashed or hasher is None or hasher.get("center") != "calibration":
         return None
     return hasher.calibration_path if hasher.get("calibration_source") == "file" else None
 

@@ -14,7 +14,8 @@ from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForC
 
 from lsh_bitnet.attention import SparseSpec, build_hasher, patch_model, sparse_attention, validate_attention_config
 from lsh_bitnet.attention.registry import lsh_bitnet_attention
-from lsh_bitnet.config import HasherConfig, LSHAttentionConfig
+from lsh_bitnet.attention.rules.lsh import LSHAttentionConfig
+from lsh_bitnet.config import HasherConfig
 
 VOCAB, T, N_LAYERS = 300, 24, 2
 HASHER = {"name": "simhash", "n_bits": 3, "seed": 0}

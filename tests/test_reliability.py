@@ -208,7 +208,7 @@ def test_free_form_extra_and_declared_keys_pass():
     (["attention=lsh", "attention.engine=flex", "attention.min_collisions=2"],
      "attention.engine=flex cannot run attention.min_collisions=2", True),
     (["attention=oracle_topk", "attention.k=8", "attention.fraction=0.1"], "needs exactly one of attention.k", True),
-    (["attention=lsh", "hasher.center=mean"], "hasher.center='mean' is not known", True),
+    (["attention=lsh", "hasher.center=mean"], "expected one of [none, calibration, prompt]", False),  # an Enum
 ], ids=["plus-typo", "seq_len", "layers", "dtype", "n_bits", "flex-m-of-L", "k-and-fraction", "center"])
 def test_cli_value_error_fails_fast_without_importing_torch(args, message, recorded, tmp_path):
     start = time.perf_counter()
@@ -224,13 +224,19 @@ def test_cli_value_error_fails_fast_without_importing_torch(args, message, recor
         assert _strict_load(tmp_path / "run" / "results.json")["status"] == "failed"
 
 
-def test_torch_free_check_names_match_the_implementations():
-    """attention/checks.py lists engines and hashers as plain data (no torch); they must match what runs."""
-    from lsh_bitnet.attention import checks, hashers, kernel
+def test_every_registered_rule_and_hasher_runs():
+    """The registry is the one list the torch-free checks and the implementations share: every hasher it names
+    builds and hashes, and every rule's engines are engines that exist."""
+    import torch
 
-    assert set(checks.HASHER_NAMES) == set(hashers.HASHERS)
-    assert kernel.ENGINES is checks.ENGINES
-    assert set(checks.ENGINES["masked"]) == set(checks.VARIANTS)
+    from lsh_bitnet.attention.checks import ENGINES
+    from lsh_bitnet.attention.hashers import build_hasher
+    from lsh_bitnet.registry import HASHERS, RULES
+
+    for name in HASHERS.names():
+        assert build_hasher(name, 2, 8, 1, 1, 0, 0).codes(torch.randn(1, 1, 3, 8)).shape == (1, 1, 3, 1), name
+    for name, rule in RULES.items():
+        assert "masked" in rule.engines and set(rule.engines) <= set(ENGINES), name
 
 
 def test_importing_the_checks_imports_no_torch():

@@ -139,9 +139,9 @@ def _cached_centers(path: Path, key: dict) -> Optional[torch.Tensor]:
 
 def centers_for_run(cfg, loaded, cache_dir: Path) -> Optional[torch.Tensor]:
     """The runner's hook: calibration centers when a hashed variant runs with hasher.center=calibration."""
-    from lsh_bitnet.attention.spec import HASHED_VARIANTS
+    from lsh_bitnet.registry import RULES
 
-    if cfg.attention.name not in HASHED_VARIANTS or cfg.hasher.center != "calibration":
+    if not RULES.get(cfg.attention.name).hashed or cfg.hasher.center != "calibration":
         return None
     from omegaconf import OmegaConf
 

@@ -21,7 +21,7 @@ from lsh_bitnet.config import SCHEMAS, AttentionConfig
 from lsh_bitnet.report.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.report.items import pool_ranges
 from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
-from lsh_bitnet.report.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
+from lsh_bitnet.report.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, is_full, plot_pareto
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.report.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
                              flatten, is_seed_key, keys_read, nonfinite_values, relevant)
@@ -183,7 +183,8 @@ def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
     seconds = pd.to_numeric(out[time_col], errors="coerce")
     if "compile_s" in out:
         seconds = seconds - pd.to_numeric(out["compile_s"], errors="coerce").fillna(0.0)
-    full = out[out["attention"] == "full"].assign(_t=seconds).groupby(["metric", "setting"], dropna=False)["_t"].min()
+    full = out[out["attention"].map(is_full).astype(bool)].assign(_t=seconds)
+    full = full.groupby(["metric", "setting"], dropna=False)["_t"].min()
     base = out.apply(lambda r: full.get((r["metric"], r["setting"]), float("nan")), axis=1)
     out["wall_ratio"] = seconds / pd.to_numeric(base, errors="coerce")
     out.attrs.update(ok.attrs)

@@ -5,6 +5,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from lsh_bitnet.registry import RULES
+
 # metric.name -> (column plotted on y, lower is better). The first value column each metric reports.
 PRIMARY_Y: Dict[str, Tuple[str, bool]] = {
     "perplexity": ("perplexity", True),
@@ -28,8 +30,9 @@ X_AXES: Dict[str, str] = {
     "wall_ratio": "wall-time ratio = eval seconds without compilation / full attention's",
 }
 X = "comparison_ratio"
-# Plot order and identity of the reference families; every other family is drawn as a solid frontier.
-FAMILY_ORDER = ("full", "lsh", "lsh_topk", "lsh_forest", "window", "oracle_topk")
+# Plot order of a family is its rule's (Rule.family_order); a rule not registered here (a plug-in not installed)
+# sorts after every registered one.
+UNKNOWN_FAMILY_ORDER = 1000
 # A linear x axis squeezes ratios spanning more than this factor into the left edge.
 LOG_X_SPREAD = 10.0
 # Lower-is-better y (perplexity): the axis runs from the best point to this many times full attention;
@@ -38,10 +41,27 @@ Y_SPAN = 3.0
 
 
 def family_of(attention: object, hasher: object) -> str:
-    """full | lsh/<hasher> | lsh_forest/<hasher> | oracle_topk | window: what one frontier is drawn over."""
-    if isinstance(attention, str) and attention.startswith("lsh") and isinstance(hasher, str) and hasher:
-        return f"{attention}/{hasher}"
-    return str(attention)
+    """What one frontier is drawn over: the rule's family (Rule.family: <rule>/<hasher> for hashed rules, else
+    <rule>); a rule not registered here (a plug-in not installed) is one family per name."""
+    rule = RULES.find(attention)
+    return str(attention) if rule is None else rule.family(hasher)
+
+
+def _rule_of(family: object):
+    """The registered rule of a family (or rule name) `<rule>[/<hasher>]`, None if not registered here."""
+    return RULES.find(str(family).split("/")[0])
+
+
+def is_full(family: object) -> bool:
+    """Whether the family (or rule name) keeps every causal key: the full-attention baseline (Rule.dense)."""
+    rule = _rule_of(family)
+    return rule is not None and rule.dense
+
+
+def is_upper_bound(family: object) -> bool:
+    """Whether the family chooses by q.k of every key (Rule.oracle): drawn dashed, labelled an upper bound."""
+    rule = _rule_of(family)
+    return rule is not None and rule.oracle
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str, minimize_y: bool) -> pd.Series:
@@ -81,8 +101,8 @@ def add_pareto(df: pd.DataFrame, y_by_metric: Dict[str, Tuple[str, bool]], x: st
 
 
 def _family_sort_key(family: str) -> Tuple[int, str]:
-    base = family.split("/")[0]
-    return (FAMILY_ORDER.index(base) if base in FAMILY_ORDER else len(FAMILY_ORDER), family)
+    rule = _rule_of(family)
+    return (rule.family_order if rule is not None else UNKNOWN_FAMILY_ORDER, family)
 
 
 # Point labels on the plot: short names, explained in a footnote, so labels stay on one short line.
@@ -149,7 +169,7 @@ def y_limits(runs: pd.DataFrame, y: str, minimize: bool) -> Optional[Tuple[float
     values = pd.to_numeric(runs[y], errors="coerce").dropna()
     if not minimize or values.empty:
         return None
-    full = values[runs.loc[values.index, "family"] == "full"]
+    full = values[runs.loc[values.index, "family"].map(is_full).astype(bool)]
     ref = full.min() if len(full) else values.min()
     top = ref * Y_SPAN
     if values.max() <= top:
@@ -202,13 +222,13 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
                 text += f" ({_label(row, varying)})" if _label(row, varying) else ""
                 annotations.append(ax.annotate(text, (xv, limits[1]), textcoords="offset points",
                                                xytext=(5, -10), fontsize=6.5, color=color, annotation_clip=False))
-        if family == "full":
+        if is_full(family):
             best = fam[y].min() if minimize else fam[y].max()
             ax.axhline(best, color=color, lw=1.2, ls=":", zorder=1)
             ax.scatter(fam[x], fam[y], color=color, marker=marker, s=60, zorder=3,
                        label=f"full attention ({y} = {best:.4g})")
             continue
-        oracle = family == "oracle_topk"
+        oracle = is_upper_bound(family)
         inside = fam[~out]
         ax.scatter(inside[x], inside[y], color=color, marker=marker, s=22, alpha=0.3, zorder=2)
         ax.plot(front[x], front[y].clip(upper=limits[1]) if limits else front[y], color=color, marker=marker,

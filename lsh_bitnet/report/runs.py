@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
+from lsh_bitnet.registry import RULES
 from lsh_bitnet.run.jobs import job_busy
 from lsh_bitnet.report.pareto import PRIMARY_Y, family_of
 from lsh_bitnet.run.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
@@ -51,8 +52,9 @@ def keys_read(variant: Any) -> Optional[Set[str]]:
 
     - attention: the fields of the variant's dataclass; a variant that declares nothing of its own
       (full) reads none of the shared sparse-attention fields, only the diagnostics (a measurement).
-    - hasher: read by the LSH variants (named lsh*, SPEC section 3); a variant with a `max_depth` field
-      hashes that many bits per tree instead of hasher.n_bits.
+    - hasher: read by the hashed rules (Rule.hashed); a rule with its own code width (Rule.bits_key, the
+      forest's attention.max_depth) does not read hasher.n_bits. A rule not registered here (a plug-in not
+      installed) reads no hasher key as far as we can tell.
     """
     cls = _variant_schemas().get(variant)
     if cls is None:
@@ -61,9 +63,10 @@ def keys_read(variant: Any) -> Optional[Set[str]]:
     if not set(cls.__dict__.get("__annotations__", {})) - {"name"}:
         names = {"name"} | {n for n in names if n.startswith("diagnostics")}
     keys = {f"attention.{n}" for n in names}
-    if str(variant).startswith("lsh"):
+    rule = RULES.find(variant)
+    if rule is not None and rule.hashed:
         hasher = {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())}
-        keys |= hasher - ({"hasher.n_bits"} if "max_depth" in names else set())
+        keys |= hasher - ({"hasher.n_bits"} if getattr(rule, "bits_key", None) else set())
     return keys
 
 
