@@ -7,10 +7,11 @@ strings, ranges, cross-group constraints) are checked by `validate(cfg)` in `lsh
 """
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 # ----------------------------------------------------------------------------- closed value sets
@@ -251,6 +252,26 @@ SCHEMAS = {
 }
 
 
+# conf/<group>/<name>.yaml files: an option without one (a plug-in's) is stored from its schema instead.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Fields that follow the run's master seed in every option stored from a schema, as the YAMLs write them.
+SEED_FIELDS = ("seed",)
+
+
+def option_schemas() -> Dict[str, Dict[str, type]]:
+    """group -> {option name: schema} of the registered options (rules, hashers; plug-ins included)."""
+    return {"attention": SCHEMAS["attention"], "hasher": SCHEMAS["hasher"]}
+
+
+def _option_node(schema: type):
+    """The schema as a selectable option: `seed` fields follow the run's `seed` (${seed}), as in conf/."""
+    node = OmegaConf.structured(schema)
+    for key in SEED_FIELDS:
+        if key in node:
+            node[key] = "${" + key + "}"
+    return node
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
@@ -258,6 +279,12 @@ def register_configs() -> None:
         for name, node in schemas.items():
             # Under schema/<group>, so `attention=` lists only the real options in its error message.
             cs.store(group=f"schema/{group}", name=name, node=node)
+    # A registered option with no YAML (a plug-in's rule, hasher, task or dataset) is selectable all the same:
+    # `attention=my_rule` composes its schema, listed by --help and shell completion like the built-ins.
+    for group, schemas in option_schemas().items():
+        for name, schema in schemas.items():
+            if not (CONF_DIR / group / f"{name}.yaml").exists():
+                cs.store(group=group, name=name, node=_option_node(schema))
 
 
 register_configs()

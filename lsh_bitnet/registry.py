@@ -141,6 +141,7 @@ def _import_builtins(registry: "Registry") -> None:
 _plugins_loaded = False
 _current_plugin: Optional[str] = None
 PLUGINS: Dict[str, str] = {}  # entry-point name -> its target, for provenance (results.json versions)
+PLUGIN_VERSIONS: Dict[str, Optional[str]] = {}  # the plug-ins' package name -> version
 
 
 def _entry_points():
@@ -168,6 +169,9 @@ def load_plugins() -> None:
         finally:
             _current_plugin = None
         PLUGINS[ep.name] = ep.value
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            PLUGIN_VERSIONS[dist.metadata["Name"]] = dist.version
 
 
 def registered_schemas(registry: Registry, schema_attr: str = "schema") -> Dict[str, type]:
