@@ -154,18 +154,39 @@ class HasherConfig:
 
 
 # ----------------------------------------------------------------------------- dataset
+# One schema per option, its `name` the option's: the YAML in conf/dataset only selects it. The options are
+# registered by the tasks that read them (lsh_bitnet.registry.DATASETS, lsh_bitnet/tasks).
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj | passkey
+    name: str = MISSING  # the option: a registered name (wikitext103 | wikitext2 | enwik8 | text_file | ...)
     split: Split = Split.test
     path: Optional[str] = None  # local file (text_file, enwik8) or directory (wikitext)
     max_chars: Optional[int] = None  # truncate the text before tokenising (quick runs)
 
 
 @dataclass
+class TextFileDatasetConfig(DatasetConfig):
+    name: str = "text_file"
+    split: Split = Split.all  # a single file has no splits
+    path: Optional[str] = MISSING  # required: the UTF-8 file (dataset.path=/abs/file.txt)
+
+
+@dataclass
 class HubTextDatasetConfig(DatasetConfig):
     hub_id: str = "Salesforce/wikitext"
     hub_config: str = MISSING  # e.g. wikitext-103-raw-v1
+
+
+@dataclass
+class Wikitext103DatasetConfig(HubTextDatasetConfig):
+    name: str = "wikitext103"
+    hub_config: str = "wikitext-103-raw-v1"
+
+
+@dataclass
+class Wikitext2DatasetConfig(HubTextDatasetConfig):
+    name: str = "wikitext2"
+    hub_config: str = "wikitext-2-raw-v1"
 
 
 @dataclass
@@ -211,10 +232,28 @@ class PasskeyDatasetConfig(DatasetConfig):
 
 
 # ----------------------------------------------------------------------------- metric
+# One schema per task (lsh_bitnet/tasks): a task's own fields live in its schema, so `metric.max_new_tokens`
+# exists only where an answer is generated.
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # perplexity | synthetic_accuracy | passkey_accuracy
-    max_new_tokens: int = 6  # synthetic_accuracy / passkey_accuracy: greedy answer length
+    name: str = MISSING  # the task: a registered name (lsh_bitnet.registry.TASKS)
+
+
+@dataclass
+class PerplexityMetricConfig(MetricConfig):
+    name: str = "perplexity"
+
+
+@dataclass
+class SyntheticAccuracyMetricConfig(MetricConfig):
+    name: str = "synthetic_accuracy"
+    max_new_tokens: int = 6  # greedy answer length: the adjective is one token, the rest is slack
+
+
+@dataclass
+class PasskeyAccuracyMetricConfig(MetricConfig):
+    name: str = "passkey_accuracy"
+    max_new_tokens: int = 8  # the key is 5 digit tokens for Llama-3 / SmolLM2 tokenizers, plus a leading space
 
 
 # ----------------------------------------------------------------------------- top level
@@ -263,12 +302,20 @@ SCHEMAS = {
     "hasher": {"hasher": HasherConfig},
     "dataset": {
         "text": DatasetConfig,
+        "text_file": TextFileDatasetConfig,
         "hub_text": HubTextDatasetConfig,
+        "wikitext103": Wikitext103DatasetConfig,
+        "wikitext2": Wikitext2DatasetConfig,
         "enwik8": Enwik8DatasetConfig,
         "synthetic": SyntheticDatasetConfig,
         "passkey": PasskeyDatasetConfig,
     },
-    "metric": {"metric": MetricConfig},
+    "metric": {
+        "metric": MetricConfig,
+        "perplexity": PerplexityMetricConfig,
+        "synthetic_accuracy": SyntheticAccuracyMetricConfig,
+        "passkey_accuracy": PasskeyAccuracyMetricConfig,
+    },
 }
 
 

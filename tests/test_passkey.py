@@ -12,7 +12,7 @@ from lsh_bitnet.config import PasskeyDatasetConfig
 from lsh_bitnet.data import check_dataset_config
 from lsh_bitnet.data import passkey as P
 from lsh_bitnet.errors import ConfigError
-from lsh_bitnet.tasks.passkey import evaluate_passkey
+from lsh_bitnet.tasks._passkey import evaluate_passkey
 from lsh_bitnet.validate import validate_config
 
 

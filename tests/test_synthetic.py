@@ -12,7 +12,7 @@ from conftest import byte_level_bpe
 from lsh_bitnet.config import SyntheticDatasetConfig
 from lsh_bitnet.data import check_dataset_config
 from lsh_bitnet.data import synthetic as S
-from lsh_bitnet.tasks.synthetic import evaluate_synthetic, score_sample
+from lsh_bitnet.tasks._synthetic import evaluate_synthetic, score_sample
 
 FORMATS = S.PROMPT_FORMATS
 
