@@ -18,7 +18,8 @@ FORMATS = S.PROMPT_FORMATS
 
 
 def cfg(**kw):
-    return OmegaConf.structured(SyntheticDatasetConfig(**kw))
+    # dataset.seed defaults to the run's ${seed}: a dataset node alone names its seed (1234, the old default)
+    return OmegaConf.structured(SyntheticDatasetConfig(**{"seed": 1234, **kw}))
 
 
 # ----------------------------------------------------------------------------- generator
