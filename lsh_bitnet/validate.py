@@ -73,9 +73,16 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
 
 # ----------------------------------------------------------------------------- stage 1: config only
 def _default(cfg: DictConfig, dotted: str) -> Any:
-    """The schema default of `group.field` in the schema of cfg's `group` node (None when it has none)."""
+    """The schema default of `group.field` in the schema of cfg's `group` node (the option's own, e.g.
+    SyntheticDatasetConfig), else in the group's declared schema (None when it has none)."""
+    from lsh_bitnet.config import Config
+
     group, leaf = dotted.rsplit(".", 1)
     schema = OmegaConf.get_type(cfg, group) if OmegaConf.select(cfg, group) is not None else None
+    if not dataclasses.is_dataclass(schema):
+        declared = {f.name: f for f in dataclasses.fields(Config)}.get(group)
+        if declared is not None:
+            schema = declared.default_factory if declared.default_factory is not dataclasses.MISSING else declared.type
     for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
         if f.name == leaf:
             return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
