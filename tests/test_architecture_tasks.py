@@ -89,8 +89,8 @@ def test_no_module_spells_a_task_or_dataset_name_it_does_not_own():
 
 def test_the_check_sees_what_it_refuses():
     """The scanner itself, on the shapes it exists to catch (so the test above cannot pass by seeing nothing)."""
-    owned = {"perplexity": {"lsh_bitnet/tasks/perplexity.py"}, "passkey_accuracy": {"lsh_bitnet/tasks/passkey_accuracy.py"},
-             "wikitext2": {"lsh_bitnet/tasks/perplexity.py"}}
+    owned = {"perplexity": {"lsh_bitnet/tasks/perplexity.py"}, "wikitext2": {"lsh_bitnet/tasks/perplexity.py"},
+             "passkey_accuracy": {"lsh_bitnet/tasks/passkey_accuracy.py"}}
     keys = set(task_named("perplexity").record.keys()) | set(task_named("passkey_accuracy").record.keys())
     source = '''
 if cfg.metric.name == "perplexity": pass

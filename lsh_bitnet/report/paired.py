@@ -74,9 +74,8 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
     if unpaired:  # one line, not one per run: a directory of many sweeps has many such runs
         log.info("%d run(s) share no item with a %s run of their setting; their paired columns stay empty: %s%s",
                  len(unpaired), baseline, ", ".join(unpaired[:3]), " ..." if len(unpaired) > 3 else "")
-    extra = [c for row in rows for c in row if c not in PAIRED_COLUMNS]  # a plug-in record kind's own columns
-    out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=list(dict.fromkeys(PAIRED_COLUMNS + extra)))],
-                    axis=1)
+    columns = list(dict.fromkeys(PAIRED_COLUMNS + [c for row in rows for c in row]))  # + a plug-in kind's own
+    out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=columns)], axis=1)
     for col in ("paired_n", "paired_gains", "paired_losses"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
     out.attrs.update(ok.attrs)

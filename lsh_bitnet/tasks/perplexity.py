@@ -48,9 +48,10 @@ class Perplexity(Task):
     def check_data(self, cfg, cache_dir: Path) -> str:
         """The text, read and checked (exists, UTF-8, non-empty, long enough) before any model loads."""
         text = T.load_text(cfg.dataset, cache_dir)
-        where = f"dataset={cfg.dataset.name}" + (f" (dataset.path={cfg.dataset.path})" if cfg.dataset.get("path") else "")
+        path, max_chars = cfg.dataset.get("path"), cfg.dataset.get("max_chars")
+        where = f"dataset={cfg.dataset.name}" + (f" (dataset.path={path})" if path else "")
         require(bool(text.strip()), f"{where} holds no text (empty or whitespace only): point dataset.path at a "
-                                    f"non-empty UTF-8 file" + (" or raise dataset.max_chars" if cfg.dataset.get("max_chars") else ""))
+                                    f"non-empty UTF-8 file" + (" or raise dataset.max_chars" if max_chars else ""))
         # A token covers at least one byte: fewer bytes than eval.seq_len can never fill one window.
         n_bytes = len(text.encode())
         require(n_bytes >= cfg.eval.seq_len,
