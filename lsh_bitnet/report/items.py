@@ -62,7 +62,7 @@ def shared_items(*runs: Items, kind: Optional[RecordKind] = None) -> List[int]:
     return sorted(i for i in common if all(same_item(runs[0][i], other[i], kind) for other in runs[1:]))
 
 
-def primary_value(items: Items, indices: List[int], kind: Optional[RecordKind] = None) -> float:
+def primary_value(items: Items, indices: List[int], kind: Optional[RecordKind] = None) -> Optional[float]:
     """The table's metric over some items, as the task's record kind pools it (perplexity exp(sum NLL / sum
     predicted), mean accuracy); None where the kind is unknown."""
     records = [items[i] for i in indices]
