@@ -18,8 +18,6 @@ log = logging.getLogger("lsh_bitnet")
 # Non-terminal progress: a line at least this often (seconds) and at each of these fractions done.
 LOG_EVERY_S = 30.0
 LOG_FRACTIONS = (0.25, 0.5, 0.75)
-# Primary value per metric.name; kept here (not imported from pareto) so a run never imports pandas.
-PRIMARY = {"perplexity": "perplexity", "synthetic_accuracy": "accuracy", "passkey_accuracy": "accuracy"}
 # Cost ratios named in the closing line, when the run reports them.
 RATIOS = ("comparison_ratio", "mac_ratio")
 MAX_ERROR_CHARS = 240  # a closing line stays a line; the full error is in results.json
@@ -44,7 +42,11 @@ def _one_line(text: Any, limit: int = MAX_ERROR_CHARS) -> str:
 
 def metric_text(metrics: Dict[str, Any], metric_name: Optional[str]) -> str:
     """`perplexity 24.13 [22.01, 26.35] (n=8)`: the primary value with its interval where recorded."""
-    key = PRIMARY.get(str(metric_name)) or next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
+    from lsh_bitnet.tasks.base import find_task  # the primary field is the task's (registry; no pandas)
+
+    task = find_task(metric_name)
+    key = task.primary if task is not None else next((k for k, v in metrics.items() if isinstance(v, (int, float))),
+                                                       None)
     if key is None or key not in metrics:
         return "no metric recorded"
     text = f"{key} {_num(metrics[key])}"

@@ -122,7 +122,7 @@ DATASETS = Registry("dataset", "dataset")  # dataset option name -> its schema d
 # Built-ins live one per module in these packages and register themselves on import (`@RULES.register`), so
 # a new built-in is one new module: nothing here lists them. Modules named `_x` or `base` are helpers.
 BUILTIN_PACKAGES = {"attention rule": "lsh_bitnet.attention.rules", "hasher": "lsh_bitnet.attention.hashers",
-                    "task": "lsh_bitnet.tasks"}
+                    "task": "lsh_bitnet.tasks", "dataset": "lsh_bitnet.tasks"}  # a task registers its datasets
 
 
 def _import_builtins(registry: "Registry") -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 from lsh_bitnet import console
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank.\n" * 120
@@ -124,7 +124,7 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
     from lsh_bitnet.report.collect import write_summary
     from lsh_bitnet.models import describe_model
 
-    default = OmegaConf.load(REPO_ROOT / "conf" / "model" / "smollm2_135m.yaml")
+    default = compose_config(["model=smollm2_135m"]).model  # the schema holds its values (conf/ only selects it)
     assert describe_model(default, "/site-packages/x", "bfloat16") == \
         "SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to bfloat16)"
     hub = OmegaConf.create({"name": "hf", "gguf_file": None})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from lsh_bitnet.tasks import perplexity as PPL
+from lsh_bitnet.tasks import _perplexity as PPL
 from lsh_bitnet.run.runner import run
 
 TEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 3 +

@@ -21,9 +21,8 @@ from lsh_bitnet.attention.spec import CALIBRATION_CHARS_PER_TOKEN, calibration_f
 from lsh_bitnet.errors import ConfigError
 
 RECORDER = "lsh_bitnet_calibrate"
-# Never the evaluation seed of the synthetic task (1234 by default): these samples are calibration only.
+# Never an evaluation seed of the synthetic task (the run's seed, 1234 in FINDINGS): calibration samples only.
 CALIBRATION_SEED = 977_003
-SPLIT_DATASETS = ("wikitext2", "wikitext103", "enwik8")
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +31,10 @@ def calibration_text(hasher_cfg, dataset_cfg, cache_dir: Path) -> str:
     from omegaconf import OmegaConf
 
     source = hasher_cfg.calibration_source
-    has_train = dataset_cfg.name in SPLIT_DATASETS and not (  # a file as dataset.path is the evaluated split itself
-        dataset_cfg.get("path") and Path(dataset_cfg.path).expanduser().is_file())
+    from lsh_bitnet.tasks.base import dataset_option
+
+    has_train = "train" in dataset_option(dataset_cfg.name).splits and not (  # the option has a train split, but a
+        dataset_cfg.get("path") and Path(dataset_cfg.path).expanduser().is_file())  # file as path is the split itself
     if source == "auto":
         source = "train_split" if has_train else "generated"
     if source == "file":

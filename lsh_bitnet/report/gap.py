@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.report.items import comparable_key, items_of, primary_value, shared_items
 from lsh_bitnet.registry import RULES
-from lsh_bitnet.report.pareto import PRIMARY_Y, is_full
+from lsh_bitnet.report.items import comparable_key, items_of, kind_of, primary_value, shared_items
+from lsh_bitnet.report.pareto import is_full, primary_y
 
 GAP_COLUMNS = ["gap_closed", "gap_n", "gap_window", "gap_window_run", "gap_oracle", "gap_oracle_run"]
 # Rule.reference -> the columns of that bracket: the lower (a window, which knows nothing of the query) and the
@@ -70,9 +70,9 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
     reference = references()
     for pos in range(len(out)):
         family, metric = out["family"].iat[pos], out["metric"].iat[pos]
-        if family in reference or is_full(family) or metric not in PRIMARY_Y or pd.isna(ratio.iat[pos]):
+        if family in reference or is_full(family) or primary_y(metric) is None or pd.isna(ratio.iat[pos]):
             continue
-        y, minimize = PRIMARY_Y[metric]
+        y, minimize = primary_y(metric)
         refs: Dict[str, int] = {}
         for prefix in BRACKETS.values():
             near = out[out["family"].isin([f for f, p in reference.items() if p == prefix]) & (keys == keys.iat[pos])
@@ -83,11 +83,12 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
         if len(refs) < 2:
             continue
         runs = [items_at(pos)] + [items_at(p) for p in refs.values()]
-        if all(runs):  # the three over the items all of them scored
-            shared = shared_items(*runs)
+        kind = kind_of(metric, runs[0])
+        if all(runs) and kind is not None:  # the three over the items all of them scored
+            shared = shared_items(*runs, kind=kind)
             if not shared:
                 continue  # different items: no comparison
-            values = [primary_value(r, shared) for r in runs]
+            values = [primary_value(r, shared, kind) for r in runs]
             out.loc[pos, "gap_n"] = len(shared)
         else:
             values = [pd.to_numeric(pd.Series([out[y].iat[p]]), errors="coerce").iat[0] for p in [pos, *refs.values()]]

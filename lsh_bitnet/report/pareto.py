@@ -6,23 +6,36 @@ import numpy as np
 import pandas as pd
 
 from lsh_bitnet.registry import RULES
+from lsh_bitnet.tasks.base import find_task, tasks
 
-# metric.name -> (column plotted on y, lower is better). The first value column each metric reports.
-PRIMARY_Y: Dict[str, Tuple[str, bool]] = {
-    "perplexity": ("perplexity", True),
-    "synthetic_accuracy": ("accuracy", False),
-    "passkey_accuracy": ("accuracy", False),
-}
-# More panels beside the primary one: the synthetic task's multiple-choice score reads differently.
-EXTRA_Y: Dict[str, List[str]] = {"synthetic_accuracy": ["choice_accuracy"]}
-# Any value column a user may pick with `--metric`: -> (metric.name that reports it, lower is better).
-Y_COLUMNS: Dict[str, Tuple[str, bool]] = {
-    "perplexity": ("perplexity", True),
-    "nll": ("perplexity", True),
-    "bits_per_byte": ("perplexity", True),
-    "accuracy": ("synthetic_accuracy", False),
-    "choice_accuracy": ("synthetic_accuracy", False),
-}
+
+# ----------------------------------------------------------------------------- what each task plots (its Task)
+def primary_y(metric: object) -> Optional[Tuple[str, bool]]:
+    """(column plotted on y, lower is better) for runs of metric.name `metric`: its task's primary field; None
+    for a task not registered here (its runs get no frontier)."""
+    task = find_task(metric)
+    return (task.primary, not task.higher_is_better) if task is not None else None
+
+
+def primary_y_by_metric() -> Dict[str, Tuple[str, bool]]:
+    return {task.name: primary_y(task.name) for task in tasks()}
+
+
+def extra_y(metric: object) -> List[str]:
+    """More panels beside the primary one (e.g. the synthetic task's multiple-choice score)."""
+    task = find_task(metric)
+    return list(task.extra_y) if task is not None else []
+
+
+def y_columns() -> Dict[str, Tuple[str, bool]]:
+    """Any value column a user may pick with `--metric`: -> (metric.name that reports it, lower is better).
+    Where two tasks name one column, the first registered keeps it."""
+    out: Dict[str, Tuple[str, bool]] = {}
+    for task in tasks():
+        for column in task.y_columns:
+            out.setdefault(column, (task.name, not task.higher_is_better))
+    return out
+
 # Cost axes (`--x`): column -> axis label.
 X_AXES: Dict[str, str] = {
     "comparison_ratio": "comparison ratio = q·k scores computed / full causal",
@@ -309,7 +322,7 @@ def plot_pareto(df: pd.DataFrame, metric: str, y: str, minimize: bool, path: Pat
     matplotlib.use("Agg")  # no display on compute nodes; also keeps tests headless
     import matplotlib.pyplot as plt
 
-    ys = [y] + [c for c in EXTRA_Y.get(metric, []) if c != y and c in df and pd.to_numeric(df[c], errors="coerce").notna().any()]
+    ys = [y] + [c for c in extra_y(metric) if c != y and c in df and pd.to_numeric(df[c], errors="coerce").notna().any()]
     settings = list(dict.fromkeys(df["setting"].fillna("")))
     width = 10.5 if len(ys) == 1 else 8.0  # legends sit right of each panel
     fig, axes = plt.subplots(len(settings), len(ys), figsize=(width * len(ys), 5.6 * len(settings)), squeeze=False)

@@ -16,8 +16,9 @@ import pandas as pd
 from lsh_bitnet.config import SCHEMAS
 from lsh_bitnet.registry import RULES
 from lsh_bitnet.run.jobs import job_busy
-from lsh_bitnet.report.pareto import PRIMARY_Y, family_of
+from lsh_bitnet.report.pareto import family_of, primary_y
 from lsh_bitnet.run.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
+from lsh_bitnet.tasks.base import find_task
 
 log = logging.getLogger("lsh_bitnet.report.collect")  # what the collector CLI reports
 
@@ -90,9 +91,10 @@ def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> boo
 
 
 def _uses_windows(record: Optional[Dict[str, Any]]) -> bool:
-    """eval.seq_len matters only to a metric that evaluates windows (perplexity reports n_windows)."""
-    metrics = _section(record or {}, "metrics")
-    return not metrics or "n_windows" in metrics or "n_samples" not in metrics
+    """eval.seq_len matters only to a task that reads it (not in its Task.ignores); a task not registered here
+    is taken to read it (what we cannot judge is shown)."""
+    task = find_task(flatten(_section(record or {}, "config")).get("metric.name"))
+    return task is None or "eval.seq_len" not in task.ignores
 
 
 # ----------------------------------------------------------------------------- loading
@@ -141,7 +143,8 @@ def _missing_fields(record: Dict[str, Any], x: str) -> List[str]:
     flat = flatten(_section(record, "config"))
     need = [f"config.{k}" for k in ("attention.name", "metric.name") if flat.get(k) is None]
     metric = flat.get("metric.name")
-    for section, key in [("cost", x)] + ([("metrics", PRIMARY_Y[metric][0])] if metric in PRIMARY_Y else []):
+    primary = primary_y(metric)  # None for a task not registered here: its primary field is unknown
+    for section, key in [("cost", x)] + ([("metrics", primary[0])] if primary else []):
         if _section(record, section).get(key) is None:
             need.append(f"{section}.{key}")
     return need

@@ -33,7 +33,8 @@ from lsh_bitnet.run.jobs import job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.run.sweep import mark_skipped, register_job
 from lsh_bitnet.models.cache import check_cache_dir
-from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
+from lsh_bitnet.tasks.base import Task, task_named
+from lsh_bitnet.validate import check_data, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,10 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                     raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
                 from lsh_bitnet.run.samples import SAMPLES_FILE, SampleLog
 
-                state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # samples.jsonl, flushed per sample
-                _evaluate(cfg, cache_dir, record, state)
+                task = task_named(cfg.metric.name)  # what metric=<name> evaluates (lsh_bitnet/tasks)
+                # samples.jsonl, flushed per item; records of the task's kind
+                state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed, kind=task.record)
+                _evaluate(cfg, task, cache_dir, record, state)
                 record["status"] = "ok"
             except RunInterrupted as exc:
                 record.update(status="interrupted", error={**error_record(exc), "signal": signal.Signals(exc.signum).name,
@@ -207,8 +210,8 @@ def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
         log.warning(f"[lsh-bitnet] WARNING: {warning}")
 
 
-def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
-    text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
+def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
+    checked = check_data(cfg, cache_dir)  # data before the model (calibration file, the task's): no load wasted
     fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
 
     import torch
@@ -240,13 +243,15 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     watch = _LogitWatch(model)
     try:
         data_start = time.perf_counter()
-        data = _metric_data(cfg, tokenizer, cache_dir, text)  # tokenised once per sweep: kept out of eval_s
+        # What the task scores (a token stream, samples): timed apart from the evaluation (timing.data_s), so the
+        # first job of a sweep, which tokenises, is not slower in eval_s.
+        data = task.make_items(cfg, tokenizer, cache_dir, checked)
         data_s = time.perf_counter() - data_start
         eval_start = time.perf_counter()
         sink = state.get("sink")
         if sink is not None:  # per-sample comparisons in samples.jsonl
             sink.track_cost(patch.cost_summary)
-        metrics = _run_metric(cfg, model, tokenizer, data, sink)
+        metrics = task.evaluate(cfg, model, tokenizer, data, sink=sink)
         eval_s = time.perf_counter() - eval_start
         record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
         compile_timing = patch.timing_summary()  # flex engine: compile_s / compiles, merged into timing below
@@ -266,52 +271,3 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
             f"weights (model cache {loaded.info.get('cache_path') or cfg.model.name_or_path}: delete it to "
             f"rebuild), float16 overflow (model.dtype={cfg.model.dtype}: try bfloat16 or float32), or a bug in "
             f"attention={cfg.attention.name} (compare with attention=full)")
-
-
-def _metric_data(cfg: DictConfig, tokenizer, cache_dir: Path, text: Optional[str]):
-    """What the metric reads: the token stream (perplexity) or the generated samples. Timed apart from the
-    evaluation (timing.data_s), so the first job of a sweep, which tokenises, is not slower in eval_s."""
-    if cfg.metric.name == "perplexity":
-        from lsh_bitnet.data import token_stream
-
-        return token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
-                            max_tokens=_needed_tokens(cfg.eval))
-    if cfg.metric.name == "synthetic_accuracy":
-        from lsh_bitnet.data.synthetic import make_samples
-
-        return make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg))
-    if cfg.metric.name == "passkey_accuracy":
-        from lsh_bitnet.data.passkey import make_passkey_samples
-
-        return make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg))
-    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
-                     f"metric=synthetic_accuracy or metric=passkey_accuracy")
-
-
-def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str, Any]:
-    # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
-    if cfg.metric.name == "perplexity":
-        from lsh_bitnet.tasks.perplexity import evaluate_perplexity
-
-        return evaluate_perplexity(model, data, cfg.eval, sink=sink, seed=cfg.seed)
-    if cfg.metric.name == "synthetic_accuracy":
-        from lsh_bitnet.tasks.synthetic import evaluate_synthetic
-
-        return evaluate_synthetic(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
-    from lsh_bitnet.tasks.passkey import evaluate_passkey
-
-    return evaluate_passkey(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
-
-
-def _stop(cfg: DictConfig) -> Optional[int]:
-    """Samples past eval.batch_offset + max_batches * batch_size are never evaluated: not generated."""
-    if cfg.eval.max_batches is None:
-        return None
-    return cfg.eval.get("batch_offset", 0) + cfg.eval.max_batches * cfg.eval.batch_size
-
-
-def _needed_tokens(eval_cfg) -> Optional[int]:
-    """Tokens perplexity reads with eval.max_batches set (None = the whole text): windows x seq_len."""
-    if eval_cfg.max_batches is None:
-        return None
-    return (eval_cfg.get("batch_offset", 0) + eval_cfg.max_batches * eval_cfg.batch_size) * eval_cfg.seq_len
