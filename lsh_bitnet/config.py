@@ -348,11 +348,11 @@ def option_schemas() -> Dict[str, Dict[str, type]]:
     """group -> {option name: schema} of the registered options (rules, hashers, tasks, datasets; plug-ins
     included)."""
     from lsh_bitnet.registry import DATASETS, TASKS
-    from lsh_bitnet.tasks.base import dataset_option
 
     return {"attention": SCHEMAS["attention"], "hasher": SCHEMAS["hasher"],
             "metric": {name: task.metric_schema for name, task in TASKS.items()},
-            "dataset": {name: dataset_option(name).schema for name in DATASETS.names()}}
+            # a DatasetOption (lsh_bitnet.tasks.base) carries its schema; a plug-in may register a bare schema
+            "dataset": {name: getattr(entry, "schema", entry) for name, entry in DATASETS.items()}}
 
 
 def _option_node(schema: type):

@@ -92,6 +92,24 @@ def test_plugin_rule_and_hasher_run_collect_and_pair_with_full(plugin_path, tmp_
     assert {r["attention"] for r in csv.DictReader((tmp_path / "plain" / "summary.csv").open())} == set(records)
 
 
+def test_plugin_task_with_its_own_dataset_runs_collects_and_pairs(plugin_path, tmp_path, cache_dir):
+    sweep = tmp_path / "task"
+    out = _run(["launch.py", "-m", "model=tiny_bitnet", "metric=copy_accuracy", "dataset=random_copy",
+                "dataset.n_samples=3", "dataset.length=12", "eval.progress=false", f"cache_dir={cache_dir}",
+                "attention=full,strided", "attention.stride=4", f"hydra.sweep.dir={sweep}"], plugin_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    records = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" and r["metrics"]["n_samples"] == 3 for r in records)
+    assert all(len((Path(r["job"]["output_dir"]) / "samples.jsonl").read_text().splitlines()) == 3 for r in records)
+    collected = _run(["-m", "lsh_bitnet.collect", str(sweep), "--paired-with", "full", "--no-plot"], plugin_path)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    rows = {r["attention"]: r for r in csv.DictReader((sweep / "summary.csv").open())}
+    assert rows["strided"]["metric"] == "copy_accuracy" and float(rows["strided"]["paired_n"]) == 3
+    assert rows["strided"]["paired_delta"] != "" and "dataset.length" in rows["strided"]
+    bad = _run(["launch.py", "metric=copy_accuracy", "dataset=random_copy", "dataset.length=1"], plugin_path)
+    assert bad.returncode != 0 and "dataset.length must be >= 2" in bad.stdout + bad.stderr
+
+
 def test_a_plugin_that_fails_to_load_is_named(tmp_path):
     site = tmp_path / "site"
     dist = site / "broken_plugin-0.1.dist-info"
