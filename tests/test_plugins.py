@@ -110,6 +110,14 @@ def test_plugin_task_with_its_own_dataset_runs_collects_and_pairs(plugin_path, t
     assert bad.returncode != 0 and "dataset.length must be >= 2" in bad.stdout + bad.stderr
 
 
+def test_the_example_plugins_own_tests_pass_with_lsh_bitnet_testing(plugin_path):
+    """examples/plugin/tests: its rule against its naive definition (lsh_bitnet.testing.check_rule), its hasher's
+    nesting and seeding: what docs/EXTENDING.md tells a plug-in author to run."""
+    out = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")], plugin_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+
+
 def test_a_plugin_that_fails_to_load_is_named(tmp_path):
     site = tmp_path / "site"
     dist = site / "broken_plugin-0.1.dist-info"
