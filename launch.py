@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
 from lsh_bitnet.cli import add_override_hints, hide_from_completion
-from lsh_bitnet.console import install_progress, report_job
+from lsh_bitnet.console import install_progress, quiet_libraries, report_job
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.run.runner import run
 from lsh_bitnet.run.sweep import register_resolvers
@@ -29,6 +29,7 @@ add_override_hints()  # `dataset.path=~/x.txt`: Hydra's parse error ends with ho
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     install_progress()  # bars on a terminal; log lines in launch.log, SLURM logs and pipes
+    quiet_libraries()
     try:
         record = run(cfg)
     except Exception as exc:  # recorded in results.json and in the job's closing log line

@@ -185,6 +185,16 @@ def progress(iterable: Optional[Iterable] = None, *args: Any, **kwargs: Any):
     return LogProgress(iterable, *args, **kwargs)
 
 
+# Libraries whose INFO lines are not ours to show: under Hydra the root logger is at INFO, and torch logs its
+# FakeTensor cache statistics at exit, after the job's closing line (which must stay the log's last word).
+QUIET_LOGGERS = ("torch",)
+
+
+def quiet_libraries() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def install_progress() -> bool:
     """Off a terminal: silence library bars (transformers, huggingface_hub, datasets) and make
     `from tqdm.auto import tqdm` give LogProgress, for the modules imported after this call (the

@@ -65,13 +65,14 @@ class CopyAccuracy(Task):
         require(len(chosen) > 0, f"eval.batch_offset={offset} skips all {len(items)} samples: lower it")
         length, rows = cfg.dataset.length, []
         device = next(model.parameters()).device
-        for ids in chosen:
+        for index, ids in enumerate(chosen, start=offset):  # `index` names the item: --paired-with matches on it
             with torch.no_grad():
                 logits = model(ids[None].to(device)).logits[0]  # (2L, V)
             predicted = logits[length:-1].argmax(-1).cpu()  # predictions of tokens L+1 .. 2L-1
             hits = predicted == ids[length + 1:]
-            row = {"target": ids.tolist()[:8], "prompt_tokens": 2 * length, "correct": bool(hits.all()),
-                   "token_accuracy": float(hits.float().mean()), "prediction": predicted.tolist()[:8]}
+            row = {"index": index, "target": " ".join(map(str, ids[:length].tolist())), "prompt_tokens": 2 * length,
+                   "correct": bool(hits.all()), "token_accuracy": float(hits.float().mean()),
+                   "prediction": " ".join(map(str, predicted.tolist()))}
             rows.append(row)
             if sink is not None:
                 sink.write(row)
