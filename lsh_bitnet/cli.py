@@ -3,9 +3,10 @@ quoting hint after an override Hydra cannot parse.
 
 `python launch.py ...` and `lsh-bitnet ...` are the same program: the console script runs launch.py
 from the checkout this package was installed from (`pip install -e .`), so config paths, the job name
-(launch.log) and the job directory layout do not depend on how it was started.
+(launch.log) and the job directory layout do not depend on how it was started; shell completion
+(`lsh-bitnet -sc install=bash`) is installed for `lsh-bitnet`.
 """
-import runpy
+import builtins
 import sys
 from pathlib import Path
 from typing import Any, List
@@ -13,16 +14,16 @@ from typing import Any, List
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Not for users: the ConfigStore schemas (typed defaults of every group option) and test hooks.
+# Not for users: the ConfigStore schemas (typed defaults of every group option). (The failure test
+# hook is an environment variable, lsh_bitnet.run.jobs.FAIL_ENV, so no config key needs hiding.)
 HIDDEN_GROUPS = ("schema", "hydra")
-HIDDEN_KEYS = ("fail_on_purpose",)
 GROUPS_RESOLVER, CONFIG_RESOLVER = "lsh_bitnet_groups", "lsh_bitnet_config"
 
 
 def _hidden(word: str) -> bool:
     word = word.lstrip("+~")
     return word.startswith(tuple(f"{g}/" for g in HIDDEN_GROUPS if g != "hydra") + ("schema=",)) \
-        or word == "schema" or word.split("=")[0] in HIDDEN_KEYS
+        or word == "schema"
 
 
 def config_groups() -> str:
@@ -42,10 +43,9 @@ def config_groups() -> str:
 
 
 def visible_config(_root_: Any) -> str:
-    """The composed config without Hydra's node and the test-only keys, as YAML."""
+    """The composed config without Hydra's node, as YAML."""
     node = OmegaConf.to_container(_root_, resolve=False)
-    for key in ("hydra", *HIDDEN_KEYS):
-        node.pop(key, None)
+    node.pop("hydra", None)
     # Hydra fills its help template with string.Template: a literal `$` (the `${seed}` defaults) must be `$$`.
     return OmegaConf.to_yaml(node).rstrip().replace("$", "$$")
 
@@ -58,7 +58,7 @@ def register_help_resolvers() -> None:
 
 
 def hide_from_completion() -> None:
-    """Shell completion (`python launch.py -sc install=bash`) offers neither schema/* nor test hooks."""
+    """Shell completion (`python launch.py -sc install=bash`) does not offer schema/*."""
     from hydra.plugins.completion_plugin import CompletionPlugin
 
     if getattr(CompletionPlugin._query, "_lsh_bitnet", False):
@@ -109,12 +109,48 @@ def add_override_hints() -> None:
     OverridesParser.parse_overrides = parse_overrides
 
 
+def explain_refused_overrides() -> None:
+    """`attention.n_table=2` (no `+`) on a schema-typed node: Hydra says "Could not override ... To append
+    use +attention.n_table=2", and that `+` form is then refused by our own check. Give the plain form
+    the hint the `+` form gets (lsh_bitnet.validate.unknown_key_hint): the option that has the key, the
+    close spellings, the valid keys. Nodes without a schema (`extra`) keep Hydra's message."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    original = ConfigLoaderImpl._apply_overrides_to_config
+    if getattr(original, "_lsh_bitnet", False):
+        return
+
+    def _apply_overrides_to_config(overrides, cfg) -> None:
+        try:
+            original(overrides, cfg)
+        except ConfigCompositionException as exc:
+            if not isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)):
+                raise
+            from lsh_bitnet.validate import override_hint
+
+            refused = next((o for o in overrides if f"'{o.key_or_group}'" in str(exc)), None)
+            hint = override_hint(cfg, refused.key_or_group) if refused is not None else None
+            if hint is None:
+                raise
+            raise ConfigCompositionException(f"Could not override {refused.input_line}: {hint}") from None
+
+    _apply_overrides_to_config._lsh_bitnet = True
+    ConfigLoaderImpl._apply_overrides_to_config = staticmethod(_apply_overrides_to_config)
+
+
 def main() -> None:
     """Entry point of the `lsh-bitnet` console script: `python launch.py` with the same arguments."""
     launch = REPO_ROOT / "launch.py"
     if not launch.exists():
         sys.exit(f"lsh-bitnet: {launch} not found: the console script runs the checkout's launch.py, so install "
                  f"the package editable from the repository (pip install -e .) or run `python launch.py` there")
-    sys.argv[0] = str(launch)
     sys.path.insert(0, str(REPO_ROOT))  # as for `python launch.py`: hydra_plugins/ (the sweeper) is found there
-    runpy.run_path(str(launch), run_name="__main__")
+    # Executed as __main__ from its own file name, so Hydra finds conf/ beside it and names the job after it
+    # (launch.log), while sys.argv[0] stays the console script (runpy.run_path would set it to launch.py):
+    # Hydra's completion installs itself for the program it was started as, `lsh-bitnet -sc install=bash`
+    # -> `complete ... lsh-bitnet` (for a `.py` name it would complete `python`).
+    code = compile(launch.read_text(), str(launch), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(launch), "__package__": None, "__spec__": None,
+                "__builtins__": builtins})

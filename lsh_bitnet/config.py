@@ -295,9 +295,16 @@ class Config:
     cache_dir: Optional[str] = None
     # Skip the job when its output dir already holds an `ok` results.json for the same config.
     resume: bool = True
-    # Test hook: raise inside the job (after validation) to exercise failure handling.
-    fail_on_purpose: bool = False
-    extra: Any = None  # free-form notes copied into results.json
+    # Free-form notes for the run, any YAML (`+extra.note=baseline`, `'extra={tag: a, n: 1}'`): copied into
+    # results.json's config, never read by the code, and left out of the config hash, so adding a note
+    # to a finished run does not make resume rerun it. null = no notes. (The failure-handling test hook
+    # is the environment variable LSH_BITNET_FAIL_ON_PURPOSE, lsh_bitnet/run/jobs.py: not a config key.)
+    extra: Any = None
+    # Sweeps only: `+baselines=true` adds, per setting, a full-attention job and the window (4 sinks + 32
+    # local) and oracle (10% of the causal keys) references (hydra_plugins/lsh_bitnet_sweeper REFERENCES),
+    # so an ad-hoc grid has something to be read against. null (= false) adds nothing; a single run ignores
+    # it. Not part of a job's identity: left out of the config hash and of the job directory name.
+    baselines: Optional[bool] = None
 
 
 # After the bases: the rule and hasher modules subclass them (rules/__init__.py imports this module first).

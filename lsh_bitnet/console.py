@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -74,10 +75,50 @@ def job_line(record: Dict[str, Any], results_path: Path) -> str:
         summary = error.get("summary") if isinstance(error, dict) else error
         parts.append(_one_line(summary or "no error recorded"))
     wall = (record.get("timing") or {}).get("wall_s")
-    if wall is not None:
+    if is_config_error(record):  # its wall time says nothing: the checks stopped it before any work
+        parts.append("config error: nothing was evaluated")
+    elif wall is not None:
         parts.append(f"wall {wall:.1f} s")
-    parts.append(str(results_path))
+    if status == "ok":
+        parts.append(str(results_path))
+    else:  # a failed single run still leaves its outputs/<date>/<time>/: say so, and where
+        parts.append(f"{_shown_path(Path(results_path).parent)}/ kept, its results.json says {status}")
     return " | ".join(parts)
+
+
+def is_config_error(record: Dict[str, Any]) -> bool:
+    """The run stopped on lsh_bitnet.errors.ConfigError: a value that cannot work, named with its fix."""
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("type") == "ConfigError"
+
+
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it (outputs/2026-01-01/12-00-00), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def traceback_wanted() -> bool:
+    """HYDRA_FULL_ERROR=1 (Hydra's own switch, read as Hydra reads it): show tracebacks of config errors too."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def config_errors_in_one_line(prefix: str = "[lsh-bitnet] config error: "):
+    """A ConfigError raised inside becomes one line on stderr and exit status 1, without the traceback
+    that Hydra would print for it (its own composition errors print none either). HYDRA_FULL_ERROR=1
+    lets it through, so Hydra shows the full traceback."""
+    from lsh_bitnet.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        if traceback_wanted():
+            raise
+        print(f"{prefix}{_one_line(exc, 2000)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def report_job(record: Dict[str, Any], results_path: Path) -> str:
@@ -85,6 +126,50 @@ def report_job(record: Dict[str, Any], results_path: Path) -> str:
     line = job_line(record, results_path)
     log.log(logging.INFO if record.get("status") == "ok" else logging.ERROR, line)
     return line
+
+
+FILE_ONLY = {"lsh_bitnet_file_only": True}  # `extra=` of a record meant for launch.log, not the console
+
+
+class _NotOnConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "lsh_bitnet_file_only", False)
+
+
+def keep_file_only_lines_off_console() -> None:
+    """Hydra's console handler (configured anew for each job) skips the records logged with FILE_ONLY; its
+    file handler (launch.log) keeps them. Without this call (tests, scripts) they go everywhere."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+                and not any(isinstance(f, _NotOnConsole) for f in handler.filters):
+            handler.addFilter(_NotOnConsole())
+
+
+def log_job_header(cfg: Any, job: Dict[str, Any]) -> None:
+    """The first lines of a job's launch.log: what runs and where its results go (not on the console,
+    where Hydra's own lines and the command say it). The model as loaded follows (log_model_loaded)."""
+    model = cfg.model
+    overrides = " ".join(job.get("overrides") or []) or "(none: the defaults)"
+    log.info("[lsh-bitnet] job: overrides %s", overrides, extra=FILE_ONLY)
+    log.info("[lsh-bitnet] job: seed %s | device %s | model %s (%s, %s) | output dir %s", cfg.seed, model.device,
+             model.name, model.get("name_or_path") or model.get("gguf_file") or "built in", model.dtype,
+             job.get("output_dir"), extra=FILE_ONLY)
+
+
+def log_model_loading(model: Any, converting: bool) -> None:
+    """Said before the slow part of a job's start (importing torch and transformers, then the weights), so
+    a run or the first job of a sweep says what it is doing at once instead of nothing for 20 s or more."""
+    first = " (first use of this cache: converting the GGUF file, about 15-30 s)" if converting and \
+        model.get("gguf_file") else ""
+    log.info("[lsh-bitnet] loading model %s: importing torch and transformers, then the weights%s", model.name, first)
+
+
+def log_model_loaded(info: Dict[str, Any]) -> None:
+    """`model: SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to float32), 30 layers, on cpu, loaded in 0.8 s`."""
+    how = ("reused (loaded by an earlier job of this process)" if info.get("model_cached")
+           else f"loaded in {float(info.get('load_s') or 0):.1f} s ({info.get('loaded_from')})")
+    log.info("[lsh-bitnet] model: %s, %s layers, %s params, on %s, %s", info.get("description"), info.get("n_layers"),
+             _si(float(info.get("n_params") or 0)), info.get("device"), how)
 
 
 def group_failures(failed: List[Tuple[Any, str]], limit: int = 3) -> List[str]:
@@ -166,8 +251,20 @@ class LogProgress:
         done = f"{_si(self.n)}/{_si(self.total)} {self.unit}" if self.total else f"{_si(self.n)} {self.unit}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = f", {_si(self.n / elapsed)} {self.unit}/s" if elapsed > 0 else ""
-        log.info("%s: %s%s in %.1f s%s%s", self.desc, done, pct, elapsed, rate,
+        # At the rate so far, as tqdm's bar shows it on a terminal.
+        left = f", ~{_duration(elapsed / self.n * (self.total - self.n))} left" \
+            if self.total and 0 < self.n < self.total and elapsed > 0 else ""
+        log.info("%s: %s%s in %.1f s%s%s%s", self.desc, done, pct, elapsed, rate, left,
                  f", {self.postfix}" if self.postfix else "")
+
+
+def _duration(seconds: float) -> str:
+    """42 s, 3.5 min, 2 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def _si(value: float) -> str:

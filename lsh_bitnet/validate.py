@@ -13,7 +13,7 @@ it ignores; this module asks it through the registry by `metric.name`.
 """
 import dataclasses
 import difflib
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,12 +38,50 @@ def _schema_alternatives(group: str, key: str) -> List[str]:
     return sorted(set(found))
 
 
+def unknown_key_hint(group: str, key: str, fields: List[str], option: Optional[str] = None) -> str:
+    """Why `group.key` is refused and what exists instead: `attention=full has no field 'n_table';
+    attention.n_tables exists with attention=lsh or attention=lsh_topk. Valid keys: [...]`. Used for keys
+    added with `+` (unknown_keys) and for plain overrides Hydra refuses (lsh_bitnet.cli)."""
+    prefix = f"{group}." if group else ""
+    where = f"{group}={option}" if group and option else group or "the top level"
+    msg = f"{where} has no field {key!r}"
+    close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.6)
+    if close:
+        msg += f"; did you mean {' or '.join(f'{prefix}{c}' for c in close)}?"
+    elsewhere: Dict[str, List[str]] = {}  # field -> the options of the group that declare it
+    for alt in (_schema_alternatives(group, key) if group else []):
+        name, field = alt.split(".", 1)
+        if field not in fields:
+            elsewhere.setdefault(field, []).append(name)
+    if elsewhere:
+        msg += "; " + "; ".join(f"{group}.{field} exists with {' or '.join(f'{group}={n}' for n in names)}"
+                                for field, names in elsewhere.items()) + "."
+    return msg + f" Valid keys: {sorted(fields)}"
+
+
+def override_hint(cfg: DictConfig, dotted: str) -> Optional[str]:
+    """For an override Hydra refuses (`attention.n_table=2`: no such key), the same hint a `+` key gets;
+    None where the refused key sits below a free-form node (`extra`), whose own advice (use `+`) is right."""
+    node, parts = cfg, dotted.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, DictConfig) and not node._is_none() and part in node:
+            node = node._get_node(part)
+            continue
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not dataclasses.is_dataclass(schema):
+            return None
+        group = ".".join(parts[:i])
+        option = node.get("name") if group and "name" in node else None
+        return unknown_key_hint(group, part, [f.name for f in dataclasses.fields(schema)], option)
+    return None
+
+
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
     """Messages for keys no schema declares, walking every node typed by a dataclass schema: the
     allow-list is the schema's own fields, so a field another branch adds is allowed with no edit here."""
     problems = []
     schema = OmegaConf.get_type(cfg)
-    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
     for key in cfg.keys():
         key = str(key)
         full = f"{prefix}{key}"
@@ -51,18 +89,8 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
             continue
         if fields is not None and key not in fields:
             group = prefix.rstrip(".")
-            msg = f"unknown key {full}: {group or 'the top level'} has no field {key!r}"
-            close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.6)
-            if close:
-                msg += f"; did you mean {' or '.join(f'{prefix}{c}' for c in close)}?"
-            elsewhere = [alt for alt in (_schema_alternatives(group, key) if group else [])
-                         if alt.split(".")[1] not in fields]
-            if elsewhere:
-                msg += "; " + ", ".join(f"{group}.{alt.split('.')[1]} exists with {group}={alt.split('.')[0]}"
-                                        for alt in elsewhere)
-                msg += "."
-            msg += f" Valid keys: {sorted(fields)}"
-            problems.append(msg)
+            option = cfg.get("name") if group and "name" in fields else None
+            problems.append(f"unknown key {full}: {unknown_key_hint(group, key, fields, option)}")
             continue
         if OmegaConf.is_missing(cfg, key):
             continue

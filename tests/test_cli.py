@@ -28,6 +28,26 @@ def test_help_has_examples_and_hides_schemas_and_test_hooks():
     assert "\nhasher:\n  name: simhash\n  n_bits: 8" in text  # the composed config is still shown
 
 
+def test_cfg_job_shows_no_test_hook():
+    out = _py("launch.py", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "fail_on_purpose" not in out.stdout and "\nextra: null" in out.stdout
+
+
+def test_fail_on_purpose_hook_is_an_environment_variable(monkeypatch):
+    from lsh_bitnet.run.jobs import FAIL_ENV, fail_on_purpose
+
+    cfg = compose_config(["seed=1"])
+    monkeypatch.delenv(FAIL_ENV, raising=False)
+    assert fail_on_purpose(cfg) is None
+    monkeypatch.setenv(FAIL_ENV, "seed=0")
+    assert fail_on_purpose(cfg) is None
+    monkeypatch.setenv(FAIL_ENV, "seed=1")
+    assert fail_on_purpose(cfg).startswith(f"{FAIL_ENV}=seed=1: this job fails")
+    monkeypatch.setenv(FAIL_ENV, "1")
+    assert fail_on_purpose(cfg)
+
+
 def _complete(line):
     out = _py("launch.py", "-sc", "query=bash", env={"COMP_LINE": f"python launch.py {line}", "COMP_POINT": "200"})
     assert out.returncode == 0, out.stderr
@@ -49,12 +69,50 @@ def test_console_script_runs_launch_py():
     assert out.stdout.startswith("lsh-bitnet: how much accuracy")
 
 
-def _jobs(args, baseline):
+def test_console_script_completion_is_for_lsh_bitnet(tmp_path):
+    script = "import sys; sys.argv = ['/venv/bin/lsh-bitnet', *sys.argv[1:]]; from lsh_bitnet.cli import main; main()"
+    install = _py("-c", script, "-sc", "install=bash")
+    assert install.returncode == 0, install.stderr
+    assert "complete -p lsh-bitnet" in install.stdout
+    assert install.stdout.rstrip().endswith("-F hydra_bash_completion lsh-bitnet")  # not `python`
+    query = _py("-c", script, "-sc", "query=bash", env={"COMP_LINE": "lsh-bitnet attention=l", "COMP_POINT": "22"})
+    assert query.stdout.split() == ["attention=lsh", "attention=lsh_forest", "attention=lsh_topk"], query.stderr
+    out = _py("-c", script, "eval.seq_len=1", f"hydra.run.dir={tmp_path}")  # the job name is still launch
+    assert out.returncode == 1 and (tmp_path / "launch.log").exists()
+
+
+def _jobs(args, baseline, config=None):
     from hydra_plugins.lsh_bitnet_sweeper import BaselineSweeper
 
     sweeper = BaselineSweeper(max_batch_size=None, baseline=baseline)
+    sweeper.config = config  # BasicSweeper.setup sets it to the sweep's composed config
     (jobs,) = sweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     return jobs
+
+
+def test_plus_baselines_adds_full_window_and_oracle_per_setting():
+    args = ["attention=lsh", "hasher.n_bits=4,8", "eval.seq_len=128,256", "+baselines=true"]
+    config = compose_config(args[:1] + ["eval.seq_len=128", "+baselines=true"])
+    assert config.baselines is True
+    jobs = _jobs(args, [], config)
+    references = [j for j in jobs if "attention=lsh" not in j]
+    assert references == [["eval.seq_len=128", "+baselines=True", r] for r in
+                          ("attention=full", "+variant=window", "+variant=oracle10")] + \
+                         [["eval.seq_len=256", "+baselines=True", r] for r in
+                          ("attention=full", "+variant=window", "+variant=oracle10")]
+    assert len(jobs) == 6 + 4
+    assert len(_jobs(args, [], compose_config(["attention=lsh"]))) == 4  # without it: the plain grid
+    # a reference the grid already runs is not added twice (the default attention is full)
+    plain = _jobs(["dataset.n_samples=10,20", "+baselines=true"], [], config)
+    assert not any("attention=full" in j for j in plain) and len(plain) == 2 + 4
+    # the key names no job directory and no config hash: a run with and without it is the same run
+    from lsh_bitnet.run.results import config_hash
+    from omegaconf import OmegaConf
+
+    with_it, without = (OmegaConf.to_container(compose_config(a), resolve=True) for a in (["+baselines=true"], []))
+    assert config_hash(with_it) == config_hash(without)
+    hydra = compose_config(["+baselines=true"], return_hydra_config=True).hydra
+    assert "baselines" in hydra.job.config.override_dirname.exclude_keys
 
 
 def test_baseline_jobs_one_per_setting_before_the_grid():
@@ -80,3 +138,16 @@ def test_make_help_lists_targets():
     out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "make test-fast" in out.stdout and "make test-slurm" in out.stdout and "make quickstart" in out.stdout
+
+
+def test_docs_name_no_machine_paths():
+    """Commands and links in the docs must work from a user's clone: no absolute paths of the machine the
+    measurements ran on (they are written relative to the repository, or with a variable such as $WIKITEXT2)."""
+    import re
+
+    pattern = re.compile(r"(?<![\w.$])/(work|home|root|scratch|mnt)/|=\.\.\./")
+    for doc in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        bad = [f"{doc.name}:{i}: {line.strip()[:80]}" for i, line in enumerate(doc.read_text().splitlines(), 1)
+               if pattern.search(line)]
+        assert not bad, bad
+

@@ -440,3 +440,90 @@ def test_job_killed_before_the_runner_started_is_a_failed_row(tree):
     written = write_summary(tree, plot=False)
     assert "11_killed" in pd.read_csv(written["failed.csv"])["run_dir"].tolist()
     assert "6 failed" in written["summary.md"].read_text()
+
+
+def test_a_job_running_now_is_reported_as_running_not_failed(tree):
+    """A `running` results.json whose job lock is held is a job still at work: listed apart, not failed;
+    the same record without the lock is a job that died."""
+    from lsh_bitnet.run.jobs import job_lock
+
+    with job_lock(tree / "8_running") as holder:
+        assert holder is None
+        ok, failed = collect_runs(tree)
+        row = failed.set_index("run_dir").loc["8_running"]
+        assert bool(row["running"]) and row["error"].startswith("running now (started ")
+        assert f"pid {os.getpid()} on " in row["error"]
+        written = write_summary(tree, plot=False)
+    md = written["summary.md"].read_text()
+    assert "7 ok runs, 3 failed, 1 running now (not counted as failed" in md and "## Running now (1)" in md
+    assert "8_running" not in pd.read_csv(written["failed.csv"])["run_dir"].tolist()
+    _, failed = collect_runs(tree)  # the lock is gone: the job died
+    row = failed.set_index("run_dir").loc["8_running"]
+    assert not row["running"] and "no process holds its lock: the job died" in row["error"]
+
+
+def test_brief_table_is_short_sorted_by_cost_and_labels_variants(tree):
+    written = write_summary(tree, plot=False)
+    lines = written["brief.md"].read_text().splitlines()
+    assert lines[0].startswith("## perplexity")
+    header = [c.strip() for c in lines[1].split("|")[1:-1]]
+    assert header == ["variant", "perplexity [95% CI]", "comparisons", "MACs", "wall", "n"]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[3:] if line.startswith("|")]
+    assert [r[0] for r in rows] == ["full", "lsh/simhash b=2", "lsh/simhash b=8", "lsh_forest/simhash",
+                                    "lsh/simhash b=4", "window", "oracle_topk"]  # most expensive first
+    assert [r[2] for r in rows] == ["1", "0.5", "0.4", "0.35", "0.3", "0.2", "0.1"]
+    assert max(len(line) for line in lines) < 100 and not any("no full-attention" in line for line in lines)
+    # Without a full-attention run the table says it has no reference.
+    for name in ("0_attention=full",):
+        (tree / name / "results.json").unlink()
+    assert "no full-attention run in this setting" in write_summary(tree, plot=False)["brief.md"].read_text()
+
+
+def test_brief_labels_name_the_variant_a_job_was_started_with(tree):
+    from lsh_bitnet.report.brief import variant_labels
+
+    table = pd.DataFrame({"family": ["full", "oracle_topk", "oracle_topk", "lsh/simhash"],
+                          "overrides": ["+variant=full,experiment=quickstart", "+variant=oracle5_sw,fraction=0.1",
+                                        "+variant=oracle5_sw,fraction=0.2", None],
+                          "fraction": [None, 0.1, 0.2, None], "n_bits": [None, None, None, 4]})
+    assert variant_labels(table, ["n_bits", "fraction"]).tolist() == ["full", "oracle5_sw f=0.1", "oracle5_sw f=0.2",
+                                                                      "lsh/simhash"]
+
+
+def _quickstart_like(root: Path) -> None:
+    """The quickstart's shape: full, a window and a bucket rule at nearly the same ratio and score, the
+    oracle, and a second bucket setting; accuracy with Wilson-like intervals."""
+    points = [("0_full", "full", 1.0, 1.0, {}, {}), ("1_window", "window", 0.282, 0.0, {}, {}),
+              ("2_lsh", "lsh", 0.291, 0.0, {"n_tables": 4, "sink_tokens": 4, "local_window": 32}, {"n_bits": 8}),
+              ("3_oracle", "oracle_topk", 0.1065, 0.97, {}, {}),
+              ("4_lsh", "lsh", 0.097, 0.0, {"n_tables": 1}, {"n_bits": 4})]
+    for name, attention, ratio, acc, attn, hasher in points:
+        rec = record(attention, ratio, acc=acc, attn=attn, hasher=hasher)
+        rec["metrics"].update(accuracy_ci_low=max(acc - 0.15, 0), accuracy_ci_high=min(acc + 0.1, 1),
+                              chance_choice_accuracy=0.25)
+        write(root, name, rec)
+
+
+def test_default_plot_fits_one_column_with_a_label_on_every_point_and_none_overlapping(tmp_path):
+    from lsh_bitnet.report.pareto import COLUMN_IN, plot_pareto
+
+    _quickstart_like(tmp_path / "q")
+    write_summary(tmp_path / "q")
+    figure = plot_pareto.last_figure
+    assert figure["size_in"][0] == COLUMN_IN <= 3.5 and figure["legends"] == 0  # one column, labels not legends
+    for key, panel in figure["labels"].items():
+        texts = [t for t, _ in panel["labels"]]
+        # every run is named on the plot, off-front ones too (lsh b=8 is dominated by lsh b=4)
+        assert {"full", "window", "oracle_topk", "lsh/simhash b=4 t=1 sink=0 w=0", "b=8 t=4 sink=4 w=32"} <= set(texts), texts
+        x0, y0, w, h = panel["axes"]
+        boxes = [b for _, b in panel["labels"]]
+        for i, (bx, by, bw, bh) in enumerate(boxes):
+            assert x0 <= bx and bx + bw <= x0 + w + 0.5 and y0 <= by and by + bh <= y0 + h + 0.5, (key, texts[i])
+            for jx, jy, jw, jh in boxes[:i]:
+                assert bx + bw <= jx or jx + jw <= bx or by + bh <= jy or jy + jh <= by, (key, texts[i])
+    # no family has two points on its front: the figure promises no front lines
+    assert "lines join" not in figure["note"] and "faded: off its family's front" in figure["note"]
+    png = (tmp_path / "q" / "pareto_synthetic_accuracy.png").read_bytes()
+    width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
+    assert width <= 3.5 * 200
+

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT, compose_config
 from lsh_bitnet import console
+from lsh_bitnet.run.jobs import FAIL_ENV
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank.\n" * 120
 
@@ -30,8 +31,9 @@ def test_job_line_names_metric_interval_ratios_wall_and_path(tmp_path):
                         metrics={"accuracy": 23 / 30, "n_samples": 30}, cost={"comparison_ratio": 1.0})
     assert "| accuracy 0.7667 (n=30) | comparison_ratio 1 |" in console.job_line(synthetic, "r.json")
     huge = _record("failed", error={"summary": "ValueError: " + "x" * 8000})
-    line = console.job_line(huge, "r.json")
-    assert line.startswith("[lsh-bitnet] failed | ValueError: xxx") and len(line) < 320 and "\n" not in line
+    line = console.job_line(huge, tmp_path / "r.json")
+    assert line.startswith("[lsh-bitnet] failed | ValueError: xxx") and len(line) < 320 + len(str(tmp_path))
+    assert "\n" not in line and line.endswith(f"| wall 31.2 s | {tmp_path}/ kept, its results.json says failed")
 
 
 def test_report_job_logs_at_error_for_failures(caplog, tmp_path):
@@ -52,10 +54,24 @@ def test_log_progress_writes_quarter_lines_with_postfix(caplog, monkeypatch):
         "perplexity: 2/8 batch (25%)", "perplexity: 4/8 batch (50%)", "perplexity: 6/8 batch (75%)",
         "perplexity: 8/8 batch (100%)"]
     assert lines[-1].endswith("ppl=17.00") and not any("\r" in line for line in lines)
+    assert all(" s left, ppl=" in line for line in lines[:-1]) and " left" not in lines[-1]  # time remaining
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lsh_bitnet"):
         list(console.progress(range(5), desc="quiet", disable=True))
     assert caplog.records == []
+
+
+def test_job_log_starts_with_a_header(caplog, tmp_path):
+    from conftest import compose_config
+    from lsh_bitnet.errors import ConfigError
+    from lsh_bitnet.run.runner import run
+
+    with caplog.at_level(logging.INFO, logger="lsh_bitnet"), pytest.raises(ConfigError):
+        run(compose_config(["eval.seq_len=1", "seed=7"]), output_dir=tmp_path)  # a config error: header first
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "[lsh-bitnet] job: overrides (none: the defaults)"
+    assert lines[1].startswith("[lsh-bitnet] job: seed 7 | device cpu | model smollm2_135m (")
+    assert lines[1].endswith(f", float32) | output dir {tmp_path}") and "ConfigError" in lines[-1]
 
 
 def test_failures_are_grouped_by_identical_error():
@@ -67,10 +83,28 @@ def test_failures_are_grouped_by_identical_error():
     assert len(lines) == 3 and sum(len(line) for line in lines) < 400
 
 
-def _launch(args, cwd=REPO_ROOT, timeout=300):
+def _launch(args, cwd=REPO_ROOT, timeout=300, env=None):
     # Pipes, not a terminal: what SLURM, nohup and `> file` give a job.
     return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def test_config_error_is_one_line_without_traceback_unless_hydra_full_error(tmp_path):
+    run_dir = tmp_path / "run"
+    out = _launch(["eval.seq_len=1", f"hydra.run.dir={run_dir}"], env={"HYDRA_FULL_ERROR": ""})
+    assert out.returncode == 1
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines  # no "Error executing job", no traceback
+    assert "[lsh-bitnet] failed | ConfigError: eval.seq_len must be >= 2 (got 1) | config error: nothing was " \
+           f"evaluated | {run_dir}/ kept, its results.json says failed" in lines[0]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+    full = _launch(["eval.seq_len=1", f"hydra.run.dir={run_dir}"], env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "raise ConfigError(message)" in full.stderr
+    # A sweep whose every job has a config error launches nothing: the errors, one closing line, no traceback.
+    sweep = _launch(["-m", "eval.seq_len=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], env={"HYDRA_FULL_ERROR": ""})
+    assert sweep.returncode == 1 and "Traceback" not in sweep.stderr
+    assert sweep.stderr.strip().splitlines()[-1] == ("[lsh-bitnet] sweep: every job of the sweep has a config error "
+                                                     "(listed above); nothing was launched")
 
 
 @pytest.mark.slow
@@ -87,6 +121,18 @@ def test_non_tty_run_logs_progress_lines_and_a_closing_line_without_carriage_ret
     assert "perplexity: 1/4 batch (25%)" in both and "perplexity: 4/4 batch (100%)" in both
     closing = f"| wall "
     launch_log = (run_dir / "launch.log").read_text()
+    header = launch_log.splitlines()[:3]
+    assert header[0].endswith("[lsh-bitnet] job: overrides model=tiny_bitnet dataset=text_file "
+                              f"dataset.path={text} metric=perplexity eval.seq_len=32 eval.max_batches=4 attention=lsh "
+                              f"cache_dir={cache_dir}")
+    assert f"[lsh-bitnet] job: seed 0 | device cpu | model tiny_bitnet (built in, float32) | output dir {run_dir}" \
+        in header[1]
+    assert "[lsh-bitnet] model: tiny_bitnet (random init, seed 0, float32), 2 layers, " in header[2]
+    assert "[lsh-bitnet] job: " not in out.stdout + out.stderr  # the header is launch.log's, not the console's
+    # before the silent part of a start (imports, the load), a line says what comes
+    console = [line.split(" - ", 1)[-1] for line in out.stdout.splitlines() if "[lsh_bitnet]" in line]
+    assert console[0].startswith("[lsh-bitnet] loading model tiny_bitnet: importing torch and transformers")
+    assert console[1].startswith("[lsh-bitnet] model: tiny_bitnet (random init")
     last = launch_log.strip().splitlines()[-1]
     assert "[lsh-bitnet] ok | perplexity " in last and closing in last and last.endswith(str(run_dir / "results.json"))
     assert last.split(" - ", 1)[1] in out.stdout
@@ -103,15 +149,15 @@ def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path
     stale.mkdir(parents=True)
     (stale / "results.json").write_text(json.dumps({"status": "failed", "error": {"summary": "OldError: x"}}))
     os.utime(stale / "results.json", (time.time() - 3600, time.time() - 3600))
-    # fail_on_purpose fails after validation, before any model loads: three identical failures, fast.
-    out = _launch(["-m", "fail_on_purpose=true", "eval.seq_len=16,32,48", f"hydra.sweep.dir={sweep}"])
+    # The test hook fails after validation, before any model loads: three identical failures, fast.
+    out = _launch(["-m", "eval.seq_len=16,32,48", f"hydra.sweep.dir={sweep}"], env={FAIL_ENV: "1"})
     assert out.returncode == 1, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     summary = next(i for i, line in enumerate(lines) if line.startswith(f"[lsh-bitnet] sweep {sweep}:"))
     assert lines[summary] == (f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed, 0 interrupted, 0 skipped (another process "
                               f"held their lock); 1 older job dir(s) in this sweep dir not counted")
     grouped = lines[summary + 2:]
-    assert len(grouped) == 1 and grouped[0].strip().startswith("3 x RuntimeError: fail_on_purpose=true")
+    assert len(grouped) == 1 and grouped[0].strip().startswith(f"3 x RuntimeError: {FAIL_ENV}=1: this job fails")
     assert "OldError" not in "\n".join(lines[summary:])
     assert (sweep / "summary.md").exists() and "Failed runs (4)" in (sweep / "summary.md").read_text()
     assert "[lsh-bitnet] sweep" in (sweep / "sweep.log").read_text()
@@ -154,13 +200,14 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
 def test_failed_submitit_job_exits_non_zero_after_its_result_is_saved(tmp_path, cache_dir):
     # launcher=local: submitit's local executor, the code path of launcher=slurm without a cluster.
     sweep = tmp_path / "sweep"
-    out = _launch(["-m", "launcher=local", "fail_on_purpose=true,false", "model=tiny_bitnet", "dataset=text_file",
+    out = _launch(["-m", "launcher=local", "seed=1,0", "model=tiny_bitnet", "dataset=text_file",
                    f"dataset.path={REPO_ROOT / 'README.md'}", "metric=perplexity", "eval.seq_len=16",
-                   "eval.max_batches=1", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"])
+                   "eval.max_batches=1", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"],
+                  env={FAIL_ENV: "seed=1"})
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"[lsh-bitnet] sweep {sweep}: 1 ok, 1 failed" in out.stdout  # both results reached the sweep
     logs = {p: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}
-    failed = [text for text in logs.values() if "fail_on_purpose=true: this job fails" in text]
+    failed = [text for text in logs.values() if f"{FAIL_ENV}=seed=1: this job fails" in text]
     assert len(logs) == 2 and len(failed) == 1
     assert failed[0].strip().splitlines()[-1].endswith("[lsh-bitnet] this job failed (error in its results.json): "
                                                        "exit status 1")

@@ -80,9 +80,17 @@ def test_tiny_bitnet_generates_with_left_padding(dtype, cache_dir):
 
 
 def test_load_model_cached_loads_once_per_config(cache_dir):
+    from lsh_bitnet.models import clear_model_cache
+
+    clear_model_cache()
     a = load_model_cached(_tiny(), cache_dir)
-    assert load_model_cached(_tiny(), cache_dir) is a
-    assert load_model_cached(_tiny(dtype="bfloat16"), cache_dir) is not a
+    again = load_model_cached(_tiny(), cache_dir)
+    assert again.model is a.model and again.tokenizer is a.tokenizer
+    assert load_model_cached(_tiny(dtype="bfloat16"), cache_dir).model is not a.model
+    # The first job of an in-process sweep paid the load; the others say they reused it.
+    assert a.info["model_cached"] is False and a.info["load_s"] > 0
+    assert again.info["model_cached"] is True and again.info["load_s"] == 0.0
+    assert load_model_cached(_tiny(), cache_dir).info["model_cached"] is True and a.info["load_s"] > 0
 
 
 def test_hf_local_directory_matches_the_saved_model(tmp_path):

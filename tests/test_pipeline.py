@@ -79,6 +79,17 @@ def test_sweep_isolates_failure_resumes_and_collects(tmp_path, text_file, cache_
     out = _launch(*args)
     assert out.returncode != 0
     assert "2 ok, 1 failed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    # The end-of-sweep table is the short one (variant, metric with interval, ratios, n), sorted by cost;
+    # the wide one stays in summary.md.
+    table = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in table[0].split("|")[1:-1]] == ["variant", "perplexity [95% CI]", "comparisons",
+                                                             "MACs", "wall", "n"]
+    assert len(table) == 2 + 2 and max(len(line) for line in table) < 100
+    assert "no full-attention run in this setting" in out.stdout  # no reference: the sweep says so
+    assert f"every column: {sweep_dir / 'summary.md'}" in out.stdout
+    sweep_log = (sweep_dir / "sweep.log").read_text().splitlines()
+    assert all(line.split("] ", 1)[1].strip() for line in sweep_log if line.startswith("[")), sweep_log[:3]
+    assert all(line.startswith("[") for line in sweep_log)  # one timestamped record per line, none empty
     jobs = {d.name: _results(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
     status = {str(r["config"]["eval"]["seq_len"]): r["status"] for r in jobs.values()}
     assert status == {"40": "ok", "1": "failed", "56": "ok"}
@@ -100,3 +111,19 @@ def test_sweep_isolates_failure_resumes_and_collects(tmp_path, text_file, cache_
     assert len(table) == 2 and set(table["status"]) == {"ok"}
     assert (sweep_dir / "failed.csv").exists()
     assert "seq_len=1" in (sweep_dir / "failed.csv").read_text()
+
+
+@pytest.mark.slow
+def test_plus_baselines_gives_an_ad_hoc_sweep_its_references(tmp_path, text_file, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    out = _launch("-m", *TINY, f"dataset.path={text_file}", "eval.max_batches=2", "attention=lsh",
+                  "hasher.n_bits=2,4", "+baselines=true", f"hydra.sweep.dir={sweep_dir}", f"cache_dir={cache_dir}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    attention = sorted(_results(p.parent)["config"]["attention"]["name"] for p in sweep_dir.rglob("results.json"))
+    assert attention == ["full", "lsh", "lsh", "oracle_topk", "window"]
+    assert not any("baselines" in p.parent.name for p in sweep_dir.rglob("results.json"))
+    assert "no full-attention run" not in out.stdout
+    rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "variant" and rows[1] == "full", rows  # most expensive first: the reference on top
+    assert sorted(rows[1:]) == ["full", "lsh/simhash b=2", "lsh/simhash b=4", "oracle10", "window"], rows
+

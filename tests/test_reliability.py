@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT, compose_config
 from lsh_bitnet.run import results as R
 from lsh_bitnet.errors import ConfigError
+from lsh_bitnet.run.jobs import FAIL_ENV
 from lsh_bitnet.run.runner import NonFiniteMetricError, ResultsWriteError, run
 from lsh_bitnet.validate import validate_fast
 
@@ -195,6 +196,19 @@ def test_unknown_key_of_another_option_names_that_option():
         validate_fast(compose_config(["+attention.n_table=4"]))  # default attention=full has no n_tables
 
 
+@pytest.mark.parametrize("args, hint", [
+    (["attention.n_table=2"], "attention=full has no field 'n_table'; attention.n_tables exists with "
+                              "attention=lsh or attention=lsh_topk."),
+    (["attention=lsh", "attention.n_table=2"], "attention=lsh has no field 'n_table'; did you mean attention.n_tables?"),
+    (["sed=1"], "the top level has no field 'sed'; did you mean seed?"),
+])
+def test_unknown_key_without_plus_gets_the_hint_of_the_plus_form(args, hint):
+    out = _launch(*args, "--cfg", "job", timeout=60)
+    assert out.returncode == 1 and hint in out.stderr, out.stderr[-2000:]
+    assert "To append to your config use +" not in out.stderr  # that form would be refused as well
+    assert "use +extra.note=x" in _launch("extra.note=x", "--cfg", "job", timeout=60).stderr  # free-form: Hydra's advice
+
+
 def test_free_form_extra_and_declared_keys_pass():
     assert validate_fast(compose_config(["attention=lsh", "extra={note: hi, any: {nested: 1}}"])) == []
 
@@ -216,7 +230,8 @@ def test_cli_value_error_fails_fast_without_importing_torch(args, message, recor
                           f"cache_dir={tmp_path}/cache"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - start
     assert out.returncode != 0
-    assert message in out.stderr, out.stderr[-2000:]
+    # Hydra's composition errors go to stderr; ours are the run's closing log line (stdout), no traceback
+    assert message in out.stdout + out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported and "transformers" not in imported, "config errors must not import torch"
     assert elapsed < 10, elapsed  # 1-1.5 s measured (load 9 on 2 cores); room for a loaded CI box
@@ -359,7 +374,8 @@ def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_
 def test_stale_failed_job_in_reused_sweep_dir_does_not_fail_a_new_sweep(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     common = ["-m", *TINY_SYN, "attention=lsh", f"hydra.sweep.dir={sweep}", f"cache_dir={cache_dir}"]
-    first = _launch(*common, "hasher.n_bits=2", "fail_on_purpose=true")
+    # seed=1 names its own job dir: the failure stays on disk beside the second sweep's jobs
+    first = _launch(*common, "hasher.n_bits=2", "seed=1", env={**os.environ, FAIL_ENV: "1"})
     assert first.returncode != 0 and "0 ok, 1 failed" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
     second = _launch(*common, "hasher.n_bits=2,4")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF_DIR, REPO_ROOT
+from lsh_bitnet.run.jobs import FAIL_ENV
 
 START_HINT = "start a single-node cluster with `bash scripts/slurm/start.sh` (stop: scripts/slurm/stop.sh)"
 READY_STATES = {"idle", "mixed", "allocated", "completing"}  # a busy node still takes (queues) our jobs
@@ -147,15 +148,16 @@ def test_failing_job_is_recorded_failed_and_slurm_says_failed(slurm_env, tmp_pat
     # The plugin's own preset, not ours: `hydra/launcher=submitit_slurm` must work directly too.
     sweep = tmp_path / "sweep"
     out = _run([sys.executable, "launch.py", "-m", "hydra/launcher=submitit_slurm", *TINY, "hasher.n_bits=4",
-                "fail_on_purpose=false,true", f"cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"], slurm_env)
+                "seed=0,1", f"cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"],
+               {**slurm_env, FAIL_ENV: "seed=1"})  # the test hook: the job with seed=1 fails
     log = out.stdout[-3000:] + out.stderr[-3000:]
     assert out.returncode != 0, log  # lsh_bitnet.run.sweep: a sweep with a failed job exits non-zero, at the end
 
-    records = {r["config"]["fail_on_purpose"]: r for r in _results(sweep).values()}
-    assert set(records) == {False, True}, log
-    assert records[False]["status"] == "ok", records[False].get("error")
-    assert records[True]["status"] == "failed"
-    assert "fail_on_purpose" in json.dumps(records[True]["error"])
+    records = {r["config"]["seed"]: r for r in _results(sweep).values()}
+    assert set(records) == {0, 1}, log
+    assert records[0]["status"] == "ok", records[0].get("error")
+    assert records[1]["status"] == "failed"
+    assert FAIL_ENV in json.dumps(records[1]["error"])
     # launch.py catches the error so the array goes on, and exits 1 once submitit has saved the job's
     # result: SLURM records the failure, and submitit's log ends with it.
     (array_id,) = _array_tasks(sweep)

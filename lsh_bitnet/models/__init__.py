@@ -129,11 +129,23 @@ def _cache_key(cfg, cache_dir: Path) -> str:
 
 
 def load_model_cached(model_cfg: Any, cache_dir: Path) -> LoadedModel:
+    """load_model once per process and config. The first call's info has the real `load_s` and
+    `model_cached: false`; later calls share model and tokenizer and say `load_s: 0.0, model_cached: true`,
+    so the jobs of an in-process sweep do not all report the first job's load time as their own."""
     cfg = as_config(model_cfg)
     key = _cache_key(cfg, cache_dir)
     if key not in _LOADED:
         _LOADED[key] = load_model(cfg, cache_dir)
-    return _LOADED[key]
+        _LOADED[key].info["model_cached"] = False
+        return _LOADED[key]
+    first = _LOADED[key]
+    return LoadedModel(model=first.model, tokenizer=first.tokenizer,
+                       info={**first.info, "load_s": 0.0, "model_cached": True})
+
+
+def is_loaded(model_cfg: Any, cache_dir: Path) -> bool:
+    """Whether load_model_cached would reuse a model this process already holds."""
+    return _cache_key(as_config(model_cfg), cache_dir) in _LOADED
 
 
 def clear_model_cache() -> None:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS, AttentionConfig
+from lsh_bitnet.report.brief import brief_lines
 from lsh_bitnet.report.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.report.items import pool_ranges
 from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
@@ -80,6 +81,7 @@ TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_rati
 PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", "paired_n", "gap_closed"]
 HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
+BRIEF_FILE = "brief.md"  # the short table a sweep prints at its end
 
 
 def metric_values(metric: Any) -> List[str]:
@@ -172,9 +174,12 @@ def _sorted(df: pd.DataFrame, x: str) -> pd.DataFrame:
 
 
 def _label_columns(df: pd.DataFrame, swept: List[str]) -> List[str]:
-    """The swept knobs that tell points of one family apart (family and setting are shown otherwise)."""
+    """The swept knobs that tell points of one family apart (family and setting are shown otherwise), in
+    the knobs' own order (hash bits, tables, the rule's fields, then sinks and window), not alphabetical."""
     knobs = df.attrs.get("knobs", {})
-    cols = [knobs.get(k, k) for k in swept if not k.startswith(SETTING_PREFIXES)]
+    order = {k: i for i, k in enumerate(knobs)}  # runs.collect_runs orders the knobs
+    keys = sorted((k for k in swept if not k.startswith(SETTING_PREFIXES)), key=lambda k: (order.get(k, len(order)), k))
+    cols = [knobs.get(k, k) for k in keys]
     return [c for c in dict.fromkeys(cols) if c not in ("attention.name", "hasher.name", "attention", "hasher")]
 
 
@@ -218,6 +223,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     ok, failed = collect_runs(root)
     if ok.empty and failed.empty:
         raise FileNotFoundError(f"no {RESULTS_FILE} under {root}: point the collector at a run or sweep directory")
+    # Jobs running now (their lock is held) are neither ok nor failed yet: listed apart.
+    now = failed["running"].fillna(False).astype(bool) if "running" in failed else pd.Series(False, index=failed.index)
+    running, failed = failed[now], failed[~now]
     y_by_metric, by_column = primary_y_by_metric(), y_columns()
     if metric in by_column:
         y_by_metric[by_column[metric][0]] = (metric, by_column[metric][1])
@@ -257,7 +265,9 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     save_csv(failed, "failed.csv")
     no_effect = attrs.get("no_effect", [])
     lines = [f"# lsh-bitnet results: {root}", "",
-             f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed. "
+             f"{len(ok)} {'seed groups of ' if group else ''}ok runs, {len(failed)} failed"
+             + (f", {len(running)} running now (not counted as failed; collect again when they end)" if len(running)
+                else "") + ". "
              f"Swept: {', '.join(swept) or '(nothing)'}."
              + (f" Varied without changing any metric: {', '.join(no_effect)}." if no_effect else ""), "",
              *(["Runs of one config over different item ranges pooled (`--pool-ranges`): `items` lists the "
@@ -291,8 +301,14 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
                                 label_cols=_label_columns(table, swept), x=x)
             written.update({f.name: f for f in files})
             lines += [f"Plot: {', '.join(f.name for f in files)}", ""]
+    # What a sweep prints at its end: a short line per run (lsh_bitnet.report.brief); the tables above keep all.
+    brief = brief_lines(ok, y_by_metric, _label_columns(ok, swept), x) if not ok.empty else []
+    (out / BRIEF_FILE).write_text("\n".join(brief) + "\n")
+    written[BRIEF_FILE] = out / BRIEF_FILE
     lines += [f"## Failed runs ({len(failed)})", "",
               to_markdown(failed[["run_dir", "status", "error"]]) if len(failed) else "(none)", ""]
+    if len(running):
+        lines += [f"## Running now ({len(running)})", "", to_markdown(running[["run_dir", "error"]]), ""]
     (out / "summary.md").write_text("\n".join(lines))
     written["summary.md"] = out / "summary.md"
     return written

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lsh_bitnet.registry import RULES
+from lsh_bitnet.report.plot_labels import point_texts, repel_labels, ringed  # noqa: F401 (repel_labels: API)
 from lsh_bitnet.tasks.base import find_task, tasks
 
 
@@ -118,7 +119,7 @@ def _family_sort_key(family: str) -> Tuple[int, str]:
     return (rule.family_order if rule is not None else UNKNOWN_FAMILY_ORDER, family)
 
 
-# Point labels on the plot: short names, explained in a footnote, so labels stay on one short line.
+# Point labels (plots, brief table): short names of the knobs, so labels stay on one short line.
 ABBREV = {"n_bits": "b", "n_tables": "t", "n_trees": "trees", "max_depth": "depth", "min_candidates": "minc",
           "k": "k", "fraction": "f", "sink_tokens": "sink", "local_window": "w", "min_collisions": "minhit"}
 
@@ -127,36 +128,19 @@ def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _label(row: pd.Series, cols: List[str]) -> str:
-    return " ".join(f"{ABBREV.get(c, c.rsplit('.', 1)[-1])}={_short(row[c])}" for c in cols if pd.notna(row[c]))
+def point_label(row: pd.Series, cols: List[str]) -> str:
+    """`b=8 t=4 sink=4 w=32`: the row's values of cols (in the order given), short names from ABBREV."""
+    return " ".join(f"{ABBREV.get(c, c.rsplit('.', 1)[-1])}={_short(row[c])}" for c in cols
+                    if c in row and pd.notna(row[c]))
 
 
-def repel_labels(ax, annotations: list, points_px: np.ndarray) -> int:
-    """Move each label to the first nearby offset where it overlaps no placed label, no data point and
-    stays inside the axes; labels that find no free spot keep the farthest try with a leader line.
-    Nothing is dropped. Returns how many labels needed a leader line."""
-    renderer = ax.figure.canvas.get_renderer()
-    inside = ax.get_window_extent(renderer)
-    offsets = [(dx * r, dy * r) for r in (1, 2, 3.2, 4.5) for dx, dy in
-               ((5, 4), (5, -10), (-5, 4), (-5, -10), (0, 10), (0, -14), (9, -3), (-9, -3))]
-    placed, leaders = [], 0
-    for ann in annotations:
-        for i, (dx, dy) in enumerate(offsets):
-            ann.set_position((dx, dy))
-            ann.set_horizontalalignment("left" if dx >= 0 else "right")
-            box = ann.get_window_extent(renderer).expanded(1.04, 1.08)
-            hits_point = len(points_px) and ((points_px[:, 0] > box.x0 - 3) & (points_px[:, 0] < box.x1 + 3)
-                                              & (points_px[:, 1] > box.y0 - 3) & (points_px[:, 1] < box.y1 + 3)).any()
-            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
-            if fits and not hits_point and not any(box.overlaps(other) for other in placed):
-                break
-        else:
-            leaders += 1
-        if i >= 8:  # moved away from its point: a thin line says which point it names
-            ax.annotate("", xy=ann.xy, xytext=(dx, dy), textcoords="offset points",
-                        arrowprops=dict(arrowstyle="-", color=ann.get_color(), lw=0.5, alpha=0.6))
-        placed.append(ann.get_window_extent(renderer).expanded(1.04, 1.08))
-    return leaders
+# The default figure fits one column of a two-column paper: panels stacked, labels on the points.
+COLUMN_IN, PANEL_IN, NOTE_IN = 3.4, 2.6, 0.34
+# A panel of more runs than this labels its Pareto-front points only (the tables name every run).
+MAX_LABELS = 24
+# Short x-axis names for the one-column figure (X_AXES has the long ones).
+X_SHORT = {"comparison_ratio": "comparison ratio (q·k scores / full)", "mac_ratio": "MAC ratio (to full attention)",
+           "wall_ratio": "wall-time ratio (to full attention)"}
 
 
 def _styles(families) -> Dict[str, Tuple[tuple, str]]:
@@ -193,12 +177,10 @@ def y_limits(runs: pd.DataFrame, y: str, minimize: bool) -> Optional[Tuple[float
     return low - pad, top + pad
 
 
-def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_cols: List[str],
-                styles: Dict[str, Tuple[tuple, str]], chance: Optional[float] = None,
-                primary: bool = True) -> Tuple[List[str], Dict]:
-    """Draw one panel; returns (label columns used for the footnote, plotted data by family for tests)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
-
+def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, styles: Dict[str, Tuple[tuple, str]],
+                chance: Optional[float] = None, primary: bool = True) -> Tuple[Dict, Dict[str, bool]]:
+    """Draw one panel with a label on each point (`_text`) instead of a legend. Returns (plotted data by
+    family, for tests; what was drawn, for the figure's note)."""
     runs = runs[pd.to_numeric(runs[y], errors="coerce").notna() & pd.to_numeric(runs[x], errors="coerce").notna()]
     runs = runs.assign(**{x: pd.to_numeric(runs[x]), y: pd.to_numeric(runs[y], errors="coerce").astype(float)})
     if primary and "pareto" in runs:  # the collector's frontier (the table's stars)
@@ -206,84 +188,100 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, label_co
     else:  # another y of the same runs: its own frontier
         front = [pareto_front(grp, x, y, minimize) for _, grp in runs.groupby("family")]
         runs = runs.assign(_front=pd.concat(front) if front else False)
-    limits = y_limits(runs, y, minimize)
-    annotations, used, plotted = [], [], {}
-    bounds = error_bounds(runs, y)
+    limits = y_limits(runs, y, minimize)  # the axes were set up from the same runs (_set_axes)
+    drawn = {"line": False, "faded": False, "bars": False, "clipped": False, "ringed": False, "noncausal": False,
+             "front_only": len(runs) > MAX_LABELS}
+    shown = runs[y].clip(upper=limits[1]) if limits else runs[y]
+    order = runs.sort_values(["_front", x], ascending=[False, True]).index  # front points claim their spot first
+    px = ax.transData.transform(np.column_stack([runs.loc[order, x], shown[order]]))
+    ring = pd.Series(ringed(px), index=order)
+    bounds, plotted, annotations, bars_px = error_bounds(runs, y), {}, [], []
     for family in sorted(runs["family"].unique(), key=_family_sort_key):
         fam = runs[runs["family"] == family].sort_values(x)
         color, marker = styles[family]
-        clipped = fam[y].clip(upper=limits[1]) if limits else fam[y]
-        out = fam[y] > clipped
-        front = fam[fam["_front"]]
+        out = fam[y] > shown[fam.index]
         if bounds is not None:
             lo, hi = bounds[0].loc[fam.index], bounds[1].loc[fam.index]
             ok = lo.notna() & hi.notna() & ~out
             if ok.any():
                 yerr = np.vstack([(fam[y] - lo)[ok].clip(lower=0), (hi - fam[y])[ok].clip(lower=0)])
-                ax.errorbar(fam[x][ok], fam[y][ok], yerr=yerr, fmt="none", ecolor=color, elinewidth=0.9,
-                            capsize=2.5, alpha=0.55, zorder=2)
+                ax.errorbar(fam[x][ok], fam[y][ok], yerr=yerr, fmt="none", ecolor=color, elinewidth=0.7,
+                            capsize=1.5, alpha=0.5, zorder=2)
+                drawn["bars"] = True
+                for xv, a, b in zip(fam[x][ok], lo[ok], hi[ok]):  # labels keep off the bars too
+                    bars_px.append(ax.transData.transform(np.column_stack([np.full(7, xv), np.linspace(a, b, 7)])))
         plotted[family] = {"x": fam[x].tolist(), "y": fam[y].tolist(),
                            "err": None if bounds is None else [bounds[0].loc[fam.index].tolist(),
                                                               bounds[1].loc[fam.index].tolist()],
                            "clipped": out.tolist(), "noncausal": _noncausal(fam).tolist()}
-        if out.any():  # off the top: at the edge, marked, with the real value beside it
-            ax.scatter(fam[x][out], clipped[out], color=color, marker="^", s=50, zorder=4, clip_on=False,
-                       edgecolors="black", linewidths=0.8)
-            varying = [c for c in label_cols if c in fam and fam[c].nunique() > 1]
-            for _, row in fam[out].iterrows():  # moved apart with the labels below
-                xv, text = row[x], f"{row[y]:,.0f}" if row[y] >= 1000 else f"{row[y]:.3g}"
-                text += f" ({_label(row, varying)})" if _label(row, varying) else ""
-                annotations.append(ax.annotate(text, (xv, limits[1]), textcoords="offset points",
-                                               xytext=(5, -10), fontsize=6.5, color=color, annotation_clip=False))
+        front = fam[fam["_front"]]
         if is_full(family):
-            best = fam[y].min() if minimize else fam[y].max()
-            ax.axhline(best, color=color, lw=1.2, ls=":", zorder=1)
-            ax.scatter(fam[x], fam[y], color=color, marker=marker, s=60, zorder=3,
-                       label=f"full attention ({y} = {best:.4g})")
-            continue
-        oracle = is_upper_bound(family)
-        inside = fam[~out]
-        ax.scatter(inside[x], inside[y], color=color, marker=marker, s=22, alpha=0.3, zorder=2)
-        ax.plot(front[x], front[y].clip(upper=limits[1]) if limits else front[y], color=color, marker=marker,
-                ms=6, lw=1.6, zorder=3, ls="--" if oracle else "-",
-                label=f"{family}{' (upper bound)' if oracle else ''}  [{len(front)}/{len(fam)} on front]")
-        varying = [c for c in label_cols if c in fam and fam[c].nunique() > 1]  # constants say nothing
-        used += [c for c in varying if c not in used]
-        for _, row in front[~(front[y] > (limits[1] if limits else np.inf))].iterrows():
-            if _label(row, varying):
-                annotations.append(ax.annotate(_label(row, varying), (row[x], row[y]), textcoords="offset points",
-                                               xytext=(5, 4), fontsize=7, color=color))
+            ax.axhline(fam[y].min() if minimize else fam[y].max(), color=color, lw=0.8, ls=":", zorder=1)
+        elif len(front) > 1:  # a front of one point is a point, not a line
+            ax.plot(front[x], shown[front.index], color=color, lw=1.1, zorder=3,
+                    ls="--" if is_upper_bound(family) else "-")
+            drawn["line"] = True
+        for i, row in fam.iterrows():
+            on_front, clipped = bool(row["_front"]) or is_full(family), bool(out[i])
+            alpha = 1.0 if on_front else 0.45
+            drawn["faded"] |= not on_front
+            drawn["clipped"] |= clipped
+            drawn["ringed"] |= bool(ring[i])
+            size = 20 if not ring[i] else 55
+            ax.scatter([row[x]], [shown[i]], s=size, marker="^" if clipped else marker, zorder=4 if on_front else 3,
+                       clip_on=False, alpha=alpha, linewidths=0.8 if ring[i] or clipped else 0.0,
+                       facecolors="none" if ring[i] else [color], edgecolors="black" if clipped else [color])
+            text = str(row.get("_text") or family)
+            if clipped:  # off the top: at the edge, its real value written
+                text += f" ({row[y]:,.0f})" if row[y] >= 1000 else f" ({row[y]:.3g})"
+            if text and (on_front or not drawn["front_only"]):
+                annotations.append(ax.annotate(text, (row[x], shown[i]), textcoords="offset points", xytext=(5, 4),
+                                               fontsize=5.5, color=color, alpha=1.0 if on_front else 0.7, zorder=6))
     acausal = _noncausal(runs)
     if acausal.any():  # e.g. hashers centred on the whole prompt: each query saw later tokens' statistics
-        ys = runs[y].clip(upper=limits[1]) if limits else runs[y]
-        ax.scatter(runs[x][acausal], ys[acausal], s=170, facecolors="none", edgecolors="black", linewidths=1.0,
-                   zorder=5, label="not causal (cost.causal = false)")
+        ax.scatter(runs[x][acausal], shown[acausal], s=110, facecolors="none", edgecolors="black", linewidths=0.7,
+                   zorder=5)
+        drawn["noncausal"] = True
     if chance is not None:
-        ax.axhline(chance, color="0.5", lw=1.0, ls="-.", zorder=1, label=f"chance ({chance:.3g})")
+        ax.axhline(chance, color="0.5", lw=0.7, ls="-.", zorder=1)
+        annotations.insert(0, ax.annotate(f"chance {chance:.2g}", (ax.get_xlim()[1], chance), xytext=(-2, 2),
+                                          textcoords="offset points", fontsize=5.5, color="0.4", ha="right"))
+    ax.figure.canvas.draw()  # label sizes are known only after a draw
+    repel_labels(ax, annotations, px, np.vstack(bars_px) if bars_px else None)
+    renderer = ax.figure.canvas.get_renderer()
+    drawn["labels"] = [(a.get_text(), tuple(a.get_window_extent(renderer).bounds)) for a in annotations]
+    return plotted, drawn
+
+
+def _set_axes(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool) -> None:
+    """Scales, limits, ticks and axis labels, before the figure's layout and before any point is placed, so
+    pixel positions (rings, labels) are final when the labels are placed."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+
+    runs = runs[pd.to_numeric(runs[y], errors="coerce").notna() & pd.to_numeric(runs[x], errors="coerce").notna()]
+    runs = runs.assign(**{x: pd.to_numeric(runs[x]), y: pd.to_numeric(runs[y], errors="coerce").astype(float)})
+    limits = y_limits(runs, y, minimize)
+
     xs = runs[x][runs[x] > 0]
     if len(xs) and xs.max() / xs.min() > LOG_X_SPREAD:
         ax.set_xscale("log")
-        ticks = [m * 10.0 ** e for e in range(-6, 3) for m in (1, 2, 3, 5)]
+        ticks = [m * 10.0 ** e for e in range(-6, 3) for m in (1, 2, 5)]
         ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if xs.min() / 1.5 <= t <= xs.max() * 1.5]))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
+    if len(xs):  # room on the right for labels of the most expensive points (full attention at 1)
+        log_x = ax.get_xscale() == "log"
+        ax.set_xlim(xs.min() / 1.6 if log_x else 0, xs.max() * (1.6 if log_x else 1.15))
     if limits:
         ax.set_ylim(*limits)
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
     elif runs[y].between(0, 1).all():
-        ax.set_ylim(-0.03, 1.03)
-        ax.yaxis.set_major_locator(FixedLocator(np.linspace(0, 1, 11)))
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
-    ax.set_xlabel(f"{X_AXES.get(x, x)}  (lower = cheaper)", fontsize=8.5)
-    clip_note = f"; ▲ = above {Y_SPAN:g}× full, value beside" if limits and runs[y].max() > limits[1] else ""
-    ax.set_ylabel(f"{y} ({'lower' if minimize else 'higher'} is better{clip_note})", fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    ax.figure.canvas.draw()  # positions are known only after a draw
-    points = ax.transData.transform(np.column_stack([runs[x], runs[y].clip(upper=limits[1]) if limits else runs[y]]))
-    repel_labels(ax, annotations, points)
-    return used, plotted
+        ax.set_ylim(-0.05, 1.08)
+        ax.yaxis.set_major_locator(FixedLocator(np.linspace(0, 1, 6)))
+    ax.grid(True, which="major", alpha=0.3, lw=0.5)
+    ax.tick_params(labelsize=6, length=2)
+    ax.set_xlabel(X_SHORT.get(x, x), fontsize=6.5)
+    ax.set_ylabel(f"{y} ({'lower' if minimize else 'higher'} is better)", fontsize=6.5)
 
 
 def _noncausal(runs: pd.DataFrame) -> pd.Series:
@@ -314,9 +312,12 @@ def panel_title(panel: pd.DataFrame) -> str:
 def plot_pareto(df: pd.DataFrame, metric: str, y: str, minimize: bool, path: Path,
                 label_cols: Optional[List[str]] = None, title: str = "", x: str = X,
                 formats: Tuple[str, ...] = ("png", "pdf", "svg")) -> List[Path]:
-    """One figure per metric, written as PNG, PDF and SVG: a row of panels per setting, a column per y
-    (the metric's primary value, plus e.g. choice_accuracy for the synthetic task). Returns the paths;
-    the plotted numbers are kept on the function (`plot_pareto.last_data`) for tests."""
+    """One figure per metric, one column wide (COLUMN_IN), written as PNG, PDF and SVG: a panel per setting
+    and y (the metric's primary value, plus e.g. choice_accuracy for the synthetic task), stacked. Every
+    point is labelled where it is (variant and knobs), no legend. Returns the paths; the plotted numbers are
+    kept on the function for tests (`plot_pareto.last_data`; `last_figure`: size, legends, note, labels)."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display on compute nodes; also keeps tests headless
@@ -324,36 +325,58 @@ def plot_pareto(df: pd.DataFrame, metric: str, y: str, minimize: bool, path: Pat
 
     ys = [y] + [c for c in extra_y(metric) if c != y and c in df and pd.to_numeric(df[c], errors="coerce").notna().any()]
     settings = list(dict.fromkeys(df["setting"].fillna("")))
-    width = 10.5 if len(ys) == 1 else 8.0  # legends sit right of each panel
-    fig, axes = plt.subplots(len(settings), len(ys), figsize=(width * len(ys), 5.6 * len(settings)), squeeze=False)
-    used: List[str] = []
-    styles = _styles(df["family"])
-    data: Dict[str, Dict] = {}
-    for r, setting in enumerate(settings):
+    panels = [(s, c) for s in settings for c in ys]
+    height = PANEL_IN * len(panels) + 0.3 * len(settings) + NOTE_IN
+    fig, axes = plt.subplots(len(panels), 1, figsize=(COLUMN_IN, height), squeeze=False)
+    df = df.assign(_text=point_texts(df, label_cols or []))
+    styles, data, drawn, labels = _styles(df["family"]), {}, {}, {}
+    for ax, (setting, col) in zip(axes[:, 0], panels):  # first the frames: the layout depends on them
         panel = df[df["setting"].fillna("") == setting]
-        for c, col in enumerate(ys):
-            chance = None
-            if col == "choice_accuracy" and "chance_choice_accuracy" in panel:
-                chance = pd.to_numeric(panel["chance_choice_accuracy"], errors="coerce").mean()
-            cols_used, plotted = _draw_panel(axes[r, c], panel, x, col, minimize if col == y else False,
-                                             label_cols or [], styles, None if pd.isna(chance) else chance,
-                                             primary=col == y)
-            used += [u for u in cols_used if u not in used]
-            data[f"{setting}|{col}"] = plotted
-            axes[r, c].set_title(panel_title(panel) or title, fontsize=9)
-    what = y if y == metric else f"{metric}: {y}"
-    fig.suptitle(f"{what} vs {x} ({len(df)} runs; lines join each family's Pareto front; "
-                 f"bars: 95% interval or seed range)", fontsize=11)
-    note = "Faded points: off their family's front. Labels: " + ", ".join(
-        f"{ABBREV.get(c, c.rsplit('.', 1)[-1])} = {c}" for c in used)
-    fig.text(0.01, 0.005, note if used else note.split(" Labels")[0], fontsize=7.5, color="0.35")
-    fig.tight_layout(rect=(0, 0.025, 1, 1))
+        if col == ys[0]:  # once per setting
+            ax.set_title(textwrap.fill(panel_title(panel) or title, 62), fontsize=6, loc="left")
+        _set_axes(ax, panel, x, col, minimize if col == y else False)
+    fig.tight_layout(rect=(0, NOTE_IN / height, 1, 1), h_pad=0.6)
+    for ax, (setting, col) in zip(axes[:, 0], panels):  # then points and labels, at their final pixels
+        panel = df[df["setting"].fillna("") == setting]
+        chance = None
+        if col == "choice_accuracy" and "chance_choice_accuracy" in panel:
+            chance = pd.to_numeric(panel["chance_choice_accuracy"], errors="coerce").mean()
+        plotted, what = _draw_panel(ax, panel, x, col, minimize if col == y else False, styles,
+                                    None if chance is None or pd.isna(chance) else chance, primary=col == y)
+        data[f"{setting}|{col}"] = plotted
+        labels[f"{setting}|{col}"] = {"labels": what.pop("labels"), "axes": tuple(ax.get_window_extent().bounds)}
+        drawn = {k: drawn.get(k, False) or v for k, v in what.items()}
+    note = figure_note(drawn, len(df))
+    fig.text(0.01, 0.005, textwrap.fill(note, 95), fontsize=5, color="0.35", va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         out = path.with_suffix(f".{fmt}")
-        fig.savefig(out, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(out, dpi=200, metadata={"Date": None} if fmt == "svg" else None)
         paths.append(out)
+    plot_pareto.last_figure = {"size_in": tuple(fig.get_size_inches()), "legends": sum(a.get_legend() is not None
+                                                                                   for a in axes[:, 0]),
+                               "note": note, "labels": labels}
     plt.close(fig)
     plot_pareto.last_data = data
     return paths
+
+
+def figure_note(drawn: Dict[str, bool], n_runs: int) -> str:
+    """What the marks mean, only for the marks the figure has (no promise of lines a figure lacks)."""
+    parts = [f"{n_runs} runs; dotted: full attention"]
+    if drawn.get("line"):
+        parts.append("lines join a family's Pareto-front points (dashed: oracle, an upper bound)")
+    if drawn.get("faded"):
+        parts.append("faded: off its family's front")
+    if drawn.get("bars"):
+        parts.append("bars: 95% interval or seed range")
+    if drawn.get("ringed"):
+        parts.append("open ring: a run on top of another")
+    if drawn.get("clipped"):
+        parts.append(f"▲: above {Y_SPAN:g}× full, value in brackets")
+    if drawn.get("noncausal"):
+        parts.append("circled: not causal (cost.causal = false)")
+    if drawn.get("front_only"):
+        parts.append(f"over {MAX_LABELS} runs: front points labelled, all in summary.md")
+    return "; ".join(parts) + "."

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
 from lsh_bitnet.registry import RULES
-from lsh_bitnet.run.jobs import job_busy
+from lsh_bitnet.run.jobs import LOCK_FILE, job_busy
 from lsh_bitnet.report.pareto import family_of, primary_y
 from lsh_bitnet.run.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
 from lsh_bitnet.tasks.base import find_task
@@ -163,7 +163,11 @@ def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         return record, _error_line(record)
     if status == "running":
         started = (record.get("provenance") or {}).get("started_at")
-        return record, f"status is 'running' (started {started}): the job died before finishing, or still runs"
+        if job_busy(path.parent):  # the runner holds the job's lock while it works: it runs now
+            return record, f"running now (started {started}; {_holder(path.parent)} holds its lock): collect again " \
+                           f"when it ends"
+        return record, (f"status is 'running' (started {started}) but no process holds its lock: the job died "
+                        f"before finishing (killed, out of memory, a lost node); rerun it")
     if status != "ok":
         return record, f"unknown status {status!r} (expected ok | failed | interrupted | running)"
     missing = _missing_fields(record, "comparison_ratio")
@@ -173,6 +177,14 @@ def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     if bad_metrics:  # an ok run with a NaN metric is a failure that was not caught (issue 10)
         return record, f"status ok but non-finite metrics: {', '.join(bad_metrics)}"
     return record, None
+
+
+def _holder(job_dir: Path) -> str:
+    """`pid 123 on host` as the lock file says (lsh_bitnet.run.jobs.job_lock writes it)."""
+    try:
+        return (Path(job_dir) / LOCK_FILE).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 def _jobs_without_results(root: Path) -> List[Tuple[Path, Dict[str, Any], str]]:
@@ -331,6 +343,8 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
         record = record or {}
         attention, windows = flat.get("attention.name"), _uses_windows(record)
         row: Dict[str, Any] = {"run_dir": run_dir, "status": record.get("status", "unreadable"), "error": error}
+        # Running now (its lock is held): listed apart from the failed runs, not counted as one.
+        row["running"] = bool(error) and row["status"] in ("running", "missing") and job_busy(root / run_dir)
         row.update({c: flat.get(d) if relevant(d, attention, windows) else None for c, d in ID_COLUMNS.items()})
         row["model"] = _model_label(record, flat) if flat else None
         row["family"] = family_of(attention, row["hasher"]) if attention else None
@@ -365,7 +379,7 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     failed = df["error"].notna()
     ok, bad = df[~failed].reset_index(drop=True), df[failed].reset_index(drop=True)
-    ok = ok.drop(columns=["error"])
+    ok = ok.drop(columns=["error", "running"], errors="ignore")
     for frame in (ok, bad):
         frame.attrs.update(swept=swept, no_effect=no_effect, knobs=knobs, values=values, nonfinite=flagged)
     return ok, bad

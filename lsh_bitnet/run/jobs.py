@@ -6,6 +6,10 @@
   run never leaves a stale lock.
 - `resume_key(...)`: config hash, code version (commit + hash of the diff when dirty), data content
   hash and weights fingerprint. Resume skips a job only when all four match its `ok` record.
+- `fail_on_purpose(cfg)`: the failure-handling test hook. An environment variable, not a config key, so
+  `--cfg job`, `--help` and completion never show it: `LSH_BITNET_FAIL_ON_PURPOSE=1` makes every job
+  fail after validation; `LSH_BITNET_FAIL_ON_PURPOSE=seed=1` only the jobs whose resolved config has
+  that value at that key (a sweep `seed=0,1` then has one ok and one failed job).
 """
 import fcntl
 import os
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 LOCK_FILE = ".lsh_bitnet.lock"
+FAIL_ENV = "LSH_BITNET_FAIL_ON_PURPOSE"
 RESUME_PARTS = {"config_hash": "config", "code_version": "code version", "data": "data content",
                 "weights": "weights"}
 
@@ -73,3 +78,17 @@ def resume_mismatch(previous: Optional[Dict[str, Any]], current: Dict[str, Any])
         return "the resume key (not recorded: an older results.json)"
     differed = [label for key, label in RESUME_PARTS.items() if previous.get(key) != current.get(key)]
     return ", ".join(differed) or None
+
+
+def fail_on_purpose(cfg) -> Optional[str]:
+    """The error message when the test hook (FAIL_ENV) asks this job to fail, else None."""
+    wanted = os.environ.get(FAIL_ENV, "").strip()
+    if not wanted or wanted.lower() in ("0", "false", "no"):
+        return None
+    if "=" in wanted:
+        from omegaconf import OmegaConf
+
+        key, value = wanted.split("=", 1)
+        if str(OmegaConf.select(cfg, key.strip(), default=None)).lower() != value.strip().lower():
+            return None
+    return f"{FAIL_ENV}={wanted}: this job fails by request (testing failure handling)"

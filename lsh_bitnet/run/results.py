@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
 # Keys that do not change what a run computes: two configs differing only here are the same run.
-HASH_EXCLUDED_KEYS = ("resume", "eval.progress", "extra", "cache_dir")
+HASH_EXCLUDED_KEYS = ("resume", "eval.progress", "extra", "cache_dir", "baselines")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, config_hash, error_record,
                                 nonfinite_paths, provenance, read_results, strict, utc_now, versions,
                                 write_json_atomic)
-from lsh_bitnet.console import report_job
-from lsh_bitnet.run.jobs import job_lock, resume_key, resume_mismatch
+from lsh_bitnet.console import log_job_header, log_model_loaded, log_model_loading, report_job
+from lsh_bitnet.run.jobs import fail_on_purpose, job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
 from lsh_bitnet.run.sweep import mark_skipped, register_job
 from lsh_bitnet.models.cache import check_cache_dir
@@ -103,6 +103,7 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     # .partial_metrics() become the record's metrics.
     state: Dict[str, Any] = {"sink": None, "output_dir": output_dir}
 
+    log_job_header(cfg, record["job"])  # launch.log's first lines: overrides, seed, device, model, output dir
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
         config_warnings = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
@@ -138,8 +139,8 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         write_json_atomic(results_path, record)
         with signals_recorded(state):
             try:
-                if cfg.get("fail_on_purpose"):
-                    raise RuntimeError("fail_on_purpose=true: this job fails by request (testing failure handling)")
+                if fail_on_purpose(cfg):  # the test hook (environment variable LSH_BITNET_FAIL_ON_PURPOSE)
+                    raise RuntimeError(fail_on_purpose(cfg))
                 from lsh_bitnet.run.samples import SAMPLES_FILE, SampleLog
 
                 task = task_named(cfg.metric.name)  # what metric=<name> evaluates (lsh_bitnet/tasks)
@@ -213,6 +214,10 @@ def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
 def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
     checked = check_data(cfg, cache_dir)  # data before the model (calibration file, the task's): no load wasted
     fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
+    from lsh_bitnet.models import is_loaded
+
+    if not is_loaded(cfg.model, cache_dir):  # the next seconds are imports and the load: say so first
+        log_model_loading(cfg.model, converting=fit_warnings is None)
 
     import torch
 
@@ -224,6 +229,7 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
     loaded = load_model_cached(cfg.model, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     record["model_info"] = loaded.info
+    log_model_loaded(loaded.info)  # the model as loaded, right under the job's header
     if fit_warnings is None:  # no config.json was on disk before the load: the same checks, now from the model
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         from lsh_bitnet.attention.checks import validate_attention_config
@@ -260,7 +266,8 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
     record["metrics"] = metrics
-    record["timing"] = {"load_s": loaded.info.get("load_s"), "data_s": data_s, "eval_s": eval_s,
+    record["timing"] = {"load_s": loaded.info.get("load_s"), "model_cached": loaded.info.get("model_cached"),
+                        "data_s": data_s, "eval_s": eval_s,
                         "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
     record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
     bad = nonfinite_paths(metrics)

@@ -235,16 +235,17 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _collect(sweep_dir: Path, log: logging.Logger) -> None:
-        """The collected tables, as `lsh-bitnet-collect DIR` prints them; a collector error never fails the sweep."""
+        """The short table of every run (lsh_bitnet.report.brief: variant, metric with interval, cost ratios,
+        n), then where the full tables and plots are; a collector error never fails the sweep."""
         try:
-            from lsh_bitnet.report.collect import write_summary
+            from lsh_bitnet.report.collect import BRIEF_FILE, write_summary
 
             written = write_summary(sweep_dir)
-            tables = [p for name, p in sorted(written.items()) if name.startswith("summary_") and name.endswith(".md")]
-            for path in tables:
-                log.info("\n## %s\n%s", path.stem.replace("summary_", ""), path.read_text().rstrip())
-            log.info("[lsh-bitnet] collected %d files into %s (summary.md, summary.csv, pareto_*.png/pdf/svg)",
-                     len(written), sweep_dir)
+            for line in written[BRIEF_FILE].read_text().rstrip().splitlines():  # one record per line: no blank
+                log.info("%s", line)                                            # message lines in sweep.log
+            plots = sorted(name for name in written if name.startswith("pareto_") and name.endswith(".png"))
+            log.info("[lsh-bitnet] every column: %s (and summary_<metric>.csv); plots: %s", sweep_dir / "summary.md",
+                     ", ".join(str(sweep_dir / p) for p in plots) or "none")
         except Exception as exc:  # noqa: BLE001  (the sweep's own result must still be reported)
             log.warning("[lsh-bitnet] collector failed (%s: %s); run `lsh-bitnet-collect %s` to retry",
                         type(exc).__name__, exc, sweep_dir)
