@@ -15,8 +15,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lsh_bitnet import config as _schemas  # noqa: F401  (registers the ConfigStore schemas)
-from lsh_bitnet.cli import explain_refused_overrides, hide_from_completion
-from lsh_bitnet.console import install_progress, keep_file_only_lines_off_console, report_job, traceback_wanted
+from lsh_bitnet.cli import add_override_hints, explain_refused_overrides, hide_from_completion
+from lsh_bitnet.console import (install_progress, keep_file_only_lines_off_console, quiet_libraries, report_job,
+                                traceback_wanted)
 from lsh_bitnet.errors import ConfigError
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.run.runner import run
@@ -24,6 +25,7 @@ from lsh_bitnet.run.sweep import register_resolvers
 
 register_resolvers()
 hide_from_completion()
+add_override_hints()  # `dataset.path=~/x.txt`: Hydra's parse error ends with how to quote it
 explain_refused_overrides()
 
 
@@ -34,6 +36,7 @@ EXIT_STATUS = {"code": 0}
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     install_progress()  # bars on a terminal; log lines in launch.log, SLURM logs and pipes
+    quiet_libraries()
     keep_file_only_lines_off_console()  # the job's header goes to launch.log only
     try:
         record = run(cfg)

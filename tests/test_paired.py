@@ -140,6 +140,23 @@ def test_collector_pairs_accuracy_runs_over_different_sample_ranges(tmp_path, ca
     assert "paired_delta" in capsys.readouterr().out
 
 
+def test_paired_baseline_sharing_most_items_then_first_in_natural_order(tmp_path):
+    """Several baseline runs qualify: the one sharing the most items; on a tie, the first in natural order
+    (9_full before 10_full, which a plain string sort would put first)."""
+    import pandas as pd
+
+    root = tmp_path / "sweep"
+    for name, n, shift in (("1_full", 2, 0.03), ("10_full", 4, 0.02), ("9_full", 4, 0.0)):
+        write(root, name, record("full", 1.0, 20.0))
+        samples(root, name, [window(i, 3000.0 + 100 * i + 1023 * shift) for i in range(n)])
+    write(root, "11_lsh", record("lsh", 0.3, 21.0))
+    samples(root, "11_lsh", [window(i, 3000.0 + 100 * i + 1023 * 0.04) for i in range(4)])
+    write_summary(root, plot=False, paired_with="full")
+    row = pd.read_csv(root / "summary_perplexity.csv").set_index("run_dir").loc["11_lsh"]
+    assert (row["paired_with"], row["paired_n"]) == ("9_full", 4)
+    assert row["paired_ratio"] == pytest.approx(math.exp(0.04))
+
+
 def test_paired_with_refuses_an_unknown_baseline(tmp_path, capsys):
     root = tmp_path / "sweep"
     write(root, "0_full", record("full", 1.0, 20.0))

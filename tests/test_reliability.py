@@ -116,7 +116,7 @@ def _damage_config(entry):
 
 @pytest.mark.parametrize("damage", [_damage_overwrite, _damage_truncate, _damage_meta, _damage_config],
                          ids=["overwritten", "truncated", "no-meta", "garbage-config"])
-def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, capsys):
+def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, caplog):
     import torch
 
     from lsh_bitnet.models import cache, load_model
@@ -126,11 +126,12 @@ def test_damaged_model_cache_entry_is_detected_and_rebuilt(damage, tmp_path, cap
     assert first.info["loaded_from"] == "tiny-build" and cache.entry_problem(entry) is None
     damage(entry)
     assert cache.entry_problem(entry) is not None
-    capsys.readouterr()
-    again = load_model(cfg, tmp_path)
-    out = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lsh_bitnet"):
+        again = load_model(cfg, tmp_path)
+    said = [r.getMessage() for r in caplog.records if "model cache" in r.getMessage()]
     assert again.info["loaded_from"] == "tiny-build", "a damaged entry must be rebuilt, not loaded"
-    assert f"model cache {entry} is damaged" in out and out.count("\n") == 1  # one line naming the path
+    assert len(said) == 1 and f"model cache {entry} is damaged" in said[0] and "\n" not in said[0]  # one line
     assert cache.entry_problem(entry) is None
     assert load_model(cfg, tmp_path).info["loaded_from"] == "tiny-cache"
     # Against a fresh build (not `first`: its tensors are mmapped from the file the damage rewrote).
@@ -156,7 +157,7 @@ def test_leftover_conversion_tmp_dir_of_a_dead_process_is_removed(tmp_path):
     assert not leftover.exists() and alive.exists()
 
 
-def test_swapped_token_cache_file_is_rebuilt(tmp_path, capsys):
+def test_swapped_token_cache_file_is_rebuilt(tmp_path, caplog):
     from conftest import byte_level_bpe
     from lsh_bitnet.data import tokens as K
 
@@ -168,9 +169,9 @@ def test_swapped_token_cache_file_is_rebuilt(tmp_path, capsys):
     assert len(files) == 2
     files[0].write_bytes(files[1].read_bytes())  # A's cache file now holds B's (valid) stream
     K._MEMORY.clear()
-    capsys.readouterr()
-    again = K.token_stream(text_a, tok, tmp_path, "t")
-    assert "does not match (text_sha256" in capsys.readouterr().out
+    with caplog.at_level("WARNING", logger="lsh_bitnet"):
+        again = K.token_stream(text_a, tok, tmp_path, "t")
+    assert "does not match (text_sha256" in caplog.text
     assert again.ids.tolist() == a.ids.tolist()
 
 
@@ -221,7 +222,7 @@ def test_free_form_extra_and_declared_keys_pass():
     (["attention=lsh", "attention.engine=flex", "attention.min_collisions=2"],
      "attention.engine=flex cannot run attention.min_collisions=2", True),
     (["attention=oracle_topk", "attention.k=8", "attention.fraction=0.1"], "needs exactly one of attention.k", True),
-    (["attention=lsh", "hasher.center=mean"], "hasher.center='mean' is not known", True),
+    (["attention=lsh", "hasher.center=mean"], "expected one of [none, calibration, prompt]", False),  # an Enum
 ], ids=["plus-typo", "seq_len", "layers", "dtype", "n_bits", "flex-m-of-L", "k-and-fraction", "center"])
 def test_cli_value_error_fails_fast_without_importing_torch(args, message, recorded, tmp_path):
     start = time.perf_counter()
@@ -238,13 +239,19 @@ def test_cli_value_error_fails_fast_without_importing_torch(args, message, recor
         assert _strict_load(tmp_path / "run" / "results.json")["status"] == "failed"
 
 
-def test_torch_free_check_names_match_the_implementations():
-    """attention/checks.py lists engines and hashers as plain data (no torch); they must match what runs."""
-    from lsh_bitnet.attention import checks, hashers, kernel
+def test_every_registered_rule_and_hasher_runs():
+    """The registry is the one list the torch-free checks and the implementations share: every hasher it names
+    builds and hashes, and every rule's engines are engines that exist."""
+    import torch
 
-    assert set(checks.HASHER_NAMES) == set(hashers.HASHERS)
-    assert kernel.ENGINES is checks.ENGINES
-    assert set(checks.ENGINES["masked"]) == set(checks.VARIANTS)
+    from lsh_bitnet.attention.checks import ENGINES
+    from lsh_bitnet.attention.hashers import build_hasher
+    from lsh_bitnet.registry import HASHERS, RULES
+
+    for name in HASHERS.names():
+        assert build_hasher(name, 2, 8, 1, 1, 0, 0).codes(torch.randn(1, 1, 3, 8)).shape == (1, 1, 3, 1), name
+    for name, rule in RULES.items():
+        assert "masked" in rule.engines and set(rule.engines) <= set(ENGINES), name
 
 
 def test_importing_the_checks_imports_no_torch():
@@ -263,7 +270,7 @@ def test_public_names_register_the_attention_function():
 
 
 # ----------------------------------------------------------------------------- item 4: lost writes, signals
-def test_failed_final_write_puts_the_record_on_stderr_and_raises(text_file, cache_dir, tmp_path, monkeypatch, capsys):
+def test_failed_final_write_puts_the_record_in_the_log_and_raises(text_file, cache_dir, tmp_path, monkeypatch, caplog):
     import lsh_bitnet.run.runner as runner
 
     calls = []
@@ -277,16 +284,16 @@ def test_failed_final_write_puts_the_record_on_stderr_and_raises(text_file, cach
 
     monkeypatch.setattr(runner, "write_json_atomic", flaky)
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
-    with pytest.raises(ResultsWriteError):
+    with pytest.raises(ResultsWriteError), caplog.at_level("ERROR", logger="lsh_bitnet"):
         run(cfg, output_dir=tmp_path)
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert "No space left on device" in err
     dumped = json.loads(err[err.index("{"):].strip())
     assert dumped["status"] == "ok" and dumped["metrics"]["perplexity"] > 1
     assert calls == ["running", "ok"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_is_recorded_as_interrupted(sig, tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "launch.py", "model=tiny_bitnet", "dataset.n_samples=100000",
@@ -301,29 +308,33 @@ def test_signal_is_recorded_as_interrupted(sig, tmp_path, cache_dir):
         time.sleep(0.2)
     time.sleep(5)  # model loaded, samples being scored
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     record = _strict_load(run_dir / "results.json")
     assert record["status"] == "interrupted", stderr[-2000:]
     assert record["error"]["signal"] == sig.name
-    assert proc.returncode != 0
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + sig  # the shell's convention: 143, 130, 129
+    assert "Traceback" not in stderr, stderr[-3000:]  # the closing line says it all
+    last = stdout.rstrip().splitlines()[-1]  # the job's log ends with its closing line, not a traceback
+    closing = f"[lsh-bitnet] interrupted | RunInterrupted: {sig.name} received"
+    assert last.split(" - ", 1)[-1].startswith(closing), stdout[-2000:]
 
 
 # ----------------------------------------------------------------------------- item 5: resume key
-def test_resume_reruns_when_code_or_data_changed(text_file, cache_dir, tmp_path, monkeypatch, capsys):
+def test_resume_reruns_when_code_or_data_changed(text_file, cache_dir, tmp_path, monkeypatch, caplog):
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
     assert run(cfg, output_dir=tmp_path)["status"] == "ok"
     assert run(cfg, output_dir=tmp_path).get("resumed") is True
 
     monkeypatch.setitem(R._CODE_VERSION, "value", "0123abc+dirty.feedbeef")
-    capsys.readouterr()
+    caplog.set_level("INFO", logger="lsh_bitnet")
+    caplog.clear()
     again = run(cfg, output_dir=tmp_path)
-    assert not again.get("resumed") and "code version differ" in capsys.readouterr().out
+    assert not again.get("resumed") and "code version differ" in caplog.text
 
     text_file.write_text(TEXT.replace("fox", "cat"), encoding="utf-8")
+    caplog.clear()
     again = run(cfg, output_dir=tmp_path)
-    assert not again.get("resumed") and "data content differ" in capsys.readouterr().out
+    assert not again.get("resumed") and "data content differ" in caplog.text
     assert run(cfg, output_dir=tmp_path).get("resumed") is True
 
 
@@ -344,7 +355,7 @@ def test_weights_fingerprint_changes_with_local_checkpoint(tmp_path):
 
 
 # ----------------------------------------------------------------------------- item 6: sweeps
-def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_dir, tmp_path, capsys):
+def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_dir, tmp_path, caplog):
     from lsh_bitnet.run.jobs import job_busy, job_lock
 
     cfg = compose_config(TINY_PPL + [f"dataset.path={text_file}"], cache_dir=cache_dir)
@@ -354,7 +365,7 @@ def test_job_locked_by_another_process_is_skipped_not_computed(text_file, cache_
                                 f"sys.exit(0 if job_busy({str(tmp_path)!r}) else 1)"], cwd=REPO_ROOT)
         assert child.returncode == 0  # another process sees the job busy
         out = run(cfg, output_dir=tmp_path)
-    assert out["status"] == "locked" and "being run by pid" in capsys.readouterr().out
+    assert out["status"] == "locked" and "being run by pid" in caplog.text
     assert not (tmp_path / "results.json").exists()  # nothing computed twice
     assert not job_busy(tmp_path)
     assert run(cfg, output_dir=tmp_path)["status"] == "ok"
@@ -537,11 +548,11 @@ def test_sweep_status_counts_only_this_sweeps_registered_jobs(tmp_path, monkeypa
     for i, name in enumerate(("a", "b")):
         (members / str(i)).write_text(str(tmp_path / name))
     (members / "2").write_text(str(tmp_path / "died"))  # registered, killed before its first write
-    ok, failed, older = sweep_status(tmp_path, "s1")
-    assert sorted(p.name for p in ok) == ["a", "b"] and older == 1
-    assert [(p.name, e.split(":")[0]) for p, e in failed] == [("died", "no results.json")]
-    ok, failed, older = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
-    assert len(ok) == 2 and [p.name for p, _ in failed] == ["old"] and older == 0
+    status = sweep_status(tmp_path, "s1")
+    assert sorted(p.name for p in status.ok) == ["a", "b"] and status.older == 1
+    assert [(p.name, e.split(":")[0]) for p, e in status.failed] == [("died", "no results.json")]
+    status = sweep_status(tmp_path)  # no sweep id (the collector's view): every job in the dir
+    assert len(status.ok) == 2 and [p.name for p, _ in status.failed] == ["old"] and status.older == 0
     monkeypatch.chdir(tmp_path.parent)  # a relative sweep dir (hydra.sweep.dir=multirun/x): jobs register absolute
-    ok, failed, older = sweep_status(Path(tmp_path.name), "s1")
-    assert len(ok) == 2 and older == 1
+    status = sweep_status(Path(tmp_path.name), "s1")
+    assert len(status.ok) == 2 and status.older == 1

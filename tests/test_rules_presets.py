@@ -30,13 +30,25 @@ def test_new_fields_reject_bad_values():
     from lsh_bitnet.validate import ConfigError, validate_config
 
     bad = [(["attention=lsh", "attention.n_tables=4", "attention.min_collisions=5"], "attention.min_collisions"),
-           (["attention=lsh", "attention.estimator=magic"], "attention.estimator"),
            (["attention=oracle_topk", "attention.estimator=sampling"], "attention.estimator=sampling needs"),
-           (["attention=lsh_topk", "attention.score=hamming"], "attention.score"),
-           (["attention=lsh_topk", "attention.k=4"], "exactly one of attention.k"),
-           (["attention=lsh", "hasher.center=median"], "hasher.center"),
+           (["attention=lsh_topk", "attention.k=4", "attention.fraction=0.1"], "exactly one of attention.k"),
            (["attention=lsh", "hasher.calibration_source=file"], "hasher.calibration_path")]
     for overrides, message in bad:
         cfg = compose_config(overrides + ["dataset=wikitext2", "metric=perplexity"])
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             validate_config(cfg)
+
+
+def test_closed_value_sets_are_refused_at_composition():
+    """estimator, score, center... are Enums: a value outside the set fails when the config is composed, naming
+    the key and the allowed values (as model.dtype does), before any check runs."""
+    refused = [(["attention=lsh", "attention.estimator=magic"], "attention.estimator", "[softmax, sampling]"),
+               (["attention=lsh_topk", "attention.score=hamming"], "attention.score", "[collisions, soft]"),
+               (["attention=lsh", "attention.engine=fast"], "attention.engine", "[auto, masked, flex]"),
+               (["attention=lsh", "hasher.center=median"], "hasher.center", "[none, calibration, prompt]"),
+               (["hasher.calibration_source=web"], "hasher.calibration_source", "[auto, train_split, file, generated]")]
+    for overrides, key, allowed in refused:
+        with pytest.raises(Exception) as err:
+            compose_config(overrides)
+        text = str(err.value) + str(err.value.__cause__ or "")
+        assert key in text and allowed in text, text

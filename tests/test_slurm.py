@@ -197,7 +197,7 @@ def test_scancel_of_one_task_is_recorded_interrupted_and_the_sweep_summarises(sl
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, out[-2000:] + err[-2000:]
-    assert "1 ok, 1 failed" in out, out[-2000:] + err[-3000:]  # the summary line, not a traceback
+    assert "1 ok, 0 failed, 1 interrupted" in out, out[-2000:] + err[-3000:]  # the summary line, not a traceback
     assert "Traceback" not in err, err[-3000:]
     records = {r["config"]["dataset"]["n_samples"]: r for r in _results(sweep).values()}
     assert records[2]["status"] == "ok"
@@ -220,7 +220,7 @@ def test_time_limit_is_recorded_interrupted_naming_the_limit(slurm_env, tmp_path
                 f"hydra.sweep.dir={sweep}"], slurm_env)
     elapsed = time.monotonic() - started
     assert out.returncode != 0
-    assert "0 ok, 1 failed" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "0 ok, 0 failed, 1 interrupted" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
     (record,) = _results(sweep).values()
     assert record["status"] == "interrupted", record["error"]
     error = record["error"]

@@ -66,6 +66,50 @@ def test_perplexity_fields():
     assert f["perplexity_ci_low"] < f["perplexity"] < f["perplexity_ci_high"] and f["n"] == 5
 
 
+# ----------------------------------------------------------------------------- windows of unequal length
+# Perplexity is per token: windows of different lengths (runs pooled over other ranges, a dataset's last short
+# window) weigh by their predicted tokens. Here the long windows are the hard ones, so a mean over windows of
+# each window's NLL per token (2.04) is far below the pooled one (2.92).
+UNEQUAL_TOKENS = [12, 900, 40, 300, 75]
+UNEQUAL_NLL = [t * p for t, p in zip(UNEQUAL_TOKENS, [1.0, 3.2, 1.4, 2.6, 2.0])]
+
+
+def _exact_bootstrap(statistic, n):
+    """The 2.5% / 97.5% quantiles over all n^n equally likely resamples of n windows."""
+    return np.quantile([statistic(list(i)) for i in itertools.product(range(n), repeat=n)], [0.025, 0.975])
+
+
+def test_perplexity_of_unequal_windows_is_per_token(tmp_path):
+    per_token = sum(UNEQUAL_NLL) / sum(UNEQUAL_TOKENS)
+    assert per_token - np.mean([n / t for n, t in zip(UNEQUAL_NLL, UNEQUAL_TOKENS)]) > 0.5  # the data tells them apart
+    f = stats.perplexity_fields(UNEQUAL_NLL, UNEQUAL_TOKENS)
+    assert f["nll"] == pytest.approx(per_token) and f["perplexity"] == pytest.approx(math.exp(per_token))
+    with SampleLog(tmp_path / "samples.jsonl") as log:  # partial metrics, and the collector's pooled ones
+        for i, (nll, t) in enumerate(zip(UNEQUAL_NLL, UNEQUAL_TOKENS)):
+            log.write({"index": i, "tokens": t + 1, "predicted": t, "nll": nll, "bytes": 4 * t})
+        partial = log.partial_metrics()
+    assert partial["nll"] == pytest.approx(per_token) and partial["perplexity"] == pytest.approx(math.exp(per_token))
+
+
+def test_bootstrap_of_unequal_windows_resamples_tokens_with_their_windows():
+    nll, tok = np.array(UNEQUAL_NLL), np.array(UNEQUAL_TOKENS, dtype=float)
+    want_low, want_high = _exact_bootstrap(lambda i: math.exp(nll[i].sum() / tok[i].sum()), 5)
+    low, high = stats.bootstrap_perplexity(UNEQUAL_NLL, UNEQUAL_TOKENS, seed=0, resamples=40000)
+    width = want_high - want_low
+    assert abs(low - want_low) < 0.03 * width and abs(high - want_high) < 0.03 * width
+
+
+def test_paired_ratio_of_unequal_windows_is_per_token():
+    tok = np.array(UNEQUAL_TOKENS, dtype=float)
+    base = np.array(UNEQUAL_NLL)
+    run = base + tok * np.array([0.30, 0.01, 0.20, 0.02, 0.10])  # worse by much on the short windows only
+    ratio, low, high = stats.paired_perplexity_ratio(run.tolist(), base.tolist(), UNEQUAL_TOKENS, resamples=40000)
+    assert ratio == pytest.approx(math.exp((run.sum() - base.sum()) / tok.sum()))  # 1.026; per window: 1.134
+    want_low, want_high = _exact_bootstrap(lambda i: math.exp((run[i].sum() - base[i].sum()) / tok[i].sum()), 5)
+    width = want_high - want_low
+    assert abs(low - want_low) < 0.03 * width and abs(high - want_high) < 0.03 * width
+
+
 # ----------------------------------------------------------------------------- SampleLog
 def test_sample_log_flushes_each_record_and_counts_cost(tmp_path):
     totals = {"comparisons": 100, "full_comparisons": 200}
@@ -83,6 +127,14 @@ def test_sample_log_flushes_each_record_and_counts_cost(tmp_path):
     assert partial["partial"] is True and partial["n"] == 3 and partial["n_windows"] == 3
     assert partial["perplexity"] == pytest.approx(math.exp(12.0 / 24))
     assert partial["bits_per_byte"] == pytest.approx(12.0 / math.log(2) / 90)
+
+
+def test_summarize_bits_per_byte_is_in_bits():
+    """NLL sums of 30 ln 2 and 10 ln 2 nats are 40 bits, over 40 bytes: exactly 1 bit per byte (in nats, 0.69)."""
+    records = [{"index": 0, "tokens": 9, "predicted": 8, "nll": 30 * math.log(2), "bytes": 20},
+               {"index": 1, "tokens": 9, "predicted": 8, "nll": 10 * math.log(2), "bytes": 20}]
+    assert summarize(records)["bits_per_byte"] == pytest.approx(1.0, rel=1e-12)
+    assert summarize([{**r, "bytes": 0} for r in records])["bits_per_byte"] is None  # no bytes: no figure
 
 
 def test_summarize_accuracies_with_wilson():

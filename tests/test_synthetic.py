@@ -12,13 +12,14 @@ from conftest import byte_level_bpe
 from lsh_bitnet.config import SyntheticDatasetConfig
 from lsh_bitnet.data import check_dataset_config
 from lsh_bitnet.data import synthetic as S
-from lsh_bitnet.tasks.synthetic import evaluate_synthetic, score_sample
+from lsh_bitnet.tasks._synthetic import evaluate_synthetic, score_sample
 
 FORMATS = S.PROMPT_FORMATS
 
 
 def cfg(**kw):
-    return OmegaConf.structured(SyntheticDatasetConfig(**kw))
+    # dataset.seed defaults to the run's ${seed}: a dataset node alone names its seed (1234, the old default)
+    return OmegaConf.structured(SyntheticDatasetConfig(**{"seed": 1234, **kw}))
 
 
 # ----------------------------------------------------------------------------- generator

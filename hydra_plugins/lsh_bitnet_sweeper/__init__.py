@@ -1,6 +1,7 @@
 """`hydra/sweeper=lsh_bitnet`: Hydra's basic grid sweeper plus reference jobs every sweep needs, and our
 config checks on every job before the first one starts (identical errors printed once; nothing is
-launched if no job is valid; lsh_bitnet.run.sweep.check_jobs).
+launched if no job is valid; lsh_bitnet.run.sweep.check_jobs), and the launcher's time limit checked before
+anything is submitted (lsh_bitnet.run.sweep.check_launcher).
 
 A sweep over LSH knobs (hasher.n_bits x attention.n_tables ...) says nothing without the full-attention
 run it is compared with, and that run cannot be a point of the grid (full attention has no n_tables).
@@ -85,9 +86,11 @@ class BaselineSweeper(BasicSweeper):
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
 
     def validate_batch_is_legal(self, batch) -> None:
-        super().validate_batch_is_legal(batch)  # Hydra's own: every job composes
         from lsh_bitnet.console import config_errors_in_one_line
-        from lsh_bitnet.run.sweep import check_jobs
+        from lsh_bitnet.run.sweep import check_jobs, check_launcher
 
+        # Here, not in a callback: Hydra turns a callback's exception into a warning and submits anyway.
+        check_launcher(self.config.hydra.get("launcher"))  # a SweepError: one line, exit 1, nothing submitted
+        super().validate_batch_is_legal(batch)  # Hydra's own: every job composes
         with config_errors_in_one_line("[lsh-bitnet] sweep: "):  # no traceback under the listed errors
             check_jobs(self.hydra_context.config_loader, self.config, batch)

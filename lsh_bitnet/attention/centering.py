@@ -11,17 +11,19 @@ token ids, so the same calibration text gives the same file whatever is evaluate
 """
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from lsh_bitnet.attention.spec import CALIBRATION_CHARS_PER_TOKEN, calibration_file_bytes
 from lsh_bitnet.errors import ConfigError
 
 RECORDER = "lsh_bitnet_calibrate"
-# Never the evaluation seed of the synthetic task (1234 by default): these samples are calibration only.
+# Never an evaluation seed of the synthetic task (the run's seed, 1234 in FINDINGS): calibration samples only.
 CALIBRATION_SEED = 977_003
-SPLIT_DATASETS = ("wikitext2", "wikitext103", "enwik8")
+log = logging.getLogger(__name__)
 
 
 def calibration_text(hasher_cfg, dataset_cfg, cache_dir: Path) -> str:
@@ -29,14 +31,17 @@ def calibration_text(hasher_cfg, dataset_cfg, cache_dir: Path) -> str:
     from omegaconf import OmegaConf
 
     source = hasher_cfg.calibration_source
-    has_train = dataset_cfg.name in SPLIT_DATASETS and not (  # a file as dataset.path is the evaluated split itself
-        dataset_cfg.get("path") and Path(dataset_cfg.path).expanduser().is_file())
+    from lsh_bitnet.tasks.base import dataset_option
+
+    has_train = "train" in dataset_option(dataset_cfg.name).splits and not (  # the option has a train split, but a
+        dataset_cfg.get("path") and Path(dataset_cfg.path).expanduser().is_file())  # file as path is the split itself
     if source == "auto":
         source = "train_split" if has_train else "generated"
     if source == "file":
         from lsh_bitnet.data.text import read_text_file
 
-        return read_text_file(Path(hasher_cfg.calibration_path).expanduser())
+        return read_text_file(Path(hasher_cfg.calibration_path).expanduser(), key="hasher.calibration_path",
+                              max_bytes=calibration_file_bytes(hasher_cfg.calibration_tokens))
     if source == "train_split":
         if not has_train:
             raise ConfigError(f"hasher.calibration_source=train_split: dataset={dataset_cfg.name} (path "
@@ -92,17 +97,16 @@ def mean_keys(model, ids: torch.Tensor, seq_len: int) -> torch.Tensor:
 def calibration_centers(model, tokenizer, text: str, seq_len: int, n_tokens: int, model_key: dict,
                         cache_root: Optional[Path]) -> torch.Tensor:
     """Mean keys (n_layers, Hkv, D) of the first n_tokens of text, cached under cache_root when given."""
-    # A token is at least one character for these tokenizers: 16 characters per token is ample, and keeps
-    # a 500 MB train split from being tokenised whole.
-    ids = torch.tensor(tokenizer(text[:16 * n_tokens])["input_ids"][:n_tokens], dtype=torch.long)
+    text = text[:CALIBRATION_CHARS_PER_TOKEN * n_tokens]
+    ids = torch.tensor(tokenizer(text)["input_ids"][:n_tokens], dtype=torch.long)
     key = {"model": model_key, "ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(), "seq_len": seq_len,
            "n_tokens": len(ids)}
     path = None
     if cache_root is not None:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = Path(cache_root) / f"centers-{digest}.pt"
-        if path.is_file():
-            return torch.load(path)["centers"]
+        if path.is_file() and (cached := _cached_centers(path, key)) is not None:
+            return cached
     centers = mean_keys(model, ids, seq_len)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +117,32 @@ def calibration_centers(model, tokenizer, text: str, seq_len: int, n_tokens: int
     return centers
 
 
+def _cached_centers(path: Path, key: dict) -> Optional[torch.Tensor]:
+    """The centers in a cache file, or None when it is damaged or not the one asked for: then it is named in
+    one log line and deleted, and the caller rebuilds it (a damaged file would otherwise fail every run)."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        centers = saved["centers"]
+        if not (isinstance(centers, torch.Tensor) and centers.dim() == 3 and centers.is_floating_point()
+                and bool(torch.isfinite(centers).all())):
+            problem = "it holds no finite (layers, kv heads, head dim) tensor"
+        elif saved.get("key") != json.loads(json.dumps(key, sort_keys=True, default=str)):
+            problem = "its key is not the one its name stands for"
+        else:
+            return centers
+    except Exception as exc:  # noqa: BLE001  (any unreadable file: truncated, overwritten, not a torch file)
+        why = " ".join(str(exc).split())  # torch's unpickling errors run over several paragraphs
+        problem = f"it cannot be loaded ({type(exc).__name__}: {why[:200]})"
+    log.warning("[lsh-bitnet] calibration centres cache %s is damaged: %s; deleting and rebuilding it", path, problem)
+    path.unlink(missing_ok=True)
+    return None
+
+
 def centers_for_run(cfg, loaded, cache_dir: Path) -> Optional[torch.Tensor]:
     """The runner's hook: calibration centers when a hashed variant runs with hasher.center=calibration."""
-    from lsh_bitnet.attention.spec import HASHED_VARIANTS
+    from lsh_bitnet.registry import RULES
 
-    if cfg.attention.name not in HASHED_VARIANTS or cfg.hasher.center != "calibration":
+    if not RULES.get(cfg.attention.name).hashed or cfg.hasher.center != "calibration":
         return None
     from omegaconf import OmegaConf
 

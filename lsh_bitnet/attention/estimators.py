@@ -2,39 +2,22 @@
 
 softmax: w_j = exp(s_ij) over C(i). sampling: candidates are an importance sample drawn by the hash
 family, w_j = exp(s_ij) / p_ij, i.e. the additive score term -log p_ij; always-attend keys have p = 1.
-Closed forms of p_ij, for one table of K bits of a hash applied to q_i and to the hashed key k_j' (= k_j - mu
-when centred):
-- simhash: p1 = (1 - theta_ij / pi) ** K, theta_ij the angle between q_i and k_j'.
-- bit_sampling (K distinct coordinates drawn uniformly from D): the table collides iff all K drawn
-  coordinates have sign(q_c) == sign(k'_c) (sign: x > 0 or not). With a_ij such agreeing coordinates,
-  p1 = C(a_ij, K) / C(D, K) (hypergeometric: all K draws land among the a_ij agreeing ones).
-- m of L independent tables: p = P[Binomial(L, p1) >= m].
+One table's collision probability p1 is the hasher's own (Hasher.log_p_collision, in its module under
+attention/hashers/); m of L independent tables give p = P[Binomial(L, p1) >= m], computed here.
 Everything here is elementwise on float64 tensors, so a block-sparse engine can call it as a score_mod.
 """
 import math
 
 import torch
 
+from lsh_bitnet.attention.hashers.bit_sampling import log_p_bit_sampling  # noqa: F401 (re-exported)
+from lsh_bitnet.attention.hashers.simhash import log_p_simhash  # noqa: F401 (re-exported)
+
 # Below this, 1 - P[X < m] loses digits to cancellation (float64 keeps ~16): those entries are summed
 # from the upper terms instead.
 CANCELLATION = 1e-3
 # -log p is capped so a candidate whose p underflows to 0 gets a huge, finite weight (never inf - inf = NaN).
 MAX_BIAS = 1e4
-
-
-def log_p_simhash(cos: torch.Tensor, n_bits: int) -> torch.Tensor:
-    """log (1 - theta / pi) ** K from cos(theta) (float64)."""
-    theta = torch.acos(cos.double().clamp(-1.0, 1.0))
-    return n_bits * torch.log1p(-theta / math.pi)
-
-
-def log_p_bit_sampling(agree: torch.Tensor, n_bits: int, head_dim: int) -> torch.Tensor:
-    """log C(a, K) / C(D, K) = sum_r log((a - r) / (D - r)); -inf where a < K (float64)."""
-    a = agree.double()
-    out = torch.zeros_like(a)
-    for r in range(n_bits):
-        out += torch.log((a - r).clamp(min=0.0) / (head_dim - r))
-    return out
 
 
 def _log_term(i: int, L: int, log_p1: torch.Tensor, log_q1: torch.Tensor) -> torch.Tensor:

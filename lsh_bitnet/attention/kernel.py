@@ -11,50 +11,28 @@ import torch
 import torch.nn.functional as F
 
 from lsh_bitnet.attention.candidates import Candidates
-from lsh_bitnet.attention.checks import ENGINES, FOREST_MAX_TREES, engines_for  # noqa: F401 (re-exported)
+from lsh_bitnet.attention.checks import ENGINES, engines_for  # noqa: F401 (re-exported)
 from lsh_bitnet.attention.engines.gather import GATHER_MAX_QUERIES, gather_attention
-from lsh_bitnet.attention.spec import HASHED_VARIANTS, VARIANTS, SparseSpec  # noqa: F401 (re-exported)
-
-# `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
-# sorting and block-mask building exceeds the dense product. Several tables cost one flex pass (and one
-# counting pass) each: measured slower than masked at 4096 queries, faster at 8192 (docs/BENCHMARKS.md).
-AUTO_FLEX_MIN_QUERIES = 2048
-AUTO_FLEX_MIN_QUERIES_TABLES = 8192  # lsh with n_tables > 1
-# lsh_forest (4 trees x 16 bits, 64 candidates): flex 1.69x masked's time at 4096 queries, 0.98x at 8192
-# (the depth search's sorts and one pass per tree; docs/BENCHMARKS.md).
-AUTO_FLEX_MIN_QUERIES_FOREST = 8192
+from lsh_bitnet.attention.spec import SparseSpec
 
 
 def flex_unsupported(spec) -> Optional[str]:
-    """Why flex cannot run this spec (None if it can): it runs the plain union with softmax weights only."""
-    if spec.variant not in ENGINES["flex"]:
-        return f"attention={spec.variant}"
-    if spec.min_collisions != 1:
-        return "attention.min_collisions > 1"
-    if spec.estimator != "softmax":
-        return f"attention.estimator={spec.estimator}"
-    if spec.variant == "lsh_forest" and spec.n_trees > FOREST_MAX_TREES:
-        return f"attention.n_trees={spec.n_trees} (flex resolves forest depths over 2^n_trees tree sets: " \
-               f"at most {FOREST_MAX_TREES} trees)"
-    return None
+    """Why flex cannot run this spec (None if it can): the rule's own answer (Rule.refusal)."""
+    return spec.rule.refusal(spec, "flex")
 
 
 def resolve_engine(spec: "SparseSpec", query: torch.Tensor, Q: int) -> str:
-    """The engine that runs this call: `masked` or `flex` (`full` always runs stock SDPA)."""
-    engine = spec.engine
-    if spec.variant == "full":
+    """The engine that runs this call: `masked` or `flex` (a dense rule always runs stock SDPA)."""
+    rule, engine = spec.rule, spec.engine
+    if rule.dense:
         return "masked"
     if engine == "auto":
         grad = torch.is_grad_enabled() and query.requires_grad  # compiled flex on CPU is inference-only
-        need = AUTO_FLEX_MIN_QUERIES
-        if spec.variant == "lsh" and spec.n_tables > 1:
-            need = AUTO_FLEX_MIN_QUERIES_TABLES
-        elif spec.variant == "lsh_forest":
-            need = AUTO_FLEX_MIN_QUERIES_FOREST
-        return "flex" if flex_unsupported(spec) is None and Q >= need and not grad else "masked"
+        return "flex" if flex_unsupported(spec) is None and Q >= rule.auto_flex_min_queries(spec) and not grad \
+            else "masked"
     if engine == "flex" and flex_unsupported(spec) is not None:
         raise ValueError(f"attention.engine=flex cannot run {flex_unsupported(spec)}: use attention.engine=masked")
-    return engine
+    return str(engine)
 
 
 @dataclass
@@ -98,14 +76,15 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
                             engine: Optional[str] = None, key_codes: Optional[torch.Tensor] = None,
-                            reused_keys: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                            reused_keys: int = 0, layer_idx: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
     (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...). `key_codes`
     (B, Hkv, K, L): key codes computed earlier, of which the first `reused_keys` were hashed by an earlier
-    call (codecache.py) and are not counted again in hash_ops.
+    call (codecache.py) and are not counted again in hash_ops. `layer_idx`: the calling layer (rules seeded per
+    layer read it).
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
     Hkv, K = key.shape[1], key.shape[2]
@@ -120,21 +99,22 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     full = (n_visible * q_valid).sum() * Hq
     hash_ops = torch.zeros((), dtype=torch.int64, device=key.device)
     selection_ops = torch.zeros((), dtype=torch.int64, device=key.device)  # set by the rules that select
-    if spec.hashed and hasher is None:
+    rule = spec.rule
+    if rule.hashed and hasher is None:
         raise ValueError(f"attention={spec.variant} needs a hasher (got None)")
-    if spec.hashed:
+    if rule.hashed:
         # Count what is computed: keys reused from the code cache were hashed (and counted) by an earlier call.
         hash_ops = hasher.ops_per_vector * (q_valid.sum() * Hq + key_valid[:, reused_keys:].sum() * Hkv)
 
-    if spec.variant == "full" and observe is None:
+    if rule.dense and observe is None:
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
-    cands = Candidates(query, key, key_valid, spec, hasher, key_codes=key_codes)
+    cands = Candidates(query, key, key_valid, spec, hasher, key_codes=key_codes, layer_idx=layer_idx)
     selection_ops = cands.selection_ops(full)
     if observe is not None:
         observe(cands, scaling)
-    if spec.variant == "full":
+    if rule.dense:
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
@@ -173,14 +153,17 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         o = _sdpa(query[:, :, a:e], key[:, :, :kc], value[:, :, :kc], mask, scaling)  # (B, Hq, qc, Dv)
         o = o.masked_fill(q_pad[:, None, :, None], 0)
         outs.append(o if spec.include_self else o.masked_fill(~has, 0))
-    if spec.estimator == "sampling":  # the binomial tail's min_collisions terms per candidate weight
-        selection_ops = selection_ops + comparisons * spec.min_collisions
+    weighting = rule.weighting_ops(spec, comparisons)  # e.g. the sampling estimator's terms per candidate weight
+    if weighting is not None:
+        selection_ops = selection_ops + weighting
     return torch.cat(outs, dim=2), torch.stack([comparisons, full, hash_ops, selection_ops])
 
 
 def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor, *,
-                     spec: SparseSpec, hasher=None, scaling: Optional[float] = None) -> Tuple[torch.Tensor, LayerCost]:
+                     spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
+                     layer_idx: int = 0) -> Tuple[torch.Tensor, LayerCost]:
     """docs/ATTENTION-API.md: output (B, Hq, Q, Dv) and the exact LayerCost of this call."""
-    out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec, hasher=hasher, scaling=scaling)
+    out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec, hasher=hasher, scaling=scaling,
+                                          layer_idx=layer_idx)
     return out, LayerCost(*(int(c) for c in counts.tolist()))
 

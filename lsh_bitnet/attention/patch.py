@@ -14,11 +14,10 @@ from lsh_bitnet.attention.checks import validate_attention_config  # noqa: F401 
 from lsh_bitnet.attention.codecache import KeyCodeCache
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.diagnostics import DiagnosticsMeter
-from lsh_bitnet.attention.hashers import build_hasher
 from lsh_bitnet.attention.registry import FULL_SPEC, STATE_ATTR, LayerState
 from lsh_bitnet.attention.spec import SparseSpec, typed_attention, typed_hasher
-
 from lsh_bitnet.errors import ConfigError
+from lsh_bitnet.registry import HASHERS
 
 
 def _flex_engine():
@@ -74,7 +73,7 @@ class AttentionPatch:
         causal is False when a later token of a window can change an earlier token's candidates
         (hasher.center=prompt: mu is the mean of the whole prefill)."""
         patched = [s.patched for s in self.states]
-        out = self.meter.summary(patched, is_oracle=self.spec.variant == "oracle_topk" and any(patched))
+        out = self.meter.summary(patched, is_oracle=self.spec.rule.oracle and any(patched))
         full = out["full_comparisons"] * self.head_dim
         work = out["comparisons"] * self.head_dim + out["hash_ops"] + out["selection_ops"]
         out["mac_ratio"] = work / full if full > 0 else None
@@ -119,23 +118,23 @@ def patch_model(model: torch.nn.Module, attention_cfg, hasher_cfg, centers: Opti
     diagnostics = None
     if attention.diagnostics:
         diagnostics = DiagnosticsMeter(n_layers, attention.diagnostics_k, attention.diagnostics_queries)
-    center = hasher_cfg.center if hasher_cfg is not None and spec.hashed else "none"
+    rule = spec.rule
+    center = hasher_cfg.center if hasher_cfg is not None and rule.hashed else "none"
     if center == "calibration" and centers is None:
         raise ConfigError("hasher.center=calibration needs the calibration mean keys: the runner computes them "
                           "(lsh_bitnet.attention.centering.calibration_centers); or set hasher.center=none")
-    # decode hashes each key once (codecache.py); the soft lsh_topk score re-reads key bits, not codes
-    cached_codes = spec.hashed and not (spec.variant == "lsh_topk" and spec.score == "soft")
-    codecache = KeyCodeCache() if cached_codes else None
+    # decode hashes each key once (codecache.py), where the rule reads codes (not, e.g., bits)
+    codecache = KeyCodeCache() if rule.hashed and rule.reuses_key_codes(spec) else None
     states = []
     for module in modules:
         patched = module.layer_idx in chosen
         hasher = None
-        if patched and spec.hashed:
+        if patched and rule.hashed:
             n_kv = module.config.num_attention_heads // module.num_key_value_groups
-            bits = spec.max_depth if spec.variant == "lsh_forest" else hasher_cfg.n_bits
-            tables = spec.n_trees if spec.variant == "lsh_forest" else spec.n_tables
-            hasher = build_hasher(hasher_cfg.name, int(bits), int(module.head_dim), n_kv, int(tables),
-                                  int(hasher_cfg.seed), module.layer_idx)
+            bits, tables = rule.hash_shape(spec)  # bits None: the hasher's own n_bits
+            bits = hasher_cfg.n_bits if bits is None else bits
+            hasher = HASHERS.get(hasher_cfg.name).from_config(hasher_cfg, int(bits), int(module.head_dim), n_kv,
+                                                              int(tables), module.layer_idx)
             hasher.center = center
             if center == "calibration":
                 hasher.mu = centers[module.layer_idx].float()  # (Hkv, D)

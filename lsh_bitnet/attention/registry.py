@@ -16,22 +16,23 @@ from transformers.modeling_utils import AttentionInterface
 
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.kernel import SparseSpec, resolve_engine, sparse_attention_counts
+from lsh_bitnet.attention.rules.full import FullAttention
 
 IMPLEMENTATION = "lsh_bitnet"
 STATE_ATTR = "_lsh_bitnet_state"
-FULL_SPEC = SparseSpec(variant="full")
+FULL_SPEC = SparseSpec(FullAttention.name)  # unpatched layers (attention.layers) and modules without state
 
 
 @dataclass
 class LayerState:
     layer_idx: int
     spec: SparseSpec
-    hasher: Optional[object]  # Hasher for lsh / lsh_forest, else None
+    hasher: Optional[object]  # the layer's Hasher for a hashed rule, else None
     meter: CostMeter
     patched: bool  # False: kept at full attention (attention.layers), still counted at full cost
     diagnostics: Optional[object] = None  # DiagnosticsMeter when attention.diagnostics is true
     engine_calls: Dict[str, int] = field(default_factory=dict)  # engine -> calls that ran on it (cost.engine)
-    codecache: Optional[object] = None  # KeyCodeCache shared by the layers of one patch (hashed variants)
+    codecache: Optional[object] = None  # KeyCodeCache shared by the layers of one patch (rules reading codes)
 
 
 def lsh_bitnet_mask(**kwargs):
@@ -100,7 +101,7 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     state: Optional[LayerState] = getattr(module, STATE_ATTR, None)
     spec = state.spec if state is not None else FULL_SPEC
     key_valid, all_valid = _CACHE.get(attention_mask, B, Q, K, key.device)
-    if spec.variant == "full" and all_valid is None:
+    if spec.rule.dense and all_valid is None:
         all_valid = bool(key_valid.all())  # one host sync per forward (cached), lets full skip the mask
         _CACHE.set_all_valid(attention_mask, all_valid)
 
@@ -124,7 +125,8 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec,
                                           hasher=state.hasher if state is not None else None,
                                           scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
-                                          key_codes=key_codes, reused_keys=reused)
+                                          key_codes=key_codes, reused_keys=reused,
+                                          layer_idx=state.layer_idx if state is not None else 0)
     if state is not None:
         state.meter.add(state.layer_idx, counts)
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights

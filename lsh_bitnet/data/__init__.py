@@ -4,7 +4,6 @@
 parts (`token_stream`, `windows`, `TokenStream`) are imported on first use.
 """
 from lsh_bitnet.data.text import _get, load_text
-from lsh_bitnet.data.text import check_dataset_config as _check_text_or_synthetic
 
 _LAZY = {"token_stream": "tokens", "windows": "tokens", "TokenStream": "tokens",
          "make_samples": "synthetic", "SyntheticSample": "synthetic",
@@ -12,13 +11,11 @@ _LAZY = {"token_stream": "tokens", "windows": "tokens", "TokenStream": "tokens",
 
 
 def check_dataset_config(dataset_cfg) -> None:
-    """Cheap checks (no loading) for every dataset; raises ValueError naming the key."""
-    if _get(dataset_cfg, "name") == "passkey":
-        from lsh_bitnet.data.passkey import check_passkey_config
+    """Cheap checks (no loading) of any dataset, by its registered option (lsh_bitnet.tasks.base.DatasetOption);
+    raises ValueError naming the key (a ConfigError naming the known options for an unknown name)."""
+    from lsh_bitnet.tasks.base import dataset_option
 
-        check_passkey_config(dataset_cfg)
-        return
-    _check_text_or_synthetic(dataset_cfg)
+    dataset_option(_get(dataset_cfg, "name")).check_config(dataset_cfg)
 
 
 __all__ = ["check_dataset_config", "load_text", *_LAZY]

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import List, Optional
 
+from lsh_bitnet.config import PasskeyFiller
 from lsh_bitnet.data.synthetic import FILLERS, count_tokens, fit_to_tokens
 
 INSTRUCTION = ("There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -19,7 +20,7 @@ REPEAT_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow."
                  "There and back again.")
 KEY_SENTENCE = "The pass key is {key}. Remember it."
 QUESTION = "What is the pass key? The pass key is"
-FILLERS_KINDS = ("repeat", "story")
+FILLERS_KINDS = tuple(kind.value for kind in PasskeyFiller)  # the schema's Enum: dataset.filler
 KEY_DIGITS = 5
 MIN_TARGET_TOKENS = 64  # below this the instruction and question leave no room for a haystack
 

@@ -1,7 +1,9 @@
 """Raw text of a perplexity split: wikitext (hub or local copy), enwik8 (local or downloaded once), a file.
 
-`check_dataset_config` runs before any model or data is loaded; `load_text` returns the split as one
-string, documents joined as the dataset gives them (SPEC section 5).
+Each text dataset is a registered option (lsh_bitnet/tasks/perplexity.py) naming its functions here: `check_*`
+runs before any model or data is loaded, `load_*` returns the split as one string, documents joined as the
+dataset gives them (SPEC section 5), `*_source` the local file behind it (the resume key). `load_text`,
+`data_source` and `data_fingerprint` ask the option, so a plug-in's text dataset needs no edit here.
 """
 import os
 import urllib.request
@@ -11,10 +13,11 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsh_bitnet.data.files import path_problem, read_text_file  # noqa: F401  (read_text_file re-exported)
+
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"valid": "validation"}  # wikitext's own file names say "valid"
 TEXT_FILE_SPLIT = "all"  # a single file has no split of its own
-TEXT_DATASETS = ("wikitext103", "wikitext2", "enwik8", "text_file")
 
 # Local wikitext layouts: the official zip (wiki.test.raw), or plain {split}.txt files.
 WIKITEXT_FILES = {
@@ -41,17 +44,25 @@ def _get(cfg, key: str, default=None):
     return getattr(cfg, key, default)
 
 
+def _option(dataset_cfg):
+    from lsh_bitnet.tasks.base import dataset_option
+
+    return dataset_option(_get(dataset_cfg, "name"))
+
+
 def canonical_split(dataset_cfg) -> str:
+    """dataset.split, aliases resolved, checked against the splits the dataset option has."""
     split = str(_get(dataset_cfg, "split", "test"))  # a Split enum member is its string
     split = SPLIT_ALIASES.get(split, split)
-    if _get(dataset_cfg, "name") == "text_file":
-        if split != TEXT_FILE_SPLIT:
-            raise ValueError(f"dataset.split={split!r} is not allowed for dataset=text_file: a single file "
-                             f"has no splits, set dataset.split={TEXT_FILE_SPLIT} (or leave it at its default)")
-        return split
-    if split not in SPLITS:
-        raise ValueError(f"dataset.split={split!r} is not known: allowed {list(SPLITS)} "
-                         f"(and {list(SPLIT_ALIASES)} as an alias of validation)")
+    option = _option(dataset_cfg)
+    allowed = option.splits or SPLITS
+    if split not in allowed:
+        aliases = [a for a, s in SPLIT_ALIASES.items() if s in allowed]
+        raise ValueError(f"dataset.split={split!r} is not allowed for dataset={option.name}: allowed "
+                         f"{', '.join(f'dataset.split={s}' for s in allowed)}"
+                         + (f" ({', '.join(aliases)} as an alias of validation)" if aliases else "")
+                         + (" (a single file has no splits: leave dataset.split at its default)"
+                            if allowed == (TEXT_FILE_SPLIT,) else ""))
     return split
 
 
@@ -78,53 +89,66 @@ def _enwik8_local(path: Path) -> Path:
                      f"enwik8 or enwik8.zip: point dataset.path at the file, or set dataset.path=null to download it")
 
 
-def check_dataset_config(dataset_cfg) -> None:
-    """Cheap checks (no loading): split names, local paths, ranges; raises ValueError naming the key."""
-    name = _get(dataset_cfg, "name")
-    if name == "synthetic_ny_adj":
-        from lsh_bitnet.data.synthetic import check_synthetic_config
-
-        check_synthetic_config(dataset_cfg)
-        return
-    if name not in TEXT_DATASETS:
-        raise ValueError(f"dataset={name!r} is not known: allowed {[*TEXT_DATASETS, 'synthetic_ny_adj']}")
+# ----------------------------------------------------------------------------- checks (no loading)
+def check_text(dataset_cfg) -> str:
+    """What every text dataset checks (max_chars, split); returns the canonical split."""
     max_chars = _get(dataset_cfg, "max_chars")
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"dataset.max_chars must be >= 1 or null for the whole split (got {max_chars})")
-    split = canonical_split(dataset_cfg)
+    return canonical_split(dataset_cfg)
+
+
+def check_text_file(dataset_cfg) -> None:
+    check_text(dataset_cfg)
     path = _get(dataset_cfg, "path")
-    if name == "text_file":
-        if not path:
-            raise ValueError("dataset.path is required for dataset=text_file: pass dataset.path=/abs/file.txt")
-        if not Path(path).expanduser().is_file():
-            raise ValueError(f"dataset.path={path!r} is not an existing file: pass the absolute path "
-                             f"of a UTF-8 text file, e.g. dataset.path=/abs/file.txt")
-        return
-    if path is None:
-        return
+    if not path:
+        raise ValueError("dataset.path is required for dataset=text_file: pass dataset.path=/abs/file.txt")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(f"dataset.path={path!r} {problem}: pass the absolute path of a readable UTF-8 "
+                         f"text file, e.g. dataset.path=/abs/file.txt")
+
+
+def _existing(path: str, hint: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        hint = ("a directory holding wiki.{train,valid,test}.raw or {train,valid,test}.txt"
-                if name != "enwik8" else "the enwik8 file or enwik8.zip, or null to download it")
-        raise ValueError(f"dataset.path={path!r} does not exist: point it at {hint}")
-    if name == "enwik8":
-        _enwik8_local(p)
-    else:
-        _wikitext_file(p, split)
+        raise ValueError(f"dataset.path={path!r} {path_problem(p)}: point it at {hint}")
+    if not p.is_dir() and path_problem(p) is not None:  # a FIFO, a device: never a dataset
+        raise ValueError(f"dataset.path={path!r} {path_problem(p)}: point it at a file or a directory")
+    return p
 
 
-def read_text_file(path: Path) -> str:
-    try:
-        # newline="" keeps the file's bytes as they are, so bits_per_byte counts what is on disk.
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"dataset.path={str(path)!r} is not UTF-8 text ({exc}): convert it, "
-                         f"e.g. iconv -f latin1 -t utf-8") from exc
+def check_wikitext(dataset_cfg) -> None:
+    split, path = check_text(dataset_cfg), _get(dataset_cfg, "path")
+    if path is not None:
+        _wikitext_file(_existing(path, "a directory holding wiki.{train,valid,test}.raw or {train,valid,test}.txt"),
+                       split)
+
+
+def check_enwik8(dataset_cfg) -> None:
+    check_text(dataset_cfg)
+    path = _get(dataset_cfg, "path")
+    if path is not None:
+        _enwik8_local(_existing(path, "the enwik8 file or enwik8.zip, or null to download it"))
+
+
+# ----------------------------------------------------------------------------- text_file
+def load_text_file(dataset_cfg, split: str, cache_dir: Path) -> str:
+    return read_text_file(Path(_get(dataset_cfg, "path")).expanduser())
+
+
+def text_file_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
+    return Path(_get(dataset_cfg, "path")).expanduser()
 
 
 # ----------------------------------------------------------------------------- wikitext
-def _load_wikitext(dataset_cfg, split: str) -> str:
+def wikitext_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
+    """The local file of the split (None: read from the hub, named by id)."""
+    path = _get(dataset_cfg, "path")
+    return _wikitext_file(Path(path).expanduser(), canonical_split(dataset_cfg)) if path is not None else None
+
+
+def load_wikitext(dataset_cfg, split: str, cache_dir: Path) -> str:
     path = _get(dataset_cfg, "path")
     if path is not None:
         return read_text_file(_wikitext_file(Path(path).expanduser(), split))
@@ -225,28 +249,22 @@ def read_enwik8(path: Path) -> bytes:
     return data
 
 
-def _load_enwik8(dataset_cfg, split: str, cache_dir: Path) -> str:
+def enwik8_source(dataset_cfg, cache_dir: Path) -> Path:
     path = _get(dataset_cfg, "path")
-    if path is not None:
-        source = _enwik8_local(Path(path).expanduser())
-    else:
-        source = Path(cache_dir) / "enwik8.zip"
-        if not source.is_file():
-            source = _download(_get(dataset_cfg, "url"), source)
+    return _enwik8_local(Path(path).expanduser()) if path is not None else Path(cache_dir) / "enwik8.zip"
+
+
+def load_enwik8(dataset_cfg, split: str, cache_dir: Path) -> str:
+    source = enwik8_source(dataset_cfg, cache_dir)
+    if _get(dataset_cfg, "path") is None and not source.is_file():
+        source = _download(_get(dataset_cfg, "url"), source)
     return decode_cut(split_bytes(read_enwik8(source), split))
 
 
 # ----------------------------------------------------------------------------- fingerprint (resume)
 def data_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
     """The local file a text dataset reads (None for hub-only or generated data)."""
-    name, path = _get(dataset_cfg, "name"), _get(dataset_cfg, "path")
-    if name == "text_file":
-        return Path(path).expanduser()
-    if name == "enwik8":
-        return _enwik8_local(Path(path).expanduser()) if path is not None else Path(cache_dir) / "enwik8.zip"
-    if name in ("wikitext103", "wikitext2") and path is not None:
-        return _wikitext_file(Path(path).expanduser(), canonical_split(dataset_cfg))
-    return None
+    return _option(dataset_cfg).source_file(dataset_cfg, cache_dir)
 
 
 def data_fingerprint(dataset_cfg, cache_dir: Path) -> dict:
@@ -254,7 +272,7 @@ def data_fingerprint(dataset_cfg, cache_dir: Path) -> dict:
     file behind dataset.path reruns the job. Hub data is named by id (its cached copy is immutable);
     generated data by its config (in the config hash) and code (in the code version)."""
     name = _get(dataset_cfg, "name")
-    if name not in TEXT_DATASETS:
+    if not _option(dataset_cfg).is_text:
         return {"generated": name}
     source = data_source(dataset_cfg, cache_dir)
     if source is None:
@@ -270,15 +288,15 @@ def data_fingerprint(dataset_cfg, cache_dir: Path) -> dict:
 # ----------------------------------------------------------------------------- entry point
 def load_text(dataset_cfg, cache_dir: Path) -> str:
     """The split's text as one string, truncated to dataset.max_chars when set."""
-    check_dataset_config(dataset_cfg)
-    name, split = _get(dataset_cfg, "name"), canonical_split(dataset_cfg)
-    if name == "text_file":
-        text = read_text_file(Path(_get(dataset_cfg, "path")).expanduser())
-    elif name == "enwik8":
-        text = _load_enwik8(dataset_cfg, split, cache_dir)
-    elif name in ("wikitext103", "wikitext2"):
-        text = _load_wikitext(dataset_cfg, split)
-    else:
-        raise ValueError(f"dataset={name!r} has no text to load: perplexity needs one of {list(TEXT_DATASETS)}")
+    option = _option(dataset_cfg)
+    option.check_config(dataset_cfg)
+    if not option.is_text:
+        from lsh_bitnet.registry import DATASETS
+        from lsh_bitnet.tasks.base import dataset_option
+
+        texts = [n for n in DATASETS.names() if dataset_option(n).is_text]
+        raise ValueError(f"dataset={option.name!r} has no text to load (its task generates its items): a text "
+                         f"dataset is one of {texts}")
+    text = option.load_text(dataset_cfg, canonical_split(dataset_cfg), cache_dir)
     max_chars: Optional[int] = _get(dataset_cfg, "max_chars")
     return text[:max_chars] if max_chars else text

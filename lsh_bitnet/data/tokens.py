@@ -4,6 +4,7 @@ Tokenising a split of wikitext-103 takes minutes, so streams are cached on disk 
 a sweep over attention configs tokenises once.
 """
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from lsh_bitnet.console import progress
+
+log = logging.getLogger(__name__)
 
 # Texts are tokenised in pieces of about this many characters: the tokenizer's memory stays bounded
 # and the bar moves. Pieces are cut where a line's last visible character meets its trailing whitespace,
@@ -187,9 +190,9 @@ def token_stream(text: str, tokenizer, cache_dir: Path, tokenizer_id: str,
             if problem is None:
                 stream = TokenStream(blob["ids"], blob["byte_len"])
             else:
-                print(f"[lsh-bitnet] token cache {path} does not match ({problem}), tokenising again", flush=True)
+                log.warning(f"[lsh-bitnet] token cache {path} does not match ({problem}), tokenising again")
         except Exception as exc:  # a corrupt or foreign file: tokenise again and overwrite it
-            print(f"[lsh-bitnet] token cache {path} unreadable ({exc}), tokenising again", flush=True)
+            log.warning(f"[lsh-bitnet] token cache {path} unreadable ({exc}), tokenising again")
     if stream is None:
         stream = _tokenize(text, tokenizer)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ Temporary directories of a killed conversion are removed by the next run on the 
 """
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
+
+log = logging.getLogger(__name__)
 
 META_FILE = "lsh_bitnet_meta.json"  # written last: its presence marks a complete entry
 MANIFEST_KEY = "manifest"
@@ -114,6 +117,22 @@ def entry_problem(entry: Path) -> Optional[str]:
     return None
 
 
+def check_cache_dir(cache_dir: Path, key: str) -> None:
+    """The cache directory exists (or can be made) and takes new files; else a ConfigError naming `key`
+    (cache_dir or LSH_BITNET_CACHE) and the fix, before any work. Tried, not judged from modes: root
+    ignores them, and /proc or a read-only mount refuse whatever they say."""
+    from lsh_bitnet.errors import ConfigError
+
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}={cache_dir} cannot hold the cache (converted models, token streams): "
+                          f"{exc.strerror or exc}; set cache_dir=/a/writable/dir, or the LSH_BITNET_CACHE "
+                          f"environment variable (used when cache_dir is null)") from exc
+
+
 def entry_dir(cache_dir: Path, name: str, key: Any) -> Path:
     return Path(cache_dir).expanduser() / "models" / f"{name}-{short_hash(key)}"
 
@@ -166,8 +185,8 @@ def clean_stale_tmp(models_dir: Path) -> list:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        print(f"[lsh-bitnet] model cache: removed {len(removed)} leftover temporary dir(s) of killed "
-              f"conversions in {models_dir}", flush=True)
+        log.info(f"[lsh-bitnet] model cache: removed {len(removed)} leftover temporary dir(s) of killed "
+                 f"conversions in {models_dir}")
     return removed
 
 
@@ -189,7 +208,7 @@ def check_or_discard(entry: Path) -> bool:
     problem = entry_problem(entry)
     if problem is None:
         return True
-    print(f"[lsh-bitnet] model cache {entry} is damaged: {problem}; rebuilding it", flush=True)
+    log.warning(f"[lsh-bitnet] model cache {entry} is damaged: {problem}; rebuilding it")
     discard(entry)
     return False
 

@@ -22,8 +22,9 @@ from lsh_bitnet.report.brief import brief_lines
 from lsh_bitnet.report.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.report.items import pool_ranges
 from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
-from lsh_bitnet.report.pareto import PRIMARY_Y, X_AXES, Y_COLUMNS, add_pareto, plot_pareto
+from lsh_bitnet.report.pareto import X_AXES, add_pareto, is_full, plot_pareto, primary_y_by_metric, y_columns
 from lsh_bitnet.run.results import RESULTS_FILE
+from lsh_bitnet.tasks.base import find_task, tasks
 from lsh_bitnet.report.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
                              flatten, is_seed_key, keys_read, nonfinite_values, relevant)
 
@@ -73,9 +74,6 @@ def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- tables and report
-METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
-                 "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"],
-                 "passkey_accuracy": ["accuracy", "n_samples"]}
 TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 # Beside the metric: the run against its baseline on the items both scored (--paired-with), and its share of
@@ -84,6 +82,15 @@ PAIRED_VIEW = ["paired_ratio", "paired_delta", "paired_gains", "paired_losses", 
 HIDDEN = ("_group", "_seeds", "_setting_extra", "_items")
 RUN_DIR_CHARS = 40  # Markdown view only; the CSV has the full path
 BRIEF_FILE = "brief.md"  # the short table a sweep prints at its end
+
+
+def metric_values(metric: Any) -> List[str]:
+    """The metrics fields the Markdown table shows for runs of `metric`: its task's (Task.values); for a task not
+    registered here, every registered task's."""
+    task = find_task(metric)
+    if task is not None:
+        return list(task.values)
+    return list(dict.fromkeys(c for t in tasks() for c in t.values))
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +131,7 @@ def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str
     cols += [c for c in table.columns if c in shown and c not in cols and c not in ("attention", "hasher")]
     cols += ["n_seeds", "seeds"] if "n_seeds" in table else []
     cols += ["pooled_runs", "pooled_partial", "items"] if "pooled_runs" in table else []
-    metric_cols = [y] + METRIC_VALUES.get(metric, [c for keys in METRIC_VALUES.values() for c in keys])
+    metric_cols = [y] + metric_values(metric)
     cols += metric_cols + PAIRED_VIEW + [x] + TAIL
     view = table[[c for c in dict.fromkeys(cols) if c in table.columns]]
     for col in metric_cols + ["paired_ratio", "paired_delta", x]:
@@ -188,7 +195,8 @@ def add_wall_ratio(ok: pd.DataFrame) -> pd.DataFrame:
     seconds = pd.to_numeric(out[time_col], errors="coerce")
     if "compile_s" in out:
         seconds = seconds - pd.to_numeric(out["compile_s"], errors="coerce").fillna(0.0)
-    full = out[out["attention"] == "full"].assign(_t=seconds).groupby(["metric", "setting"], dropna=False)["_t"].min()
+    full = out[out["attention"].map(is_full).astype(bool)].assign(_t=seconds)
+    full = full.groupby(["metric", "setting"], dropna=False)["_t"].min()
     base = out.apply(lambda r: full.get((r["metric"], r["setting"]), float("nan")), axis=1)
     out["wall_ratio"] = seconds / pd.to_numeric(base, errors="coerce")
     out.attrs.update(ok.attrs)
@@ -201,7 +209,7 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
                   ) -> Dict[str, Path]:
     """Collect root and write summary.csv/.md, summary_<metric>.csv/.md, failed.csv and pareto_<metric>.{png,pdf,svg}.
 
-    `metric`: a metric.name (only that table) or a value column from pareto.Y_COLUMNS (that table, with
+    `metric`: a metric.name (only that table) or a value column from pareto.y_columns() (that table, with
     the column as the frontier's y). `x`: the cost axis of frontiers, sorting and plots. `group`: one
     row per set of runs differing only in seeds. `paired_with`: a family or run directory; each run gets
     lsh_bitnet.report.paired's columns against it. `pool`: one row per set of runs differing only in the item
@@ -218,10 +226,10 @@ def write_summary(root: Path, out_dir: Optional[Path] = None, plot: bool = True,
     # Jobs running now (their lock is held) are neither ok nor failed yet: listed apart.
     now = failed["running"].fillna(False).astype(bool) if "running" in failed else pd.Series(False, index=failed.index)
     running, failed = failed[now], failed[~now]
-    y_by_metric = dict(PRIMARY_Y)
-    if metric in Y_COLUMNS:
-        y_by_metric[Y_COLUMNS[metric][0]] = (metric, Y_COLUMNS[metric][1])
-    only = Y_COLUMNS[metric][0] if metric in Y_COLUMNS else metric
+    y_by_metric, by_column = primary_y_by_metric(), y_columns()
+    if metric in by_column:
+        y_by_metric[by_column[metric][0]] = (metric, by_column[metric][1])
+    only = by_column[metric][0] if metric in by_column else metric
     if only is not None:
         ok = ok[ok["metric"] == only]
     if pool:  # interrupted runs' finished items pool too; they stay in the failed list
@@ -311,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("dir", type=Path, help="a run or sweep directory; searched recursively for results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write tables and plots (default: DIR)")
     parser.add_argument("--no-plot", action="store_true", help="skip the Pareto plots")
-    allowed = sorted(set(PRIMARY_Y) | set(Y_COLUMNS))
+    allowed = sorted(set(primary_y_by_metric()) | set(y_columns()))
     parser.add_argument("--metric", default=None, choices=allowed, metavar="NAME",
                         help=f"only this metric's table; a value column also sets the frontier's y "
                              f"({', '.join(allowed)})")
@@ -345,6 +353,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 gap=args.gap_closed, gap_tolerance=args.gap_tolerance)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lsh-bitnet-collect: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only run dir (another user's, a read-only mount), a full disk
+        where = exc.filename or (args.out or args.dir)
+        print(f"lsh-bitnet-collect: cannot write {where} ({exc.strerror or exc}): pass --out DIR to write the "
+              f"tables and plots to a directory you can write", file=sys.stderr)
         return 2
     try:
         print(written["summary.md"].read_text())

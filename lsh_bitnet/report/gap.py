@@ -20,11 +20,21 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.report.items import comparable_key, items_of, primary_value, shared_items
-from lsh_bitnet.report.pareto import PRIMARY_Y
+from lsh_bitnet.registry import RULES
+from lsh_bitnet.report.items import comparable_key, items_of, kind_of, primary_value, shared_items
+from lsh_bitnet.report.pareto import is_full, primary_y
 
 GAP_COLUMNS = ["gap_closed", "gap_n", "gap_window", "gap_window_run", "gap_oracle", "gap_oracle_run"]
-REFERENCES = {"window": "gap_window", "oracle_topk": "gap_oracle"}
+# Rule.reference -> the columns of that bracket: the lower (a window, which knows nothing of the query) and the
+# upper (the oracle, which knows every score).
+BRACKETS = {"lower": "gap_window", "upper": "gap_oracle"}
+
+
+def references() -> Dict[str, str]:
+    """family -> gap column prefix of every registered rule that is a reference (Rule.reference)."""
+    return {name: BRACKETS[rule.reference] for name, rule in RULES.items() if rule.reference in BRACKETS}
+
+
 # A window and an oracle sized to a rule's ratio land within a few percent of it (docs/FINDINGS.md:
 # 0.1653 and 0.1631 for m-of-L's 0.1678, 1.5% and 2.8%); 5% takes those and refuses looser pairings.
 DEFAULT_TOLERANCE = 0.05
@@ -57,14 +67,15 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
             items[pos] = items_of(out.iloc[pos], root) or {}
         return items[pos]
 
+    reference = references()
     for pos in range(len(out)):
         family, metric = out["family"].iat[pos], out["metric"].iat[pos]
-        if family in REFERENCES or family == "full" or metric not in PRIMARY_Y or pd.isna(ratio.iat[pos]):
+        if family in reference or is_full(family) or primary_y(metric) is None or pd.isna(ratio.iat[pos]):
             continue
-        y, minimize = PRIMARY_Y[metric]
+        y, minimize = primary_y(metric)
         refs: Dict[str, int] = {}
-        for ref_family, prefix in REFERENCES.items():
-            near = out[(out["family"] == ref_family) & (keys == keys.iat[pos])
+        for prefix in BRACKETS.values():
+            near = out[out["family"].isin([f for f, p in reference.items() if p == prefix]) & (keys == keys.iat[pos])
                        & ((ratio - ratio.iat[pos]).abs() <= tolerance * ratio.iat[pos])]
             best = _best(near, y, minimize)
             if best is not None:
@@ -72,11 +83,12 @@ def add_gap_closed(ok: pd.DataFrame, root: Path, tolerance: float = DEFAULT_TOLE
         if len(refs) < 2:
             continue
         runs = [items_at(pos)] + [items_at(p) for p in refs.values()]
-        if all(runs):  # the three over the items all of them scored
-            shared = shared_items(*runs)
+        kind = kind_of(metric, runs[0])
+        if all(runs) and kind is not None:  # the three over the items all of them scored
+            shared = shared_items(*runs, kind=kind)
             if not shared:
                 continue  # different items: no comparison
-            values = [primary_value(r, shared) for r in runs]
+            values = [primary_value(r, shared, kind) for r in runs]
             out.loc[pos, "gap_n"] = len(shared)
         else:
             values = [pd.to_numeric(pd.Series([out[y].iat[p]]), errors="coerce").iat[0] for p in [pos, *refs.values()]]

@@ -7,7 +7,6 @@ item's outcome and cost, so the pieces pool into one row with the metric and its
 the union of their items (lsh_bitnet.run.samples.summarize, as a finished run computes them).
 """
 import json
-import math
 import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -16,6 +15,7 @@ import pandas as pd
 
 from lsh_bitnet.report.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
 from lsh_bitnet.run.samples import COST_KEYS, SAMPLES_FILE, summarize
+from lsh_bitnet.tasks.base import RecordKind, record_kind
 
 # Keys that choose which items of a dataset a run scores, not what an item is.
 RANGE_KEYS = ("eval.batch_offset", "eval.max_batches", "dataset.n_samples")
@@ -37,36 +37,37 @@ def read_items(run_path: Path) -> Items:
     return items
 
 
-def same_item(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+def kind_of(metric: Any, items: Optional[Items]) -> Optional[RecordKind]:
+    """The record kind of a run of `metric` (its task's; for a task not registered here, read from its items)."""
+    return record_kind(metric, (items or {}).values())
+
+
+def same_item(a: Dict[str, Any], b: Dict[str, Any], kind: Optional[RecordKind] = None) -> bool:
     """Whether two records with one index scored the same window or sample (of the same dataset)."""
-    if "nll" in a or "nll" in b:
-        keys = ("tokens", "predicted", "bytes")  # a window: its text decides all three
-        return "nll" in a and "nll" in b and all(a.get(k) == b.get(k) for k in keys)
-    keys = ("target", "prompt_tokens")  # a sample: `tokens` also counts the generated ones, which differ
-    return "correct" in a and "correct" in b and all(a.get(k) == b.get(k) for k in keys)
+    kind = kind or record_kind(None, [a])
+    return kind is not None and kind.same_item(a, b)
 
 
-def same_outcome(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+def same_outcome(a: Dict[str, Any], b: Dict[str, Any], kind: Optional[RecordKind] = None) -> bool:
     """One config scoring one item twice: deterministic runs agree (NLL to float32 summation noise)."""
-    if "nll" in a:
-        return abs(a["nll"] - b["nll"]) <= 1e-6 * max(abs(a["nll"]), 1.0)
-    return a.get("correct") == b.get("correct") and a.get("prediction") == b.get("prediction")
+    kind = kind or record_kind(None, [a])
+    return kind is not None and kind.same_outcome(a, b)
 
 
-def shared_items(*runs: Items) -> List[int]:
+def shared_items(*runs: Items, kind: Optional[RecordKind] = None) -> List[int]:
     """Indices every run scored, as the same item in all of them."""
     if not runs:
         return []
     common = set(runs[0]).intersection(*runs[1:])
-    return sorted(i for i in common if all(same_item(runs[0][i], other[i]) for other in runs[1:]))
+    return sorted(i for i in common if all(same_item(runs[0][i], other[i], kind) for other in runs[1:]))
 
 
-def primary_value(items: Items, indices: List[int]) -> float:
-    """The table's metric over some items: perplexity exp(sum NLL / sum predicted), or mean accuracy."""
+def primary_value(items: Items, indices: List[int], kind: Optional[RecordKind] = None) -> Optional[float]:
+    """The table's metric over some items, as the task's record kind pools it (perplexity exp(sum NLL / sum
+    predicted), mean accuracy); None where the kind is unknown."""
     records = [items[i] for i in indices]
-    if "nll" in records[0]:
-        return math.exp(sum(r["nll"] for r in records) / sum(r["predicted"] for r in records))
-    return sum(bool(r["correct"]) for r in records) / len(records)
+    kind = kind or record_kind(None, records)
+    return kind.value(records) if kind is not None else None
 
 
 def item_ranges(indices) -> str:
@@ -99,14 +100,16 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
     taken: Dict[str, float] = {}  # run_dir -> full comparisons of the items taken from it
     whole: Dict[str, float] = {}  # run_dir -> full comparisons of all its items
     duplicates = 0
+    kind: Optional[RecordKind] = None  # one config: one metric, one kind
     for run_dir in group["run_dir"]:
         items = read_items(Path(root) / run_dir)
+        kind = kind or kind_of(group["metric"].iat[0] if "metric" in group else None, items)
         whole[run_dir] = float(sum(r.get("full_comparisons", 0) for r in items.values()))
         taken[run_dir] = 0.0
         for index, rec in items.items():
             if index in pooled:
                 duplicates += 1
-                if not (same_item(pooled[index], rec) and same_outcome(pooled[index], rec)):
+                if not (same_item(pooled[index], rec, kind) and same_outcome(pooled[index], rec, kind)):
                     log.warning("%s: item %d differs from the one pooled before it (another item, or another "
                                 "outcome of one config); the first is kept", run_dir, index)
                 continue
@@ -138,7 +141,7 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
     for (section, key), col in values.items():
         row[col] = combine(col, section, key)
     seed = json.loads(row.get("_seeds") or "{}").get("seed", 0)  # the bootstrap seed a single run would use
-    metrics = summarize(records, seed=seed if isinstance(seed, int) else 0)
+    metrics = summarize(records, seed=seed if isinstance(seed, int) else 0, kind=kind)
     if records and "prompt_tokens" in records[0]:
         lengths = [r["prompt_tokens"] for r in records]
         metrics.update(mean_prompt_tokens=sum(lengths) / len(lengths), min_prompt_tokens=min(lengths),

@@ -8,7 +8,8 @@ the runs' samples.jsonl, and only where they are the same item in both (a window
 tokens and bytes; a sample's target and prompt length), so runs over different ranges of one dataset
 (`eval.batch_offset`, `eval.max_batches`, `dataset.n_samples`) pair on their overlap.
 
-Columns added (docs/RESULTS.md, "The collector"):
+The statistic is the record kind's (Task.record.paired, lsh_bitnet/tasks/_records.py). Columns added
+(docs/RESULTS.md, "The collector"):
   paired_with                           the baseline run's directory
   paired_n                              items both runs scored
   paired_ratio, _ci_low, _ci_high       perplexity: the run's over the baseline's on those windows
@@ -20,29 +21,21 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lsh_bitnet.report.items import Items, comparable_key, items_of, same_item
+from lsh_bitnet.report.items import Items, comparable_key, items_of, kind_of, same_item
 from lsh_bitnet.report.runs import log
-from lsh_bitnet.stats import paired_accuracy_difference, paired_perplexity_ratio
+from lsh_bitnet.tasks.base import RecordKind
 
 PAIRED_COLUMNS = ["paired_with", "paired_n", "paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high",
                   "paired_delta", "paired_delta_ci_low", "paired_delta_ci_high", "paired_gains", "paired_losses"]
 
 
-def _compare(run: Items, base: Items, seed: int) -> Dict[str, Any]:
-    shared = sorted(i for i in run.keys() & base.keys() if same_item(run[i], base[i]))
+def _compare(run: Items, base: Items, seed: int, kind: Optional[RecordKind]) -> Dict[str, Any]:
+    if kind is None:  # records of a kind nothing here knows: no item is matched
+        return {"paired_n": 0}
+    shared = sorted(i for i in run.keys() & base.keys() if same_item(run[i], base[i], kind))
     out: Dict[str, Any] = {"paired_n": len(shared)}
-    if not shared:
-        return out
-    if "nll" in run[shared[0]]:
-        ratio, low, high = paired_perplexity_ratio([run[i]["nll"] for i in shared], [base[i]["nll"] for i in shared],
-                                                   [run[i]["predicted"] for i in shared], seed=seed)
-        out.update(paired_ratio=ratio, paired_ratio_ci_low=low, paired_ratio_ci_high=high)
-    else:
-        mine, theirs = [bool(run[i]["correct"]) for i in shared], [bool(base[i]["correct"]) for i in shared]
-        delta, low, high = paired_accuracy_difference(mine, theirs)
-        out.update(paired_delta=delta, paired_delta_ci_low=low, paired_delta_ci_high=high,
-                   paired_gains=sum(m and not t for m, t in zip(mine, theirs)),
-                   paired_losses=sum(t and not m for m, t in zip(mine, theirs)))
+    if shared:
+        out.update(kind.paired([run[i] for i in shared], [base[i] for i in shared], seed=seed))
     return out
 
 
@@ -67,9 +60,10 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
     for pos in range(len(ok)):
         row: Dict[str, Any] = {c: None for c in PAIRED_COLUMNS}
         mine = items[pos]
+        kind = kind_of(ok["metric"].iat[pos], mine) if mine else None
         best: Optional[Dict[str, Any]] = None
         for other in [p for p in range(len(ok)) if is_base.iat[p] and keys.iat[p] == keys.iat[pos]]:
-            found = _compare(mine, items[other], seed) if mine else {"paired_n": 0}
+            found = _compare(mine, items[other], seed, kind) if mine else {"paired_n": 0}
             if found["paired_n"] and (best is None or found["paired_n"] > best["paired_n"]):
                 best = {**found, "paired_with": ok["run_dir"].iat[other]}
         if best is not None:
@@ -80,7 +74,8 @@ def add_paired(ok: pd.DataFrame, root: Path, baseline: str, seed: int = 0) -> pd
     if unpaired:  # one line, not one per run: a directory of many sweeps has many such runs
         log.info("%d run(s) share no item with a %s run of their setting; their paired columns stay empty: %s%s",
                  len(unpaired), baseline, ", ".join(unpaired[:3]), " ..." if len(unpaired) > 3 else "")
-    out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=PAIRED_COLUMNS)], axis=1)
+    columns = list(dict.fromkeys(PAIRED_COLUMNS + [c for row in rows for c in row]))  # + a plug-in kind's own
+    out = pd.concat([ok.reset_index(drop=True), pd.DataFrame(rows, columns=columns)], axis=1)
     for col in ("paired_n", "paired_gains", "paired_losses"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
     out.attrs.update(ok.attrs)

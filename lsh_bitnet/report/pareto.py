@@ -5,24 +5,38 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from lsh_bitnet.registry import RULES
 from lsh_bitnet.report.plot_labels import point_texts, repel_labels, ringed  # noqa: F401 (repel_labels: API)
+from lsh_bitnet.tasks.base import find_task, tasks
 
-# metric.name -> (column plotted on y, lower is better). The first value column each metric reports.
-PRIMARY_Y: Dict[str, Tuple[str, bool]] = {
-    "perplexity": ("perplexity", True),
-    "synthetic_accuracy": ("accuracy", False),
-    "passkey_accuracy": ("accuracy", False),
-}
-# More panels beside the primary one: the synthetic task's multiple-choice score reads differently.
-EXTRA_Y: Dict[str, List[str]] = {"synthetic_accuracy": ["choice_accuracy"]}
-# Any value column a user may pick with `--metric`: -> (metric.name that reports it, lower is better).
-Y_COLUMNS: Dict[str, Tuple[str, bool]] = {
-    "perplexity": ("perplexity", True),
-    "nll": ("perplexity", True),
-    "bits_per_byte": ("perplexity", True),
-    "accuracy": ("synthetic_accuracy", False),
-    "choice_accuracy": ("synthetic_accuracy", False),
-}
+
+# ----------------------------------------------------------------------------- what each task plots (its Task)
+def primary_y(metric: object) -> Optional[Tuple[str, bool]]:
+    """(column plotted on y, lower is better) for runs of metric.name `metric`: its task's primary field; None
+    for a task not registered here (its runs get no frontier)."""
+    task = find_task(metric)
+    return (task.primary, not task.higher_is_better) if task is not None else None
+
+
+def primary_y_by_metric() -> Dict[str, Tuple[str, bool]]:
+    return {task.name: primary_y(task.name) for task in tasks()}
+
+
+def extra_y(metric: object) -> List[str]:
+    """More panels beside the primary one (e.g. the synthetic task's multiple-choice score)."""
+    task = find_task(metric)
+    return list(task.extra_y) if task is not None else []
+
+
+def y_columns() -> Dict[str, Tuple[str, bool]]:
+    """Any value column a user may pick with `--metric`: -> (metric.name that reports it, lower is better).
+    Where two tasks name one column, the first registered keeps it."""
+    out: Dict[str, Tuple[str, bool]] = {}
+    for task in tasks():
+        for column in task.y_columns:
+            out.setdefault(column, (task.name, not task.higher_is_better))
+    return out
+
 # Cost axes (`--x`): column -> axis label.
 X_AXES: Dict[str, str] = {
     "comparison_ratio": "comparison ratio = q·k scores computed / full causal",
@@ -30,8 +44,9 @@ X_AXES: Dict[str, str] = {
     "wall_ratio": "wall-time ratio = eval seconds without compilation / full attention's",
 }
 X = "comparison_ratio"
-# Plot order and identity of the reference families; every other family is drawn as a solid frontier.
-FAMILY_ORDER = ("full", "lsh", "lsh_topk", "lsh_forest", "window", "oracle_topk")
+# Plot order of a family is its rule's (Rule.family_order); a rule not registered here (a plug-in not installed)
+# sorts after every registered one.
+UNKNOWN_FAMILY_ORDER = 1000
 # A linear x axis squeezes ratios spanning more than this factor into the left edge.
 LOG_X_SPREAD = 10.0
 # Lower-is-better y (perplexity): the axis runs from the best point to this many times full attention;
@@ -40,10 +55,27 @@ Y_SPAN = 3.0
 
 
 def family_of(attention: object, hasher: object) -> str:
-    """full | lsh/<hasher> | lsh_forest/<hasher> | oracle_topk | window: what one frontier is drawn over."""
-    if isinstance(attention, str) and attention.startswith("lsh") and isinstance(hasher, str) and hasher:
-        return f"{attention}/{hasher}"
-    return str(attention)
+    """What one frontier is drawn over: the rule's family (Rule.family: <rule>/<hasher> for hashed rules, else
+    <rule>); a rule not registered here (a plug-in not installed) is one family per name."""
+    rule = RULES.find(attention)
+    return str(attention) if rule is None else rule.family(hasher)
+
+
+def _rule_of(family: object):
+    """The registered rule of a family (or rule name) `<rule>[/<hasher>]`, None if not registered here."""
+    return RULES.find(str(family).split("/")[0])
+
+
+def is_full(family: object) -> bool:
+    """Whether the family (or rule name) keeps every causal key: the full-attention baseline (Rule.dense)."""
+    rule = _rule_of(family)
+    return rule is not None and rule.dense
+
+
+def is_upper_bound(family: object) -> bool:
+    """Whether the family chooses by q.k of every key (Rule.oracle): drawn dashed, labelled an upper bound."""
+    rule = _rule_of(family)
+    return rule is not None and rule.oracle
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str, minimize_y: bool) -> pd.Series:
@@ -83,8 +115,8 @@ def add_pareto(df: pd.DataFrame, y_by_metric: Dict[str, Tuple[str, bool]], x: st
 
 
 def _family_sort_key(family: str) -> Tuple[int, str]:
-    base = family.split("/")[0]
-    return (FAMILY_ORDER.index(base) if base in FAMILY_ORDER else len(FAMILY_ORDER), family)
+    rule = _rule_of(family)
+    return (rule.family_order if rule is not None else UNKNOWN_FAMILY_ORDER, family)
 
 
 # Point labels (plots, brief table): short names of the knobs, so labels stay on one short line.
@@ -134,7 +166,7 @@ def y_limits(runs: pd.DataFrame, y: str, minimize: bool) -> Optional[Tuple[float
     values = pd.to_numeric(runs[y], errors="coerce").dropna()
     if not minimize or values.empty:
         return None
-    full = values[runs.loc[values.index, "family"] == "full"]
+    full = values[runs.loc[values.index, "family"].map(is_full).astype(bool)]
     ref = full.min() if len(full) else values.min()
     top = ref * Y_SPAN
     if values.max() <= top:
@@ -183,14 +215,14 @@ def _draw_panel(ax, runs: pd.DataFrame, x: str, y: str, minimize: bool, styles: 
                                                               bounds[1].loc[fam.index].tolist()],
                            "clipped": out.tolist(), "noncausal": _noncausal(fam).tolist()}
         front = fam[fam["_front"]]
-        if family == "full":
+        if is_full(family):
             ax.axhline(fam[y].min() if minimize else fam[y].max(), color=color, lw=0.8, ls=":", zorder=1)
         elif len(front) > 1:  # a front of one point is a point, not a line
             ax.plot(front[x], shown[front.index], color=color, lw=1.1, zorder=3,
-                    ls="--" if family == "oracle_topk" else "-")
+                    ls="--" if is_upper_bound(family) else "-")
             drawn["line"] = True
         for i, row in fam.iterrows():
-            on_front, clipped = bool(row["_front"]) or family == "full", bool(out[i])
+            on_front, clipped = bool(row["_front"]) or is_full(family), bool(out[i])
             alpha = 1.0 if on_front else 0.45
             drawn["faded"] |= not on_front
             drawn["clipped"] |= clipped
@@ -291,7 +323,7 @@ def plot_pareto(df: pd.DataFrame, metric: str, y: str, minimize: bool, path: Pat
     matplotlib.use("Agg")  # no display on compute nodes; also keeps tests headless
     import matplotlib.pyplot as plt
 
-    ys = [y] + [c for c in EXTRA_Y.get(metric, []) if c != y and c in df and pd.to_numeric(df[c], errors="coerce").notna().any()]
+    ys = [y] + [c for c in extra_y(metric) if c != y and c in df and pd.to_numeric(df[c], errors="coerce").notna().any()]
     settings = list(dict.fromkeys(df["setting"].fillna("")))
     panels = [(s, c) for s in settings for c in ys]
     height = PANEL_IN * len(panels) + 0.3 * len(settings) + NOTE_IN

@@ -14,9 +14,11 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
+from lsh_bitnet.registry import RULES
 from lsh_bitnet.run.jobs import LOCK_FILE, job_busy
-from lsh_bitnet.report.pareto import PRIMARY_Y, family_of
+from lsh_bitnet.report.pareto import family_of, primary_y
 from lsh_bitnet.run.results import HASH_EXCLUDED_KEYS, RESULTS_FILE
+from lsh_bitnet.tasks.base import find_task
 
 log = logging.getLogger("lsh_bitnet.report.collect")  # what the collector CLI reports
 
@@ -51,8 +53,9 @@ def keys_read(variant: Any) -> Optional[Set[str]]:
 
     - attention: the fields of the variant's dataclass; a variant that declares nothing of its own
       (full) reads none of the shared sparse-attention fields, only the diagnostics (a measurement).
-    - hasher: read by the LSH variants (named lsh*, SPEC section 3); a variant with a `max_depth` field
-      hashes that many bits per tree instead of hasher.n_bits.
+    - hasher: read by the hashed rules (Rule.hashed); a rule with its own code width (Rule.bits_key, the
+      forest's attention.max_depth) does not read hasher.n_bits. A rule not registered here (a plug-in not
+      installed) reads no hasher key as far as we can tell.
     """
     cls = _variant_schemas().get(variant)
     if cls is None:
@@ -61,9 +64,10 @@ def keys_read(variant: Any) -> Optional[Set[str]]:
     if not set(cls.__dict__.get("__annotations__", {})) - {"name"}:
         names = {"name"} | {n for n in names if n.startswith("diagnostics")}
     keys = {f"attention.{n}" for n in names}
-    if str(variant).startswith("lsh"):
+    rule = RULES.find(variant)
+    if rule is not None and rule.hashed:
         hasher = {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())}
-        keys |= hasher - ({"hasher.n_bits"} if "max_depth" in names else set())
+        keys |= hasher - ({"hasher.n_bits"} if getattr(rule, "bits_key", None) else set())
     return keys
 
 
@@ -87,9 +91,10 @@ def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> boo
 
 
 def _uses_windows(record: Optional[Dict[str, Any]]) -> bool:
-    """eval.seq_len matters only to a metric that evaluates windows (perplexity reports n_windows)."""
-    metrics = _section(record or {}, "metrics")
-    return not metrics or "n_windows" in metrics or "n_samples" not in metrics
+    """eval.seq_len matters only to a task that reads it (not in its Task.ignores); a task not registered here
+    is taken to read it (what we cannot judge is shown)."""
+    task = find_task(flatten(_section(record or {}, "config")).get("metric.name"))
+    return task is None or "eval.seq_len" not in task.ignores
 
 
 # ----------------------------------------------------------------------------- loading
@@ -138,7 +143,8 @@ def _missing_fields(record: Dict[str, Any], x: str) -> List[str]:
     flat = flatten(_section(record, "config"))
     need = [f"config.{k}" for k in ("attention.name", "metric.name") if flat.get(k) is None]
     metric = flat.get("metric.name")
-    for section, key in [("cost", x)] + ([("metrics", PRIMARY_Y[metric][0])] if metric in PRIMARY_Y else []):
+    primary = primary_y(metric)  # None for a task not registered here: its primary field is unknown
+    for section, key in [("cost", x)] + ([("metrics", primary[0])] if primary else []):
         if _section(record, section).get(key) is None:
             need.append(f"{section}.{key}")
     return need

@@ -64,10 +64,12 @@ def _dist_version(name: str) -> Optional[str]:
         return None
 
 
-def versions() -> Dict[str, Optional[str]]:
+def versions() -> Dict[str, Any]:
     """Installed versions, read from package metadata: importing torch just to print its version
-    would cost seconds before a config error could be reported."""
+    would cost seconds before a config error could be reported. `plugins`: every loaded lsh_bitnet plug-in
+    (entry-point name -> its target and its package's version), since a plug-in's rule can change numbers."""
     from lsh_bitnet import __version__
+    from lsh_bitnet.registry import PLUGINS, PLUGIN_VERSIONS
 
     return {
         "python": platform.python_version(),
@@ -75,6 +77,8 @@ def versions() -> Dict[str, Optional[str]]:
         "transformers": _dist_version("transformers"),
         "hydra": _dist_version("hydra-core"),
         "lsh_bitnet": __version__,
+        "plugins": dict(PLUGINS),
+        "plugin_versions": dict(PLUGIN_VERSIONS),
     }
 
 

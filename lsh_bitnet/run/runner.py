@@ -8,8 +8,9 @@ Nothing wrong is ever reported as ok. The steps, each leaving a results.json tha
  4. data (exists, UTF-8, non-empty, long enough) and model geometry (config.json / GGUF metadata)
     checks, before any weights load;
  5. weights, patch, evaluate; a non-finite metric or non-finite logits make the run `failed`.
-SIGTERM / SIGINT make it `interrupted` (signal named) before the process exits; SIGUSR2 (SLURM's
-time-limit warning through submitit) is noted so that the SIGTERM at the limit is named as such.
+SIGTERM / SIGINT / SIGHUP make it `interrupted` (signal named) before the process exits with 128 + the
+signal number; SIGUSR2 (SLURM's time-limit warning through submitit) is noted so that the SIGTERM at
+the limit is named as such.
 If the final write fails, the record goes to stderr and the log, and the run raises (exit code != 0).
 """
 import json
@@ -30,8 +31,10 @@ from lsh_bitnet.run.results import (RESULTS_FILE, SCHEMA_VERSION, code_version, 
 from lsh_bitnet.console import log_job_header, log_model_loaded, log_model_loading, report_job
 from lsh_bitnet.run.jobs import fail_on_purpose, job_lock, resume_key, resume_mismatch
 from lsh_bitnet.run.signals import RunInterrupted, hydra_config, own_process_job, signals_recorded
-from lsh_bitnet.run.sweep import register_job
-from lsh_bitnet.validate import check_data_text, check_model_fit, check_seq_len, validate_fast
+from lsh_bitnet.run.sweep import mark_skipped, register_job
+from lsh_bitnet.models.cache import check_cache_dir
+from lsh_bitnet.tasks.base import Task, task_named
+from lsh_bitnet.validate import check_data, check_model_fit, check_seq_len, validate_fast
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,7 @@ def _write_final(path: Path, record: Dict[str, Any]) -> None:
         dump = json.dumps(strict(record), default=str, allow_nan=False)
         message = (f"[lsh-bitnet] could not write {path} ({type(exc).__name__}: {exc}); status "
                    f"{record['status']}, the finished record follows:\n{dump}")
-        print(message, file=sys.stderr, flush=True)
-        log.error(message)
+        log.error(message)  # through logging: the console and the job's launch.log (stderr when none is set up)
         raise ResultsWriteError(exc.errno, f"could not write {path}: {exc} (the record is on stderr)") from exc
 
 
@@ -105,6 +107,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
     register_job(output_dir)  # this sweep's summary and exit code count this job (a config error too)
     try:
         config_warnings = validate_fast(cfg)  # config only, torch not imported: fails in < 2 s
+        cache_dir = default_cache_dir(cfg)
+        check_cache_dir(cache_dir, "cache_dir" if cfg.get("cache_dir") or not os.environ.get("LSH_BITNET_CACHE")
+                        else "LSH_BITNET_CACHE")  # /proc/x, a read-only mount: named now, not as an OSError later
     except Exception as exc:
         record.update(status="failed", error=error_record(exc))
         _finish(record, results_path, started)
@@ -113,9 +118,9 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
 
     with job_lock(output_dir) as holder:
         if holder is not None:  # another process runs this job now: computing it twice helps nobody
-            print(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice", flush=True)
+            log.warning(f"[lsh-bitnet] skip: {output_dir} is being run by {holder}; not running it twice")
+            mark_skipped(output_dir, holder)  # the sweep's summary counts it as skipped, not as done
             return {"status": "locked", "locked_by": holder, "job": record["job"]}
-        cache_dir = default_cache_dir(cfg)
         try:
             record["resume_key"] = resume_key(cfg, record, cache_dir)
         except Exception as exc:  # an unreadable data file, say: recorded like any failure
@@ -126,11 +131,10 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
         if cfg.get("resume", True) and previous and previous.get("status") == "ok":
             differed = resume_mismatch(previous.get("resume_key"), record["resume_key"])
             if not differed:
-                print(f"[lsh-bitnet] resume: {results_path} is ok for this config, code, data and weights, skipping",
-                      flush=True)
+                log.info(f"[lsh-bitnet] resume: {results_path} is ok for this config, code, data and weights, "
+                         f"skipping")
                 return {**previous, "resumed": True}
-            print(f"[lsh-bitnet] resume: rerunning {output_dir}: {differed} differ from its ok results.json",
-                  flush=True)
+            log.info(f"[lsh-bitnet] resume: rerunning {output_dir}: {differed} differ from its ok results.json")
 
         write_json_atomic(results_path, record)
         with signals_recorded(state):
@@ -139,8 +143,10 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                     raise RuntimeError(fail_on_purpose(cfg))
                 from lsh_bitnet.run.samples import SAMPLES_FILE, SampleLog
 
-                state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed)  # samples.jsonl, flushed per sample
-                _evaluate(cfg, cache_dir, record, state)
+                task = task_named(cfg.metric.name)  # what metric=<name> evaluates (lsh_bitnet/tasks)
+                # samples.jsonl, flushed per item; records of the task's kind
+                state["sink"] = SampleLog(output_dir / SAMPLES_FILE, seed=cfg.seed, kind=task.record)
+                _evaluate(cfg, task, cache_dir, record, state)
                 record["status"] = "ok"
             except RunInterrupted as exc:
                 record.update(status="interrupted", error={**error_record(exc), "signal": signal.Signals(exc.signum).name,
@@ -150,11 +156,11 @@ def run(cfg: DictConfig, output_dir: Optional[Path] = None) -> Dict[str, Any]:
                     record["metrics"] = sink.partial_metrics()
                 _finish(record, results_path, started)
                 if own_process_job():  # a submitit job: return, so the sweep prints its summary
-                    print(f"[lsh-bitnet] job interrupted: {exc}", file=sys.stderr, flush=True)
+                    log.warning(f"[lsh-bitnet] job interrupted: {exc}")
                     return record
-                if exc.signum == signal.SIGTERM:
-                    raise SystemExit(128 + signal.SIGTERM) from exc
-                raise
+                # The closing line above says what happened; the shell convention says which signal (130
+                # for SIGINT, 143 SIGTERM, 129 SIGHUP), with no traceback (SystemExit passes Hydra silently).
+                raise SystemExit(128 + exc.signum) from exc
             except BaseException as exc:
                 record.update(status="failed", error=error_record(exc))
                 sink = state.get("sink")
@@ -199,14 +205,14 @@ class _LogitWatch:
 
 
 def _warn(record: Dict[str, Any], warnings: List[str]) -> None:
-    """Into results.json's `warnings` and onto stderr, where a sweep's log shows them."""
+    """Into results.json's `warnings` and the log (console and launch.log)."""
     for warning in warnings:
         record["warnings"].append(warning)
-        print(f"[lsh-bitnet] WARNING: {warning}", file=sys.stderr, flush=True)
+        log.warning(f"[lsh-bitnet] WARNING: {warning}")
 
 
-def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
-    text = check_data_text(cfg, cache_dir)  # data before the model: a bad file costs no load
+def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, Any], state: Dict[str, Any]) -> None:
+    checked = check_data(cfg, cache_dir)  # data before the model (calibration file, the task's): no load wasted
     fit_warnings = check_model_fit(cfg, cache_dir)  # config.json / GGUF cache metadata, before the weights
     from lsh_bitnet.models import is_loaded
 
@@ -243,13 +249,15 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
     watch = _LogitWatch(model)
     try:
         data_start = time.perf_counter()
-        data = _metric_data(cfg, tokenizer, cache_dir, text)  # tokenised once per sweep: kept out of eval_s
+        # What the task scores (a token stream, samples): timed apart from the evaluation (timing.data_s), so the
+        # first job of a sweep, which tokenises, is not slower in eval_s.
+        data = task.make_items(cfg, tokenizer, cache_dir, checked)
         data_s = time.perf_counter() - data_start
         eval_start = time.perf_counter()
         sink = state.get("sink")
         if sink is not None:  # per-sample comparisons in samples.jsonl
             sink.track_cost(patch.cost_summary)
-        metrics = _run_metric(cfg, model, tokenizer, data, sink)
+        metrics = task.evaluate(cfg, model, tokenizer, data, sink=sink)
         eval_s = time.perf_counter() - eval_start
         record["cost"], record["diagnostics"] = patch.cost_summary(), patch.diagnostics_summary()
         compile_timing = patch.timing_summary()  # flex engine: compile_s / compiles, merged into timing below
@@ -270,52 +278,3 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
             f"weights (model cache {loaded.info.get('cache_path') or cfg.model.name_or_path}: delete it to "
             f"rebuild), float16 overflow (model.dtype={cfg.model.dtype}: try bfloat16 or float32), or a bug in "
             f"attention={cfg.attention.name} (compare with attention=full)")
-
-
-def _metric_data(cfg: DictConfig, tokenizer, cache_dir: Path, text: Optional[str]):
-    """What the metric reads: the token stream (perplexity) or the generated samples. Timed apart from the
-    evaluation (timing.data_s), so the first job of a sweep, which tokenises, is not slower in eval_s."""
-    if cfg.metric.name == "perplexity":
-        from lsh_bitnet.data import token_stream
-
-        return token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
-                            max_tokens=_needed_tokens(cfg.eval))
-    if cfg.metric.name == "synthetic_accuracy":
-        from lsh_bitnet.data.synthetic import make_samples
-
-        return make_samples(cfg.dataset, tokenizer=tokenizer, stop=_stop(cfg))
-    if cfg.metric.name == "passkey_accuracy":
-        from lsh_bitnet.data.passkey import make_passkey_samples
-
-        return make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg))
-    raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
-                     f"metric=synthetic_accuracy or metric=passkey_accuracy")
-
-
-def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str, Any]:
-    # every metric takes sink= (a SampleLog writing samples.jsonl; None = no per-sample records)
-    if cfg.metric.name == "perplexity":
-        from lsh_bitnet.tasks.perplexity import evaluate_perplexity
-
-        return evaluate_perplexity(model, data, cfg.eval, sink=sink, seed=cfg.seed)
-    if cfg.metric.name == "synthetic_accuracy":
-        from lsh_bitnet.tasks.synthetic import evaluate_synthetic
-
-        return evaluate_synthetic(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
-    from lsh_bitnet.tasks.passkey import evaluate_passkey
-
-    return evaluate_passkey(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
-
-
-def _stop(cfg: DictConfig) -> Optional[int]:
-    """Samples past eval.batch_offset + max_batches * batch_size are never evaluated: not generated."""
-    if cfg.eval.max_batches is None:
-        return None
-    return cfg.eval.get("batch_offset", 0) + cfg.eval.max_batches * cfg.eval.batch_size
-
-
-def _needed_tokens(eval_cfg) -> Optional[int]:
-    """Tokens perplexity reads with eval.max_batches set (None = the whole text): windows x seq_len."""
-    if eval_cfg.max_batches is None:
-        return None
-    return (eval_cfg.get("batch_offset", 0) + eval_cfg.max_batches * eval_cfg.batch_size) * eval_cfg.seq_len

@@ -6,32 +6,35 @@ intervals, that a finished run reports). The records let a researcher re-score a
 variants sample by sample. Metric functions take `sink=None`; the runner passes a SampleLog.
 
 Record fields (docs/RESULTS.md): `index` (window or sample index in the whole dataset), `tokens`,
-then by metric: perplexity `nll` (summed over the window's `predicted` tokens), `predicted`,
-`bytes`; accuracies `prediction`, `target`, `correct` (+ `choice`, `choice_correct` for the
-synthetic task, `depth` for passkey). With a cost tracker, `comparisons` and `full_comparisons`
+then by the task's record kind (lsh_bitnet/tasks/_records.py): perplexity `nll` (summed over the window's
+`predicted` tokens), `predicted`, `bytes`; accuracies `prediction`, `target`, `correct` (+ `choice`,
+`choice_correct` for the synthetic task, `depth` for passkey). With a cost tracker, `comparisons` and `full_comparisons`
 that the item's forwards added (all layers, as in results.json `cost`; split evenly between the
 windows of one batch when eval.batch_size > 1).
 """
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from lsh_bitnet.stats import accuracy_fields, perplexity_fields
+from lsh_bitnet.run.results import file_mode
+from lsh_bitnet.tasks.base import RecordKind, record_kind
 
 SAMPLES_FILE = "samples.jsonl"
 COST_KEYS = ("comparisons", "full_comparisons")
 
 
 class SampleLog:
-    def __init__(self, path, seed: int = 0):
+    def __init__(self, path, seed: int = 0, kind: Optional[RecordKind] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seed = seed  # for the bootstrap of partial_metrics(), as in the finished run
+        self.kind = kind  # the task's record kind (None: read from the records)
         self.records: List[Dict[str, Any]] = []
         self._cost: Optional[Callable[[], Dict[str, Any]]] = None
         self._last: Dict[str, int] = {}
-        # "w": a rerun of a failed or interrupted job starts its record afresh, like its results.json.
-        self._file = open(self.path, "w", encoding="utf-8")
+        self._file = _fresh_file(self.path)
 
     def track_cost(self, cost_summary: Callable[[], Dict[str, Any]]) -> None:
         """cost_summary() -> dict with cumulative `comparisons`, `full_comparisons` (patch.cost_summary)."""
@@ -64,7 +67,7 @@ class SampleLog:
 
     def partial_metrics(self) -> Dict[str, Any]:
         """The metric fields over the items written so far, flagged `partial: true`."""
-        return {**summarize(self.records, seed=self.seed), "partial": True}
+        return {**summarize(self.records, seed=self.seed, kind=self.kind), "partial": True}
 
     def close(self) -> None:
         self._file.close()
@@ -76,20 +79,29 @@ class SampleLog:
         self.close()
 
 
-def summarize(records: List[Dict[str, Any]], seed: int = 0) -> Dict[str, Any]:
-    """Metric fields with intervals from per-item records (what the metric functions also report)."""
+def _fresh_file(path: Path):
+    """An empty file at `path`, opened for writing: a rerun of a failed or interrupted job starts its record
+    afresh, like its results.json. Made beside it and renamed over it, so whatever was at `path` (a symlink
+    planted in the run dir, say) is replaced, never written through to its target."""
+    fd, tmp = tempfile.mkstemp(prefix=".samples-", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the records from teammates
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def summarize(records: List[Dict[str, Any]], seed: int = 0, kind: Optional[RecordKind] = None) -> Dict[str, Any]:
+    """Metric fields with intervals from per-item records (what the task's evaluation also reports), by the
+    records' kind (`kind`, else read from the records: lsh_bitnet.tasks.base.record_kind)."""
     out: Dict[str, Any] = {"n": len(records)}
     if not records:
         return out
-    if "nll" in records[0]:
-        out.update(perplexity_fields([r["nll"] for r in records], [r["predicted"] for r in records], seed=seed))
-        total_bytes = sum(r.get("bytes", 0) for r in records)
-        nll_bits = sum(r["nll"] for r in records) / 0.6931471805599453  # nats -> bits
-        out.update({"n_windows": len(records), "bits_per_byte": nll_bits / total_bytes if total_bytes else None,
-                    "tokens": sum(r["tokens"] for r in records)})
-    if "correct" in records[0]:
-        out.update(accuracy_fields("accuracy", [r["correct"] for r in records]))
-        out["n_samples"] = len(records)
-    if "choice_correct" in records[0]:
-        out.update(accuracy_fields("choice_accuracy", [r["choice_correct"] for r in records]))
+    kind = kind or record_kind(None, records)
+    if kind is not None:
+        out.update(kind.summarize(records, seed=seed))
     return out

@@ -1,18 +1,24 @@
-"""Signals during a run: SIGTERM / SIGINT become `RunInterrupted` (recorded `interrupted`, signal and
-likely cause named); SIGUSR2, submitit's "time limit in signal_delay_s" warning, is only noted.
+"""Signals during a run: SIGTERM / SIGINT / SIGHUP become `RunInterrupted` (recorded `interrupted`, signal
+and likely cause named; outside a submitit job the process then exits 128 + the signal number with one
+closing line); SIGUSR2, submitit's "time limit in signal_delay_s" warning, is only noted.
+
+A SLURM job cancelled with `scancel -s KILL` sees SIGTERM too: SLURM stops every cancelled job with
+SIGTERM and sends SIGKILL only KillWait seconds later, so the cause names that case.
 
 submitit ignores SIGTERM in its jobs and treats SIGUSR2 as "timed out" (ending the job at once, before
 the limit, when no requeue is allowed); while a run is in progress these handlers replace both.
 """
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
 from lsh_bitnet.run.results import utc_now
+
+log = logging.getLogger(__name__)
 
 # When this process started (imported by launch.py at start-up): with the launcher's timeout_min it
 # tells a SIGTERM at the SLURM time limit from a scancel when no SIGUSR2 warning came first.
@@ -60,7 +66,7 @@ def _time_limit_reached() -> bool:
 
 @contextmanager
 def signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
-    """SIGTERM / SIGINT raise RunInterrupted; SIGUSR2 (submitit's "time limit in signal_delay_s") is noted."""
+    """SIGTERM / SIGINT / SIGHUP raise RunInterrupted; SIGUSR2 (submitit's "time limit in signal_delay_s") is noted."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
         yield
         return
@@ -68,18 +74,23 @@ def signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
     def stop(signum, frame):
         if signum == signal.SIGINT:
             cause = "Ctrl-C or kill -INT"
+        elif signum == signal.SIGHUP:
+            cause = "the terminal or SSH session closed (hangup), or kill -HUP; nohup, tmux or a scheduler avoid it"
         elif state.get("time_limit_warned") or _time_limit_reached():
             cause = "the SLURM time limit was reached (hydra.launcher.timeout_min)"
+        elif os.environ.get("SLURM_JOB_ID"):
+            cause = ("scancel (`scancel -s KILL` too: SLURM sends a cancelled job SIGTERM, then SIGKILL after "
+                     "KillWait), preemption or kill -TERM")
         else:
-            cause = "scancel, preemption, a scheduler's stop or kill -TERM"
+            cause = "kill -TERM, a scheduler's stop or a system shutdown"
         raise RunInterrupted(signum, cause)
 
     def warn(signum, frame):
         state["time_limit_warned"] = utc_now()
-        print(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
-              f"(and recorded interrupted) when it is reached", file=sys.stderr, flush=True)
+        log.warning(f"[lsh-bitnet] {signal.Signals(signum).name}: the SLURM time limit is near; the job is stopped "
+                    f"(and recorded interrupted) when it is reached")
 
-    wanted = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGUSR2: warn}
+    wanted = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: stop, signal.SIGUSR2: warn}
     previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
     try:
         yield

@@ -3,8 +3,11 @@
 A job of a sweep never raises out of the task function (launch.py records the failure in its
 results.json and returns), so one failing job never stops or hides the others, whatever the launcher.
 At the end of the sweep `SweepSummary` reads the results.json of *this* sweep's jobs (a reused sweep
-dir may hold older ones), prints one count line, the failures grouped by identical error, and the
-collected table, and exits non-zero if any of this sweep's jobs failed.
+dir may hold older ones), prints one count line (ok, failed, interrupted, and skipped because another
+process holds the job's lock, counted apart), the failures and interruptions grouped by identical error,
+and the collected table, and exits non-zero if any of this sweep's jobs failed or was interrupted.
+A sweep refused before launch (`SweepError`: a job config or a launcher setting that cannot work, sbatch
+refusing the array) ends with one line naming the key and exit status 1.
 """
 import hashlib
 import json
@@ -14,14 +17,16 @@ import re
 import sys
 import uuid
 from collections import defaultdict
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.console import group_failures
+from lsh_bitnet.errors import ConfigError
 
 # Long override lists would exceed the 255-byte file name limit: keep a readable head + hash.
 MAX_DIRNAME = 240
@@ -35,6 +40,13 @@ MEMBERS_DIR = ".lsh_bitnet_sweeps"
 # this long after it to start Python and write its record, or the signal lands before it runs.
 MIN_JOB_S_AFTER_SIGNAL = 60
 SWEEP_LOG = "sweep.log"
+# A member file's second line when the job was skipped: another process held its lock (jobs.job_lock).
+SKIPPED_PREFIX = "skipped: "
+
+
+class SweepError(ConfigError, CompactHydraException):
+    """The sweep cannot start: Hydra prints a CompactHydraException as its message alone (no traceback, which
+    for an error raised in the sweeper or launcher would be Hydra's whole stack) and exits 1."""
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -60,74 +72,109 @@ def register_resolvers() -> None:
     register_help_resolvers()
 
 
-def register_job(output_dir: Path) -> None:
-    """Called by the runner: mark `output_dir` as a job of the current sweep (one file per job: safe
-    on a shared filesystem where appends from several nodes are not atomic)."""
+def _member_file(output_dir: Path) -> Optional[Path]:
+    """This job's file under <sweep dir>/MEMBERS_DIR/<sweep id>/ (None outside a sweep)."""
     sweep_id = os.environ.get(SWEEP_ID_ENV)
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hc = HydraConfig.get()
         if not sweep_id or hc.mode.name != "MULTIRUN":
-            return
+            return None
         members = Path(hc.sweep.dir) / MEMBERS_DIR / sweep_id
     except (ValueError, AttributeError):
-        return
-    members.mkdir(parents=True, exist_ok=True)
-    (members / hashlib.sha1(str(output_dir).encode()).hexdigest()[:16]).write_text(str(output_dir))
+        return None
+    return members / hashlib.sha1(str(output_dir).encode()).hexdigest()[:16]
 
 
-def sweep_jobs(sweep_dir: Path, sweep_id: Optional[str]) -> Optional[List[Path]]:
-    """The job dirs registered by sweep `sweep_id` (None when unknown: then every job in the dir counts)."""
+def register_job(output_dir: Path) -> None:
+    """Called by the runner: mark `output_dir` as a job of the current sweep (one file per job: safe
+    on a shared filesystem where appends from several nodes are not atomic)."""
+    member = _member_file(output_dir)
+    if member is not None:
+        member.parent.mkdir(parents=True, exist_ok=True)
+        member.write_text(str(output_dir))
+
+
+def mark_skipped(output_dir: Path, holder: str) -> None:
+    """Called by the runner when another process holds the job's lock: the summary counts the job as
+    skipped (whatever that process leaves in its results.json is not this sweep's result)."""
+    member = _member_file(output_dir)
+    if member is not None:
+        member.parent.mkdir(parents=True, exist_ok=True)
+        member.write_text(f"{output_dir}\n{SKIPPED_PREFIX}{holder}")
+
+
+def _members(sweep_dir: Path, sweep_id: Optional[str]) -> Optional[Dict[Path, Optional[str]]]:
+    """{job dir: why it was skipped, or None} registered by sweep `sweep_id` (None when unknown: then every
+    job in the sweep dir counts)."""
     members = Path(sweep_dir) / MEMBERS_DIR / str(sweep_id)
     if not sweep_id or not members.is_dir():
         return None
-    return sorted({Path(p.read_text()) for p in members.iterdir() if p.is_file()})
+    jobs: Dict[Path, Optional[str]] = {}
+    for p in members.iterdir():
+        if p.is_file():
+            path, _, note = p.read_text().partition("\n")
+            skipped = note[len(SKIPPED_PREFIX):] if note.startswith(SKIPPED_PREFIX) else None
+            jobs[Path(path)] = jobs.get(Path(path)) or skipped
+    return jobs
 
 
-def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None
-                 ) -> Tuple[List[Path], List[Tuple[Path, str]], int]:
-    """(ok job dirs, [(failed job dir, one-line error)], older job dirs in the sweep dir not counted)."""
-    ok, failed = [], []
-    jobs = sweep_jobs(sweep_dir, sweep_id)
+@dataclass
+class SweepStatus:
+    """A sweep's jobs by outcome; each list holds (job dir, one-line reason) but `ok`, which holds dirs."""
+    ok: List[Path] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+    interrupted: List[Tuple[Path, str]] = field(default_factory=list)
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)  # another process held the job's lock
+    older: int = 0  # job dirs in the sweep dir that are not this sweep's
+
+    def line(self) -> str:
+        return (f"{len(self.ok)} ok, {len(self.failed)} failed, {len(self.interrupted)} interrupted, "
+                f"{len(self.skipped)} skipped (another process held their lock)")
+
+
+def sweep_status(sweep_dir: Path, sweep_id: Optional[str] = None) -> SweepStatus:
+    """This sweep's jobs (every job in the dir without a sweep id) as ok / failed / interrupted / skipped."""
+    status = SweepStatus()
+    jobs = _members(sweep_dir, sweep_id)
     every = sorted(p.parent for p in Path(sweep_dir).rglob("results.json"))
-    dirs = every if jobs is None else jobs
+    dirs = every if jobs is None else sorted(jobs)
     # Registered dirs are absolute, a relative sweep dir's are not: compare resolved paths.
-    older = len({p.resolve() for p in every} - {p.resolve() for p in dirs})
+    status.older = len({p.resolve() for p in every} - {p.resolve() for p in dirs})
     from lsh_bitnet.run.jobs import job_busy
 
     for job in dirs:
-        if jobs is not None and job_busy(job):
-            continue  # another sweep is running this job now: not this sweep's result to count
+        if jobs is not None and (jobs[job] or job_busy(job)):  # another process runs it: not this sweep's result
+            status.skipped.append((job, f"run by {jobs[job]}" if jobs[job] else "being run by another process"))
+            continue
         try:
             record = json.loads((job / "results.json").read_text())
         except FileNotFoundError:
-            failed.append((job, "no results.json: the job died before the runner started"))
+            status.failed.append((job, "no results.json: the job died before the runner started"))
             continue
         except (OSError, json.JSONDecodeError) as exc:
-            failed.append((job, f"unreadable results.json: {type(exc).__name__}: {exc}"))
+            status.failed.append((job, f"unreadable results.json: {type(exc).__name__}: {exc}"))
             continue
         if record.get("status") == "ok":
-            ok.append(job)
-        else:
-            error = record.get("error")
-            summary = error.get("summary") if isinstance(error, dict) else error
-            failed.append((job, summary or f"status {record.get('status')!r}"))
-    return ok, failed, older
+            status.ok.append(job)
+            continue
+        error = record.get("error")
+        summary = (error.get("summary") if isinstance(error, dict) else error) or f"status {record.get('status')!r}"
+        (status.interrupted if record.get("status") == "interrupted" else status.failed).append((job, summary))
+    return status
 
 
 def check_launcher(launcher: DictConfig) -> None:
     """Reject submitit time limits it cannot honour, before anything is submitted."""
     if launcher is None or "timeout_min" not in launcher:  # the basic (in-process) launcher has no limit
         return
-    from lsh_bitnet.errors import ConfigError
-
     timeout_min, delay = launcher.get("timeout_min"), launcher.get("signal_delay_s") or 0
     if timeout_min is None or timeout_min < 1:
-        raise ConfigError(f"hydra.launcher.timeout_min={timeout_min}: SLURM time limits are whole minutes >= 1")
+        raise SweepError(f"hydra.launcher.timeout_min={timeout_min}: SLURM time limits are whole minutes >= 1")
     if timeout_min * 60 < delay + MIN_JOB_S_AFTER_SIGNAL:
         need = -(-(delay + MIN_JOB_S_AFTER_SIGNAL) // 60)
-        raise ConfigError(
+        raise SweepError(
             f"hydra.launcher.timeout_min={timeout_min} with hydra.launcher.signal_delay_s={delay}: submitit asks "
             f"SLURM for its timeout signal {delay} s before the limit, which leaves the job under "
             f"{MIN_JOB_S_AFTER_SIGNAL} s (it would be stopped as 'timed-out' almost at once); set "
@@ -160,23 +207,28 @@ class SweepSummary(Callback):
         self.collect = collect
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_launcher(config.hydra.get("launcher"))
+        # hydra.launcher is checked by the sweeper (check_launcher): Hydra turns a callback's exception
+        # into a warning and goes on submitting.
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex[:12]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         log = _logger(sweep_dir)
-        ok, failed, older = sweep_status(sweep_dir, os.environ.get(SWEEP_ID_ENV))
-        if self.collect and (ok or failed):
+        status = sweep_status(sweep_dir, os.environ.get(SWEEP_ID_ENV))
+        if self.collect and (status.ok or status.failed or status.interrupted):
             self._collect(sweep_dir, log)
-        line = f"[lsh-bitnet] sweep {sweep_dir}: {len(ok)} ok, {len(failed)} failed"
-        if older:
-            line += f" ({older} older job dir(s) in this sweep dir not counted)"
+        line = f"[lsh-bitnet] sweep {sweep_dir}: {status.line()}"
+        if status.older:
+            line += f"; {status.older} older job dir(s) in this sweep dir not counted"
         log.info(line)
-        if failed:
-            log.info("[lsh-bitnet] failures, grouped by error (full messages: each job's results.json):")
-            for entry in group_failures(failed):
-                log.info("  %s", entry)
+        for jobs, what in ((status.failed, "failures, grouped by error"),
+                           (status.interrupted, "interrupted jobs, grouped by cause"),
+                           (status.skipped, "skipped jobs (their results are the other process's)")):
+            if jobs:
+                log.info("[lsh-bitnet] %s (full messages: each job's results.json):", what)
+                for entry in group_failures(jobs):
+                    log.info("  %s", entry)
+        if status.failed or status.interrupted:
             sys.stdout.flush()
             # SystemExit passes through Hydra's run_and_report, which only catches Exception.
             sys.exit(1)
@@ -214,7 +266,6 @@ def check_jobs(loader, master_config: DictConfig, batch) -> None:
     """Our config-only checks on every job of a batch, before any starts: identical errors are printed
     once with their count; if no job is valid nothing is launched. Jobs that fail here still run (and
     fail in < 2 s without loading anything) so that each leaves its failed results.json."""
-    from lsh_bitnet.errors import ConfigError
     from lsh_bitnet.validate import validate_fast
 
     errors = []
@@ -228,71 +279,8 @@ def check_jobs(loader, master_config: DictConfig, batch) -> None:
         print(f"[lsh-bitnet] sweep: {len(errors)} of {len(batch)} jobs have config errors:\n{_grouped(errors)}",
               file=sys.stderr, flush=True)
     if errors and len(errors) == len(batch):
-        raise ConfigError("every job of the sweep has a config error (listed above); nothing was launched")
+        raise SweepError("every job of the sweep has a config error (listed above); nothing was launched")
 
 
-# ----------------------------------------------------------------------------- jobs that die without a result
-INTERRUPTED_STATES = ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE")
-
-
-def _slurm_id(record: dict) -> Optional[str]:
-    prov = record.get("provenance") or {}
-    if prov.get("slurm_array_job_id") and prov.get("slurm_array_task_id") is not None:
-        return f"{prov['slurm_array_job_id']}_{prov['slurm_array_task_id']}"
-    return prov.get("slurm_job_id")
-
-
-def record_dead_job(sweep_dir: Path, job, exc: BaseException) -> dict:
-    """A submitit job that ended without a result (scancel, time limit, OOM kill, node failure): mark its
-    results.json (found by SLURM job id) if it still says running, and say so in one line."""
-    from lsh_bitnet.run.results import error_record, utc_now, write_json_atomic
-
-    state = str(getattr(job, "state", "UNKNOWN"))
-    status = "interrupted" if state.split()[0] in INTERRUPTED_STATES else "failed"
-    log_path = getattr(getattr(job, "paths", None), "stderr", None)
-    message = (f"the SLURM job {job.job_id} ended {state} before the run finished (scancel, the time limit "
-               f"hydra.launcher.timeout_min, an out-of-memory kill or a node failure); its log: {log_path}")
-    found = None
-    for path in Path(sweep_dir).rglob("results.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _slurm_id(record) == str(job.job_id):
-            found = path
-            if record.get("status") == "running":
-                record.update(status=status, error={**error_record(RuntimeError(message)), "slurm_state": state})
-                record.setdefault("provenance", {})["finished_at"] = utc_now()
-                write_json_atomic(path, record)
-            break
-    print(f"[lsh-bitnet] job {job.job_id} {status}: {message}; results: {found or 'none written'}",
-          file=sys.stderr, flush=True)
-    return {"status": status, "error": message, "results": str(found) if found else None}
-
-
-@contextmanager
-def dead_jobs_recorded(config: DictConfig):
-    """While a submitit launcher collects its jobs' results, turn a job's UncompletedJobError into a
-    recorded failure instead of an exception that ends the sweep before its summary."""
-    import submitit
-    from hydra.core.utils import JobReturn, JobStatus
-
-    original = submitit.Job.results
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-
-    def results(job):
-        try:
-            return original(job)
-        except submitit.core.utils.UncompletedJobError as exc:
-            try:
-                overrides = list(job.submission().args[0])
-            except Exception:  # noqa: BLE001  (the overrides only label the job)
-                overrides = []
-            value = record_dead_job(sweep_dir, job, exc)
-            return [JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)]
-
-    submitit.Job.results = results
-    try:
-        yield
-    finally:
-        submitit.Job.results = original
+# ----------------------------------------------------------------------------- SLURM (moved; names kept here)
+from lsh_bitnet.run.slurm import INTERRUPTED_STATES, dead_jobs_recorded, record_dead_job  # noqa: E402,F401

@@ -1,113 +1,80 @@
-"""Perplexity over non-overlapping windows (SPEC section 5).
+"""metric=perplexity: exp(mean next-token NLL) over non-overlapping eval.seq_len windows of a text (SPEC section 5).
 
-Each window of `eval.seq_len` tokens is evaluated independently (no carried context), predicting
-tokens 1..T-1 from their prefix, exactly what `model(x, labels=x)` averages; the remainder of the
-stream that does not fill a window is dropped. `eval.batch_offset` skips the first windows (choose
-settings on windows 0-7, report on the next ones), then `eval.max_batches` caps how many batches run.
+The task, torch-free; the evaluation is lsh_bitnet/tasks/_perplexity.py. It accepts every text dataset (a
+registered DatasetOption with a `text` loader, a plug-in's too) and registers the built-in ones.
 """
-import math
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-import torch
-import torch.nn.functional as F
+from lsh_bitnet.config import (Enwik8DatasetConfig, PerplexityMetricConfig, TextFileDatasetConfig,
+                               Wikitext2DatasetConfig, Wikitext103DatasetConfig)
+from lsh_bitnet.data import text as T
+from lsh_bitnet.errors import require
+from lsh_bitnet.registry import TASKS
+from lsh_bitnet.tasks.base import DatasetOption, Task, WindowRecords, register_dataset
 
-from lsh_bitnet.console import progress
-from lsh_bitnet.data import windows
-from lsh_bitnet.stats import perplexity_fields
+for _option in (
+        DatasetOption("wikitext103", Wikitext103DatasetConfig, check=T.check_wikitext, text=T.load_wikitext,
+                      source=T.wikitext_source, splits=T.SPLITS),
+        DatasetOption("wikitext2", Wikitext2DatasetConfig, check=T.check_wikitext, text=T.load_wikitext,
+                      source=T.wikitext_source, splits=T.SPLITS),
+        DatasetOption("enwik8", Enwik8DatasetConfig, check=T.check_enwik8, text=T.load_enwik8,
+                      source=T.enwik8_source, splits=T.SPLITS),
+        DatasetOption("text_file", TextFileDatasetConfig, check=T.check_text_file, text=T.load_text_file,
+                      source=T.text_file_source, splits=(T.TEXT_FILE_SPLIT,)),
+):
+    register_dataset(_option)
 
-# Positions whose logits are materialised at once. Full logits at 8192 tokens and SmolLM2's 49,152-token
-# vocabulary are 1.6 GB in float32 (and the log-softmax makes another copy); 1024 positions keep it
-# at 200 MB whatever eval.seq_len is.
-LOGIT_CHUNK = 1024
-# Config attributes by which a model's head does more than a linear map after the decoder: those
-# models get their logits from the model's own forward (full-size logits).
-HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
-
-def _chunked_head(model):
-    """(decoder, lm_head) when logits are a plain linear map of the decoder's last hidden state, else None."""
-    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
-    if get_decoder is None or get_head is None:
+def _needed_tokens(eval_cfg) -> Optional[int]:
+    """Tokens perplexity reads with eval.max_batches set (None = the whole text): windows x seq_len."""
+    if eval_cfg.max_batches is None:
         return None
-    config = getattr(model, "config", None)
-    if any(getattr(config, attr, None) not in (None, 1, 1.0) for attr in HEAD_POSTPROCESSING):
-        return None
-    try:
-        decoder, head = get_decoder(), get_head()
-    except (AttributeError, NotImplementedError, ValueError):  # models without the usual layout
-        return None
-    if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear):
-        return None
-    return decoder, head
+    return (eval_cfg.get("batch_offset", 0) + eval_cfg.max_batches * eval_cfg.batch_size) * eval_cfg.seq_len
 
 
-def window_nll(model, x: torch.Tensor, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
-    """(b,) float64 summed next-token NLL of each row of x (b, T), computing at most `chunk` positions' logits at a time."""
-    targets = x[:, 1:]  # (b, T-1)
-    parts = _chunked_head(model)
-    if parts is None:
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1]  # (b, T-1, V)
-        return _nll(logits, targets)
-    decoder, head = parts
-    hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[:, :-1]  # (b, T-1, H)
-    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    for start in range(0, hidden.shape[1], chunk):
-        total += _nll(head(hidden[:, start:start + chunk]), targets[:, start:start + chunk])
-    return total
+@TASKS.register
+class Perplexity(Task):
+    name = "perplexity"
+    metric_schema = PerplexityMetricConfig
+    record = WindowRecords()
+    primary, higher_is_better = "perplexity", False
+    values = ("perplexity", "bits_per_byte")
+    y_columns = ("perplexity", "nll", "bits_per_byte")
 
+    def accepts(self, dataset: DatasetOption) -> bool:
+        return dataset.is_text
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # float32 log-softmax: bf16/fp16 logits would lose the small probabilities NLL is made of.
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b * t,)
-    return nll.view(targets.shape).sum(dim=1, dtype=torch.float64)  # (b,)
+    def check_data(self, cfg, cache_dir: Path) -> str:
+        """The text, read and checked (exists, UTF-8, non-empty, long enough) before any model loads."""
+        text = T.load_text(cfg.dataset, cache_dir)
+        path, max_chars = cfg.dataset.get("path"), cfg.dataset.get("max_chars")
+        where = f"dataset={cfg.dataset.name}" + (f" (dataset.path={path})" if path else "")
+        require(bool(text.strip()), f"{where} holds no text (empty or whitespace only): point dataset.path at a "
+                                    f"non-empty UTF-8 file" + (" or raise dataset.max_chars" if max_chars else ""))
+        # A token covers at least one byte: fewer bytes than eval.seq_len can never fill one window.
+        n_bytes = len(text.encode())
+        require(n_bytes >= cfg.eval.seq_len,
+                f"{where} has {n_bytes} bytes, fewer than one window of eval.seq_len={cfg.eval.seq_len} tokens: lower "
+                f"eval.seq_len or use a longer text")
+        return text
 
+    def check_positions(self, cfg, max_positions: int, model_name: str) -> List[str]:
+        """Windows past the model's positions are an error: beyond them perplexity measures RoPE extrapolation."""
+        require(cfg.eval.seq_len <= max_positions,
+                f"eval.seq_len={cfg.eval.seq_len} is above the model's {max_positions} positions "
+                f"(max_position_embeddings of {model_name}): beyond them RoPE extrapolates and perplexity "
+                f"measures that, not attention; set eval.seq_len <= {max_positions}")
+        return []
 
-@torch.inference_mode()
-def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Dict[str, Any]:
-    """Perplexity with a bootstrap 95% interval over windows; one record per window to `sink` (a SampleLog)."""
-    ids, byte_len = windows(stream, eval_cfg.seq_len)  # (N, T), (N, T)
-    if ids.shape[0] == 0:
-        raise ValueError(
-            f"the text has {stream.ids.numel()} tokens, fewer than one window of eval.seq_len="
-            f"{eval_cfg.seq_len}: lower eval.seq_len or use a longer text")
-    offset = _get(eval_cfg, "batch_offset", 0) or 0
-    if offset >= ids.shape[0]:
-        raise ValueError(f"eval.batch_offset={offset} skips every window: the text has {ids.shape[0]} windows "
-                         f"of eval.seq_len={eval_cfg.seq_len}; lower eval.batch_offset")
-    batches = list(torch.split(torch.arange(offset, ids.shape[0]), eval_cfg.batch_size))
-    if eval_cfg.max_batches is not None:
-        batches = batches[: eval_cfg.max_batches]
-    device = next(model.parameters()).device
+    def make_items(self, cfg, tokenizer, cache_dir: Path, text: str):
+        """The token stream of the text (tokenised once per sweep, cached), cut to the windows evaluated."""
+        from lsh_bitnet.data import token_stream
 
-    nll_sums, predicted, n_bytes = [], [], []
-    bar = progress(batches, desc="perplexity", unit="batch", disable=not _get(eval_cfg, "progress", True))
-    for rows in bar:
-        x = ids[rows].to(device)  # (b, T)
-        window_sums = window_nll(model, x).tolist()  # (b,)
-        records = []
-        for row, nll in zip(rows.tolist(), window_sums):
-            nll_sums.append(nll)
-            predicted.append(ids.shape[1] - 1)
-            n_bytes.append(int(byte_len[row].sum()))
-            records.append({"index": row, "tokens": ids.shape[1], "predicted": ids.shape[1] - 1,
-                            "nll": nll, "bytes": n_bytes[-1]})
-        if sink is not None:
-            sink.write_batch(records)
-        bar.set_postfix(ppl=f"{math.exp(sum(nll_sums) / sum(predicted)):.2f}")
+        return token_stream(text, tokenizer, cache_dir, tokenizer_id=str(cfg.model.name_or_path or cfg.model.name),
+                            max_tokens=_needed_tokens(cfg.eval))
 
-    total_nll, total_bytes = sum(nll_sums), sum(n_bytes)
-    return {
-        **perplexity_fields(nll_sums, predicted, seed=seed),  # perplexity, nll, *_ci_low/high, n
-        "tokens": len(nll_sums) * ids.shape[1],
-        "predicted_tokens": sum(predicted),
-        "n_windows": len(nll_sums),
-        "first_window": offset,
-        "bytes": total_bytes,
-        # Total NLL in bits over the UTF-8 bytes of the evaluated windows (SPEC section 5).
-        "bits_per_byte": total_nll / math.log(2) / total_bytes if total_bytes else None,
-    }
+    def evaluate(self, cfg, model, tokenizer, stream, sink=None) -> Dict[str, Any]:
+        from lsh_bitnet.tasks._perplexity import evaluate_perplexity
 
-
-def _get(cfg, key: str, default: Optional[Any] = None):
-    """cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
-    return getattr(cfg, key) if hasattr(cfg, key) else default
+        return evaluate_perplexity(model, stream, cfg.eval, sink=sink, seed=cfg.seed)

@@ -154,7 +154,7 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
             # Forest: queries grouped by depth first, then code, so a query block's prefix ranges are alike. Sorted
             # by code alone, the first queries (x* = 0: every key is a candidate) would sit in every query block
             # and make it visit every key block. Codes < 2^max_depth, so (shift, code) packs in one int64.
-            qkey = (c.qshift0[..., :Q] << int(c.spec.max_depth)) | qkey
+            qkey = (c.qshift0[..., :Q] << int(c.bits)) | qkey
         qsrc = torch.sort(qkey.masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
         ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
     qsrc = torch.cat([qsrc, qsrc.new_full((B, Hq, Qp - Q), Q)], -1)  # (B, Hq, Qp)
@@ -231,7 +231,7 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
         qc0 = torch.cat([qc0, torch.full_like(qc0[..., :1], FAR)], -1)
         kc0 = torch.cat([kc0, torch.full_like(kc0[..., :1], -FAR)], -1)
     qshift0 = forest_count = None
-    if spec.variant == "lsh_forest":  # (B, Hq, Q + 1): d - x*(i), the code bits below the shared prefix
+    if spec.rule.flex_passes == "tree":  # (B, Hq, Q + 1): d - x*(i), the code bits below the shared prefix
         shift, forest_size = forest_shifts(cands)
         forest_count = forest_size.sum() - forest_always_overlap(cands, shift)  # |C(i) \ A(i)| over heads, i
         qshift0 = torch.cat([shift, shift.new_zeros(B, Hq, 1)], -1)
@@ -241,9 +241,9 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     bq, hq, hk = bq.view(B, 1, 1), hq.view(1, Hq, 1), hk.view(1, Hkv, 1)
     passes: List[int] = ([-1] if (inc_self or sinks > 0 or window > 0) else []) + list(range(L))
     sentinel = (torch.arange(Kp, device=dev) % BS == 0)  # (Kp,)
-    return SimpleNamespace(spec=spec, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel, B=B, Hq=Hq,
-                           Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk, qvalid=qvalid,
-                           key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
+    return SimpleNamespace(spec=spec, bits=cands.bits, D=D, Kp=Kp, padded=padded, count=count, L=L, sentinel=sentinel,
+                           B=B, Hq=Hq, Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk,
+                           qvalid=qvalid, key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
                            qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes,
                            qshift0=qshift0, forest_count=forest_count)
 

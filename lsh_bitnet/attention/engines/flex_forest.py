@@ -31,7 +31,7 @@ def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
     of S are counted by one sort of (group id, slot) and two binary searches (group id: the tuple of the prefixes,
     ranked). Single trees give, per query, bounds on the union over trees (max <= |union| <= sum) at every depth;
     only the depths between the bounds are resolved exactly, by inclusion-exclusion over the 2^n - 1 tree sets
-    (so flex runs at most checks.FOREST_MAX_TREES trees).
+    (so flex runs at most rules/lsh_forest.py FOREST_MAX_TREES trees).
     Returns (shift, size), each (B, Hq, Q) int64: shift = d - x*(i) (0 for padding queries) and
     size = |{j in V(i): some tree shares i's x*(i)-bit prefix}| (0 for padding queries), which counts the
     forest's candidates without a counting pass.
@@ -130,7 +130,7 @@ def forest_always_overlap(cands, shift: torch.Tensor) -> torch.Tensor:
     slot_of = torch.full((B, K + 1), K - 1, dtype=torch.int64, device=dev)
     slot_of.scatter_(1, kpos, torch.arange(K, device=dev).expand(B, K))
     # A(i) by position, each once: sinks [0, min(S, p + 1)), window [max(p - W + 1, S), p], self when neither
-    offs = [("sink", o) for o in range(S)] + [("window", o) for o in range(W)]
+    offs = [("sink", o) for o in range(S)] + [("local", o) for o in range(W)]
     if spec.include_self and W == 0:
         offs.append(("self", 0))
     total = torch.zeros((), dtype=torch.int64, device=dev)
@@ -141,7 +141,7 @@ def forest_always_overlap(cands, shift: torch.Tensor) -> torch.Tensor:
             if kind == "sink":
                 pos.append(torch.full_like(qpos, o))
                 ok.append(qpos >= o)
-            elif kind == "window":
+            elif kind == "local":
                 pos.append(qpos - o)
                 ok.append(qpos - o >= S)
             else:

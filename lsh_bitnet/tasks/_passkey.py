@@ -9,8 +9,8 @@ from typing import Any, Dict, Sequence
 import torch
 
 from lsh_bitnet.data.passkey import PasskeySample, extract_key
-from lsh_bitnet.tasks.loop import prompt_token_fields, score_each, select
-from lsh_bitnet.tasks.synthetic import greedy_config
+from lsh_bitnet.tasks._loop import prompt_token_fields, score_each, select
+from lsh_bitnet.tasks._synthetic import greedy_config
 from lsh_bitnet.stats import accuracy_fields
 
 

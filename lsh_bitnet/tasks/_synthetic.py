@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from lsh_bitnet.data.synthetic import SyntheticSample, normalize_answer
-from lsh_bitnet.tasks.loop import prompt_token_fields, score_each, select
+from lsh_bitnet.tasks._loop import prompt_token_fields, score_each, select
 from lsh_bitnet.stats import accuracy_fields
 
 

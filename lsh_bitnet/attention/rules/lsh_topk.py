@@ -1,0 +1,96 @@
+"""attention=lsh_topk: budgeted soft-collision top-k (SOCKET; SPEC section 7).
+
+Every causal key is scored by its collisions over n_tables tables (score=collisions) or by its agreeing hash
+bits over all tables (score=soft); the k (or ceil(fraction * |V(i)|)) best are kept, ties to the lower slot,
+plus the always-attend sets: the LSH counterpart of oracle_topk at the same budget.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from lsh_bitnet.attention.rules.base import HashedRule, budget_mask, check_budget
+from lsh_bitnet.config import AttentionConfig, StrEnum
+from lsh_bitnet.registry import RULES
+
+
+class Score(StrEnum):
+    collisions = "collisions"  # number of tables whose code equals the query's
+    soft = "soft"  # agreeing bits over all tables: (L*K + s_q . s_k) / 2 with s = 2 bit - 1
+
+
+@dataclass
+class LSHTopKAttentionConfig(AttentionConfig):
+    name: str = "lsh_topk"
+    n_tables: int = 8
+    # Exactly one of k / fraction, no default budget (as oracle_topk: the budget is what a run measures).
+    k: Optional[int] = None
+    fraction: Optional[float] = None
+    score: Score = Score.collisions
+
+
+@RULES.register
+class LSHTopK(HashedRule):
+    name = "lsh_topk"
+    schema = LSHTopKAttentionConfig
+    why_not = {"flex": " (it scores every causal key by collisions to choose its top k: no block can be skipped)"}
+    family_order = 20
+
+    @classmethod
+    def check(cls, cfg, hasher_cfg, head_dim=None) -> None:
+        from lsh_bitnet.errors import require
+
+        require(cfg.n_tables >= 1, f"attention.n_tables must be >= 1 (got {cfg.n_tables}): set attention.n_tables=1 "
+                "or more")
+        super().check(cfg, hasher_cfg, head_dim)
+        check_budget(cfg)
+
+    @classmethod
+    def reuses_key_codes(cls, spec) -> bool:
+        return spec.score != Score.soft  # the soft score re-reads the keys' bits, not their codes
+
+    # ------------------------------------------------------------------ per call
+    @classmethod
+    def prepare(cls, cands, key_codes=None) -> None:
+        from lsh_bitnet.attention.collisions import CollisionIndex, int8_matmul
+
+        cands.soft = None
+        if cands.spec.score == Score.soft:
+            # +-1 bit vectors over all tables: agreeing bits = (L*K + sq . sk) / 2, one matmul per chunk
+            import torch
+
+            cls.start(cands)
+            hasher = cands.hasher
+            B, Hkv, g, Q, D = cands.query.shape
+            qflat = cands.query.reshape(B, Hkv, g * Q, D)
+            dtype = torch.int8 if int8_matmul(cands.query.device, hasher.n_bits * hasher.n_tables) else torch.float32
+            cands.soft = (_plus_minus_one(hasher.bits(qflat), dtype).view(B, Hkv, g, Q, -1),
+                          _plus_minus_one(hasher.key_bits(cands.key), dtype))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
+            return
+        super().prepare(cands, key_codes)
+        cands.index = CollisionIndex(cands.qcodes, cands.kcodes, cands.key_valid, cands.bits, cands.q_offset)
+
+    @classmethod
+    def candidates(cls, cands, q_idx, kc, valid):
+        # scores are exact integers in [-R, R]: +-1 bit products summed over L*K bits, or counts <= L
+        bound = cands.soft[0].shape[-1] if cands.soft is not None else cands.spec.n_tables
+        return budget_mask(cands.spec, _scores(cands, q_idx, kc), valid, kc, int_bound=bound)
+
+    @classmethod
+    def selection_ops(cls, cands, visible):
+        if cands.soft is not None:  # L*K bit agreements per (query head, visible key), then the selection
+            return visible * (cands.soft[0].shape[-1] + 1)
+        return cands.index.pairs(cands.key_valid[:, cands.q_offset:]) + visible
+
+
+def _scores(cands, q_idx, kc):
+    """(B, Hkv, g, Qc, kc) exact integers: collision counts, or agreeing bits over all tables (as sq . sk)."""
+    if cands.soft is not None:
+        from lsh_bitnet.attention.candidates import agreement_dots
+
+        sq, sk = cands.soft
+        return agreement_dots(sq.index_select(3, q_idx), sk[:, :, :kc])
+    return cands.index.counts(q_idx, kc)
+
+
+def _plus_minus_one(bits, dtype):
+    """(..., L, K) bool hash bits -> (..., L*K) +-1 of dtype."""
+    return bits.flatten(-2).to(dtype).mul_(2).sub_(1)
