@@ -128,10 +128,10 @@ def explain_refused_overrides() -> None:
         except ConfigCompositionException as exc:
             if not isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)):
                 raise
-            from lsh_bitnet.validate import override_hint
+            from lsh_bitnet.validate import refused_key_hint
 
             refused = next((o for o in overrides if f"'{o.key_or_group}'" in str(exc)), None)
-            hint = override_hint(cfg, refused.key_or_group) if refused is not None else None
+            hint = refused_key_hint(cfg, refused.key_or_group) if refused is not None else None
             if hint is None:
                 raise
             raise ConfigCompositionException(f"Could not override {refused.input_line}: {hint}") from None

@@ -59,7 +59,7 @@ def unknown_key_hint(group: str, key: str, fields: List[str], option: Optional[s
     return msg + f" Valid keys: {sorted(fields)}"
 
 
-def override_hint(cfg: DictConfig, dotted: str) -> Optional[str]:
+def refused_key_hint(cfg: DictConfig, dotted: str) -> Optional[str]:
     """For an override Hydra refuses (`attention.n_table=2`: no such key), the same hint a `+` key gets;
     None where the refused key sits below a free-form node (`extra`), whose own advice (use `+`) is right."""
     node, parts = cfg, dotted.split(".")
