@@ -90,7 +90,9 @@ def brief_lines(ok: pd.DataFrame, y_by_metric: Dict[str, tuple], label_cols: Lis
 
 
 def no_reference_note(rows: pd.DataFrame) -> Optional[str]:
-    if (rows["family"] == "full").any():
+    from lsh_bitnet.report.pareto import is_full
+
+    if rows["family"].map(is_full).any():
         return None
     return ("[lsh-bitnet] no full-attention run in this setting: nothing to read these values against, and "
             "no wall ratio; add +baselines=true to the sweep (full attention, plus window and oracle references)")
