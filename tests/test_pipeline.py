@@ -84,7 +84,9 @@ def test_sweep_isolates_failure_resumes_and_collects(tmp_path, text_file, cache_
     table = [line for line in out.stdout.splitlines() if line.startswith("|")]
     assert [c.strip() for c in table[0].split("|")[1:-1]] == ["variant", "perplexity [95% CI]", "comparisons",
                                                              "MACs", "wall", "n"]
-    assert len(table) == 2 + 2 and max(len(line) for line in table) < 100
+    # one table per setting (seq_len 40 and 56), each its header, rule and one run
+    assert len(table) == 2 * 3 and max(len(line) for line in table) < 100
+    assert sum(line.startswith("## perplexity") and "seq_len=" in line for line in out.stdout.splitlines()) == 2
     assert "no full-attention run in this setting" in out.stdout  # no reference: the sweep says so
     assert f"every column: {sweep_dir / 'summary.md'}" in out.stdout
     sweep_log = (sweep_dir / "sweep.log").read_text().splitlines()
