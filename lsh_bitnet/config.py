@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+
+def config_value(cfg: Any, key: str, default: Any = None) -> Any:
+    """cfg.key for a DictConfig, a dict or a schema object; `default` where the key is absent or missing (`???`)."""
+    if isinstance(cfg, DictConfig):
+        return default if key not in cfg or OmegaConf.is_missing(cfg, key) else cfg[key]
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
 
 
 # ----------------------------------------------------------------------------- closed value sets

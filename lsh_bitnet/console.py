@@ -36,7 +36,7 @@ def _num(value: Any) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
-def _one_line(text: Any, limit: int = MAX_ERROR_CHARS) -> str:
+def one_line(text: Any, limit: int = MAX_ERROR_CHARS) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -73,7 +73,7 @@ def job_line(record: Dict[str, Any], results_path: Path) -> str:
     else:
         error = record.get("error") or {}
         summary = error.get("summary") if isinstance(error, dict) else error
-        parts.append(_one_line(summary or "no error recorded"))
+        parts.append(one_line(summary or "no error recorded"))
     wall = (record.get("timing") or {}).get("wall_s")
     if is_config_error(record):  # its wall time says nothing: the checks stopped it before any work
         parts.append("config error: nothing was evaluated")
@@ -117,7 +117,7 @@ def config_errors_in_one_line(prefix: str = "[lsh-bitnet] config error: "):
     except ConfigError as exc:
         if traceback_wanted():
             raise
-        print(f"{prefix}{_one_line(exc, 2000)}", file=sys.stderr, flush=True)
+        print(f"{prefix}{one_line(exc, 2000)}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 
@@ -176,7 +176,7 @@ def group_failures(failed: List[Tuple[Any, str]], limit: int = 3) -> List[str]:
     """[(job, error), ...] -> one line per distinct error, most frequent first, with a count and a few jobs."""
     groups: Dict[str, List[str]] = {}
     for job, error in failed:
-        groups.setdefault(_one_line(error), []).append(_one_line(getattr(job, "name", job), JOB_NAME_CHARS))
+        groups.setdefault(one_line(error), []).append(one_line(getattr(job, "name", job), JOB_NAME_CHARS))
     lines = []
     for error, jobs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         shown = ", ".join(jobs[:limit]) + (f", +{len(jobs) - limit} more" if len(jobs) > limit else "")

@@ -12,7 +12,7 @@ from lsh_bitnet.attention.candidates import Candidates
 from lsh_bitnet.attention.engines import flex, flex_counts
 from lsh_bitnet.attention.kernel import resolve_engine, sparse_attention_counts
 from lsh_bitnet.errors import ConfigError
-from lsh_bitnet.tasks.synthetic import _cache_kwarg
+from lsh_bitnet.tasks._synthetic import cache_kwarg
 
 B, HQ, HKV, D, T = 2, 4, 2, 16, 150
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -272,7 +272,7 @@ def generate(model, patch, prompt, steps):
     """Greedy loop with a KV cache; returns logits of every step and hash_ops after each forward."""
     cache, x, out, hash_ops = DynamicCache(), prompt, [], []
     for _ in range(steps + 1):
-        logits = model(input_ids=x, use_cache=True, **{_cache_kwarg(model): cache}).logits[:, -1]
+        logits = model(input_ids=x, use_cache=True, **{cache_kwarg(model): cache}).logits[:, -1]
         out.append(logits)
         hash_ops.append(patch.cost_summary()["hash_ops"])
         x = logits.argmax(-1, keepdim=True)

@@ -5,6 +5,7 @@ the collector and --paired-with, exactly as a built-in would.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,10 @@ TINY = ["model=tiny_bitnet", "dataset=text_file", "metric=perplexity", "eval.seq
 def plugin_path(tmp_path_factory):
     """examples/plugin installed by pip (its pyproject, its entry point) into a directory put on PYTHONPATH."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin"  # a copy: setuptools leaves build/ beside what it builds
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(EXAMPLE)], capture_output=True, text=True, timeout=300)
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert list(target.glob("lsh_bitnet_example_plugin-*.dist-info/entry_points.txt"))
     return target

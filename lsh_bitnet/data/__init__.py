@@ -3,7 +3,8 @@
 `check_dataset_config` and `load_text` import no torch: config validation stays fast. The torch
 parts (`token_stream`, `windows`, `TokenStream`) are imported on first use.
 """
-from lsh_bitnet.data.text import _get, load_text
+from lsh_bitnet.config import config_value
+from lsh_bitnet.data.text import load_text
 
 _LAZY = {"token_stream": "tokens", "windows": "tokens", "TokenStream": "tokens",
          "make_samples": "synthetic", "SyntheticSample": "synthetic",
@@ -15,7 +16,7 @@ def check_dataset_config(dataset_cfg) -> None:
     raises ValueError naming the key (a ConfigError naming the known options for an unknown name)."""
     from lsh_bitnet.tasks.base import dataset_option
 
-    dataset_option(_get(dataset_cfg, "name")).check_config(dataset_cfg)
+    dataset_option(config_value(dataset_cfg, "name")).check_config(dataset_cfg)
 
 
 __all__ = ["check_dataset_config", "load_text", *_LAZY]

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import List, Optional
 
-from lsh_bitnet.config import PasskeyFiller
+from lsh_bitnet.config import PasskeyFiller, config_value
 from lsh_bitnet.data.synthetic import FILLERS, count_tokens, fit_to_tokens
 
 INSTRUCTION = ("There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -36,13 +36,11 @@ class PasskeySample:
     prompt_tokens: Optional[int] = None
 
 
-def _get(cfg, key, default=None):
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def depths(cfg) -> List[float]:
     """dataset.depth as a list: one number, or a list of them (sample i gets depths[i % len])."""
-    depth = _get(cfg, "depth", 0.5)
+    depth = config_value(cfg, "depth", 0.5)
     values = list(depth) if hasattr(depth, "__iter__") and not isinstance(depth, str) else [depth]
     if not values:
         raise ValueError("dataset.depth is an empty list: give a number in [0, 1] or a list of them")
@@ -61,8 +59,8 @@ def check_passkey_config(cfg) -> None:
     if cfg.target_tokens is None or cfg.target_tokens < MIN_TARGET_TOKENS:
         raise ValueError(f"dataset.target_tokens must be >= {MIN_TARGET_TOKENS} (got {cfg.target_tokens}), "
                          f"e.g. 2048, 4096, 8192")
-    if _get(cfg, "filler", "repeat") not in FILLERS_KINDS:
-        raise ValueError(f"dataset.filler={_get(cfg, 'filler')!r} is not known: allowed {list(FILLERS_KINDS)}")
+    if config_value(cfg, "filler", "repeat") not in FILLERS_KINDS:
+        raise ValueError(f"dataset.filler={config_value(cfg, 'filler')!r} is not known: allowed {list(FILLERS_KINDS)}")
     depths(cfg)
 
 
@@ -94,7 +92,7 @@ def make_passkey_samples(cfg, tokenizer, start: int = 0, stop: Optional[int] = N
     """Samples start..min(stop, n_samples)-1, each with the most filler whose prompt stays <= dataset.target_tokens
     tokens of `tokenizer`; deterministic in dataset.seed, sample i the same for any n_samples > i."""
     check_passkey_config(cfg)
-    grid, filler = depths(cfg), _get(cfg, "filler", "repeat")
+    grid, filler = depths(cfg), config_value(cfg, "filler", "repeat")
     samples, hint = [], 0
     for i in range(start, cfg.n_samples if stop is None else min(stop, cfg.n_samples)):
         depth = grid[i % len(grid)]

@@ -14,6 +14,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.data.files import path_problem, read_text_file  # noqa: F401  (read_text_file re-exported)
+from lsh_bitnet.config import config_value
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"valid": "validation"}  # wikitext's own file names say "valid"
@@ -35,24 +36,17 @@ ENWIK8_MEMBER = "enwik8"  # the one file inside enwik8.zip
 DOWNLOAD_CHUNK = 1 << 20
 
 
-def _get(cfg, key: str, default=None):
-    """cfg.key, treating a missing (`???`) or absent value as `default`; works on DictConfig and objects."""
-    if isinstance(cfg, DictConfig):
-        if key not in cfg or OmegaConf.is_missing(cfg, key):
-            return default
-        return cfg[key]
-    return getattr(cfg, key, default)
 
 
 def _option(dataset_cfg):
     from lsh_bitnet.tasks.base import dataset_option
 
-    return dataset_option(_get(dataset_cfg, "name"))
+    return dataset_option(config_value(dataset_cfg, "name"))
 
 
 def canonical_split(dataset_cfg) -> str:
     """dataset.split, aliases resolved, checked against the splits the dataset option has."""
-    split = str(_get(dataset_cfg, "split", "test"))  # a Split enum member is its string
+    split = str(config_value(dataset_cfg, "split", "test"))  # a Split enum member is its string
     split = SPLIT_ALIASES.get(split, split)
     option = _option(dataset_cfg)
     allowed = option.splits or SPLITS
@@ -92,7 +86,7 @@ def _enwik8_local(path: Path) -> Path:
 # ----------------------------------------------------------------------------- checks (no loading)
 def check_text(dataset_cfg) -> str:
     """What every text dataset checks (max_chars, split); returns the canonical split."""
-    max_chars = _get(dataset_cfg, "max_chars")
+    max_chars = config_value(dataset_cfg, "max_chars")
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"dataset.max_chars must be >= 1 or null for the whole split (got {max_chars})")
     return canonical_split(dataset_cfg)
@@ -100,7 +94,7 @@ def check_text(dataset_cfg) -> str:
 
 def check_text_file(dataset_cfg) -> None:
     check_text(dataset_cfg)
-    path = _get(dataset_cfg, "path")
+    path = config_value(dataset_cfg, "path")
     if not path:
         raise ValueError("dataset.path is required for dataset=text_file: pass dataset.path=/abs/file.txt")
     problem = path_problem(path)
@@ -119,7 +113,7 @@ def _existing(path: str, hint: str) -> Path:
 
 
 def check_wikitext(dataset_cfg) -> None:
-    split, path = check_text(dataset_cfg), _get(dataset_cfg, "path")
+    split, path = check_text(dataset_cfg), config_value(dataset_cfg, "path")
     if path is not None:
         _wikitext_file(_existing(path, "a directory holding wiki.{train,valid,test}.raw or {train,valid,test}.txt"),
                        split)
@@ -127,32 +121,32 @@ def check_wikitext(dataset_cfg) -> None:
 
 def check_enwik8(dataset_cfg) -> None:
     check_text(dataset_cfg)
-    path = _get(dataset_cfg, "path")
+    path = config_value(dataset_cfg, "path")
     if path is not None:
         _enwik8_local(_existing(path, "the enwik8 file or enwik8.zip, or null to download it"))
 
 
 # ----------------------------------------------------------------------------- text_file
 def load_text_file(dataset_cfg, split: str, cache_dir: Path) -> str:
-    return read_text_file(Path(_get(dataset_cfg, "path")).expanduser())
+    return read_text_file(Path(config_value(dataset_cfg, "path")).expanduser())
 
 
 def text_file_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
-    return Path(_get(dataset_cfg, "path")).expanduser()
+    return Path(config_value(dataset_cfg, "path")).expanduser()
 
 
 # ----------------------------------------------------------------------------- wikitext
 def wikitext_source(dataset_cfg, cache_dir: Path) -> Optional[Path]:
     """The local file of the split (None: read from the hub, named by id)."""
-    path = _get(dataset_cfg, "path")
+    path = config_value(dataset_cfg, "path")
     return _wikitext_file(Path(path).expanduser(), canonical_split(dataset_cfg)) if path is not None else None
 
 
 def load_wikitext(dataset_cfg, split: str, cache_dir: Path) -> str:
-    path = _get(dataset_cfg, "path")
+    path = config_value(dataset_cfg, "path")
     if path is not None:
         return read_text_file(_wikitext_file(Path(path).expanduser(), split))
-    hub_id, hub_config = _get(dataset_cfg, "hub_id"), _get(dataset_cfg, "hub_config")
+    hub_id, hub_config = config_value(dataset_cfg, "hub_id"), config_value(dataset_cfg, "hub_config")
     local_fix = (f"Use a local copy instead: download and unzip {hub_config}.zip (it holds wiki.train.raw, "
                  f"wiki.valid.raw, wiki.test.raw), or save the splits as train.txt / valid.txt / test.txt, then "
                  f"pass dataset.path=DIR")
@@ -250,14 +244,14 @@ def read_enwik8(path: Path) -> bytes:
 
 
 def enwik8_source(dataset_cfg, cache_dir: Path) -> Path:
-    path = _get(dataset_cfg, "path")
+    path = config_value(dataset_cfg, "path")
     return _enwik8_local(Path(path).expanduser()) if path is not None else Path(cache_dir) / "enwik8.zip"
 
 
 def load_enwik8(dataset_cfg, split: str, cache_dir: Path) -> str:
     source = enwik8_source(dataset_cfg, cache_dir)
-    if _get(dataset_cfg, "path") is None and not source.is_file():
-        source = _download(_get(dataset_cfg, "url"), source)
+    if config_value(dataset_cfg, "path") is None and not source.is_file():
+        source = _download(config_value(dataset_cfg, "url"), source)
     return decode_cut(split_bytes(read_enwik8(source), split))
 
 
@@ -271,12 +265,12 @@ def data_fingerprint(dataset_cfg, cache_dir: Path) -> dict:
     """Content hash of the file behind the dataset (part of the resume key): editing or replacing the
     file behind dataset.path reruns the job. Hub data is named by id (its cached copy is immutable);
     generated data by its config (in the config hash) and code (in the code version)."""
-    name = _get(dataset_cfg, "name")
+    name = config_value(dataset_cfg, "name")
     if not _option(dataset_cfg).is_text:
         return {"generated": name}
     source = data_source(dataset_cfg, cache_dir)
     if source is None:
-        return {"hub": _get(dataset_cfg, "hub_id"), "config": _get(dataset_cfg, "hub_config"),
+        return {"hub": config_value(dataset_cfg, "hub_id"), "config": config_value(dataset_cfg, "hub_config"),
                 "split": canonical_split(dataset_cfg)}
     if not source.is_file():
         return {"file": str(source), "missing": True}
@@ -298,5 +292,5 @@ def load_text(dataset_cfg, cache_dir: Path) -> str:
         raise ValueError(f"dataset={option.name!r} has no text to load (its task generates its items): a text "
                          f"dataset is one of {texts}")
     text = option.load_text(dataset_cfg, canonical_split(dataset_cfg), cache_dir)
-    max_chars: Optional[int] = _get(dataset_cfg, "max_chars")
+    max_chars: Optional[int] = config_value(dataset_cfg, "max_chars")
     return text[:max_chars] if max_chars else text

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from lsh_bitnet.errors import ConfigError, require as _require
+from lsh_bitnet.config import config_value
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -40,8 +41,6 @@ def as_config(model_cfg: Any) -> DictConfig:
     return model_cfg if isinstance(model_cfg, DictConfig) else OmegaConf.structured(model_cfg)
 
 
-def _get(cfg: DictConfig, key: str) -> Optional[Any]:
-    return None if OmegaConf.is_missing(cfg, key) else cfg[key]
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -69,7 +68,7 @@ def smollm2_dir() -> Path:
 
 def gguf_path(cfg: DictConfig) -> Path:
     """The GGUF file a config points at (checked to exist)."""
-    if _get(cfg, "name_or_path"):
+    if config_value(cfg, "name_or_path"):
         directory = Path(str(cfg.name_or_path)).expanduser()
     else:
         _require(cfg.name == SMOLLM2_NAME,
@@ -122,7 +121,7 @@ def _check_tiny(cfg: DictConfig) -> None:
 
 
 def _check_pretrained(cfg: DictConfig) -> None:
-    source = _get(cfg, "name_or_path")
+    source = config_value(cfg, "name_or_path")
     _require(bool(source), f"model={cfg.name} needs model.name_or_path: set model.name_or_path=<hub id org/name "
                            f"or local directory holding config.json>")
     source = str(source)
@@ -146,7 +145,7 @@ def check_model_config(model_cfg: Any) -> None:
     resolve_device(str(cfg.device))
     if cfg.name == TINY_NAME:
         _check_tiny(cfg)
-    elif _get(cfg, "gguf_file"):
+    elif config_value(cfg, "gguf_file"):
         gguf_path(cfg)
     else:
         _check_pretrained(cfg)
@@ -194,21 +193,21 @@ def _geometry_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _local_config_json(cfg: DictConfig, cache_dir: Optional[Path]) -> Optional[Path]:
-    if _get(cfg, "gguf_file"):
+    if config_value(cfg, "gguf_file"):
         if cache_dir is None:
             return None
         from lsh_bitnet.models.cache import entry_dir
 
         path = entry_dir(cache_dir, cfg.name, gguf_cache_key(cfg)) / "config.json"
         return path if path.is_file() else None  # first run: checked after the conversion
-    source = str(_get(cfg, "name_or_path") or "")
+    source = str(config_value(cfg, "name_or_path") or "")
     local = Path(source).expanduser()
     if local.is_dir():
         return local / "config.json"
     try:  # a hub id already in the local HF cache: read it there, no network
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json", revision=_get(cfg, "revision"))
+        cached = try_to_load_from_cache(source, "config.json", revision=config_value(cfg, "revision"))
         return Path(cached) if isinstance(cached, str) else None
     except Exception:
         return None
@@ -238,9 +237,9 @@ def weights_fingerprint(model_cfg: Any) -> Dict[str, Any]:
     cfg = as_config(model_cfg)
     if cfg.name == TINY_NAME:  # generated from the config and the seed: the config hash covers it
         return {"generated": TINY_NAME}
-    if _get(cfg, "gguf_file"):
+    if config_value(cfg, "gguf_file"):
         return gguf_cache_key(cfg)
-    source = str(_get(cfg, "name_or_path") or "")
+    source = str(config_value(cfg, "name_or_path") or "")
     local = Path(source).expanduser()
     if local.is_dir():
         files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
@@ -248,9 +247,9 @@ def weights_fingerprint(model_cfg: Any) -> Dict[str, Any]:
     try:  # the snapshot (commit) of a hub id in the HF cache; the revision otherwise
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json", revision=_get(cfg, "revision"))
+        cached = try_to_load_from_cache(source, "config.json", revision=config_value(cfg, "revision"))
         if isinstance(cached, str):
             return {"hub": source, "snapshot": Path(cached).parent.name}
     except Exception:
         pass
-    return {"hub": source, "revision": _get(cfg, "revision")}
+    return {"hub": source, "revision": config_value(cfg, "revision")}

@@ -10,6 +10,8 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from lsh_bitnet.report.pareto import is_full
+
 # (column, header): the cost ratios, each against full attention on the same tokens.
 RATIOS = (("comparison_ratio", "comparisons"), ("mac_ratio", "MACs"), ("wall_ratio", "wall"))
 # Keys of a job's overrides that name the variant it ran (conf/variant/).
@@ -90,9 +92,7 @@ def brief_lines(ok: pd.DataFrame, y_by_metric: Dict[str, tuple], label_cols: Lis
 
 
 def no_reference_note(rows: pd.DataFrame) -> Optional[str]:
-    from lsh_bitnet.report.pareto import is_full
-
-    if rows["family"].map(is_full).any():
+    if rows["family"].map(is_full).astype(bool).any():
         return None
     return ("[lsh-bitnet] no full-attention run in this setting: nothing to read these values against, and "
             "no wall ratio; add +baselines=true to the sweep (full attention, plus window and oracle references)")

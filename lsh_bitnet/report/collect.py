@@ -25,7 +25,7 @@ from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
 from lsh_bitnet.report.pareto import X_AXES, add_pareto, is_full, plot_pareto, primary_y_by_metric, y_columns
 from lsh_bitnet.run.results import RESULTS_FILE
 from lsh_bitnet.tasks.base import find_task, tasks
-from lsh_bitnet.report.runs import (ID_COLUMNS, SETTING_PREFIXES, _field_names, _natural_key, collect_runs,  # noqa: F401
+from lsh_bitnet.report.runs import (ID_COLUMNS, SETTING_PREFIXES, field_names, natural_key, collect_runs,  # noqa: F401
                              flatten, is_seed_key, keys_read, nonfinite_values, relevant)
 
 # ----------------------------------------------------------------------------- seeds
@@ -120,7 +120,7 @@ def _with_interval(table: pd.DataFrame, col: str) -> pd.Series:
 def _compact(table: pd.DataFrame, metric: str, swept: List[str], y: Optional[str], x: str) -> pd.DataFrame:
     """The Markdown view: what identifies a run, what it scored (with its interval), what it cost."""
     knobs: Dict[str, str] = table.attrs.get("knobs", {})
-    base = _field_names([AttentionConfig])  # shared fields (sinks, window) show only when swept
+    base = field_names([AttentionConfig])  # shared fields (sinks, window) show only when swept
     own = {f"attention.{n}" for cls in SCHEMAS["attention"].values()
            for n in cls.__dict__.get("__annotations__", {}) if n not in base} | {"hasher.n_bits"}
     shown = {knobs.get(k, ID_COLUMNS.get(k, k)) for k in swept} | {knobs[k] for k in own if k in knobs}
@@ -166,8 +166,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def _sorted(df: pd.DataFrame, x: str) -> pd.DataFrame:
     """By the cost axis within each (metric, setting): rows of different settings never interleave."""
-    order = {d: i for i, d in enumerate(sorted(df["run_dir"], key=_natural_key))}
-    settings = {v: i for i, v in enumerate(sorted(df["setting"].fillna("").unique(), key=_natural_key))}
+    order = {d: i for i, d in enumerate(sorted(df["run_dir"], key=natural_key))}
+    settings = {v: i for i, v in enumerate(sorted(df["setting"].fillna("").unique(), key=natural_key))}
     keyed = df.assign(_k=df["run_dir"].map(order), _s=df["setting"].fillna("").map(settings))
     by = ["metric", "_s"] + ([x] if x in df else []) + ["_k"]  # natural order: seq_len=512 before seq_len=1024
     return keyed.sort_values(by, na_position="last", kind="stable").drop(columns=["_k", "_s"])

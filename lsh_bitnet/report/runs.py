@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pandas as pd
 
 from lsh_bitnet.config import SCHEMAS
+from lsh_bitnet.console import one_line
 from lsh_bitnet.registry import RULES
 from lsh_bitnet.run.jobs import LOCK_FILE, job_busy
 from lsh_bitnet.report.pareto import family_of, primary_y
@@ -44,7 +45,7 @@ def _variant_schemas() -> Dict[str, type]:
     return out
 
 
-def _field_names(classes) -> Set[str]:
+def field_names(classes) -> Set[str]:
     return {f.name for cls in classes for f in fields(cls)}
 
 
@@ -60,20 +61,20 @@ def keys_read(variant: Any) -> Optional[Set[str]]:
     cls = _variant_schemas().get(variant)
     if cls is None:
         return None
-    names = _field_names([cls])
+    names = field_names([cls])
     if not set(cls.__dict__.get("__annotations__", {})) - {"name"}:
         names = {"name"} | {n for n in names if n.startswith("diagnostics")}
     keys = {f"attention.{n}" for n in names}
     rule = RULES.find(variant)
     if rule is not None and rule.hashed:
-        hasher = {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())}
+        hasher = {f"hasher.{n}" for n in field_names(SCHEMAS["hasher"].values())}
         keys |= hasher - ({"hasher.n_bits"} if getattr(rule, "bits_key", None) else set())
     return keys
 
 
 def _declared() -> Set[str]:
-    return ({f"attention.{n}" for n in _field_names(SCHEMAS["attention"].values())}
-            | {f"hasher.{n}" for n in _field_names(SCHEMAS["hasher"].values())})
+    return ({f"attention.{n}" for n in field_names(SCHEMAS["attention"].values())}
+            | {f"hasher.{n}" for n in field_names(SCHEMAS["hasher"].values())})
 
 
 def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> bool:
@@ -107,17 +108,15 @@ def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}  # lists are not hashable
 
 
-def _one_line(text: Any, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+ERROR_CHARS = 300  # a failure's line in the collector's table: longer than the console's closing line
 
 
 def _error_line(record: Dict[str, Any]) -> str:
     err = record.get("error")
     if isinstance(err, dict):
         msg = str(err.get("message") or "").strip().splitlines()
-        return _one_line(err.get("summary") or f"{err.get('type', 'Error')}: {msg[0] if msg else ''}")
-    return _one_line(err) if err else f"status {record.get('status')}, no error recorded"
+        return one_line(err.get("summary") or f"{err.get('type', 'Error')}: {msg[0] if msg else ''}", ERROR_CHARS)
+    return one_line(err, ERROR_CHARS) if err else f"status {record.get('status')}, no error recorded"
 
 
 def _is_nonfinite(value: Any) -> bool:
@@ -155,7 +154,7 @@ def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     try:
         record = json.loads(path.read_text())  # Python's parser accepts bare NaN: flagged below
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, _one_line(f"unreadable results.json: {type(exc).__name__}: {exc}")
+        return None, one_line(f"unreadable results.json: {type(exc).__name__}: {exc}", ERROR_CHARS)
     if not isinstance(record, dict):
         return None, f"unreadable results.json: top level is {type(record).__name__}, not an object"
     status = record.get("status")
@@ -220,7 +219,7 @@ def _flat_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in flatten(config).items() if not k.startswith(HASH_EXCLUDED_KEYS)}
 
 
-def _natural_key(text: str) -> List[Any]:
+def natural_key(text: str) -> List[Any]:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]  # 2_x before 10_x
 
 
@@ -315,7 +314,7 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     ((section, key) -> column), `nonfinite` (run_dir -> flagged values).
     """
     root = Path(root)
-    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: _natural_key(str(p.relative_to(root))))
+    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: natural_key(str(p.relative_to(root))))
     loaded = []
     for path in paths:
         record, error = _load(path)
@@ -324,7 +323,7 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     # A key is swept when its value (missing counts as a value) differs between two readable runs whose
     # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
     ctx = [(flat, flat.get("attention.name"), _uses_windows(record)) for _, record, _, flat in loaded if flat]
-    keys = sorted({k for flat, _, _ in ctx for k in flat}, key=_natural_key)
+    keys = sorted({k for flat, _, _ in ctx for k in flat}, key=natural_key)
     varied = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat, att, win in ctx
                                       if relevant(k, att, win)}) > 1]
     no_effect = _no_effect(varied, loaded)
@@ -336,7 +335,7 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     # after the swept keys are known, so an unresolved "${seed}" never makes a key look swept
     loaded += [(str(job_dir.relative_to(root)) or ".", {"status": "missing", "config": config}, why,
                 _flat_config(config)) for job_dir, config, why in _jobs_without_results(root)]
-    loaded.sort(key=lambda item: _natural_key(item[0]))
+    loaded.sort(key=lambda item: natural_key(item[0]))
     values = _value_columns(records, set(ID_COLUMNS) | set(knobs.values()))
     rows, flagged = [], {}
     for run_dir, record, error, flat in loaded:

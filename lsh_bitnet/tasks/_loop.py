@@ -6,20 +6,17 @@ console.progress: a bar on a terminal, periodic log lines elsewhere (SLURM, a lo
 from typing import Any, Callable, Dict, List, Sequence
 
 from lsh_bitnet.console import progress
+from lsh_bitnet.config import config_value
 
 Row = Dict[str, Any]
 
-
-def eval_get(cfg, key, default=None):
-    """eval_cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
-    return getattr(cfg, key) if hasattr(cfg, key) else default
 
 
 def select(items: Sequence, eval_cfg, what: str = "samples") -> List:
     """items[eval.batch_offset:], capped at eval.max_batches * eval.batch_size (items are evaluated one at a time)."""
     if not items:
         raise ValueError(f"no {what} to evaluate: set dataset.n_samples >= 1")
-    offset = eval_get(eval_cfg, "batch_offset", 0) or 0
+    offset = config_value(eval_cfg, "batch_offset", 0) or 0
     if offset < 0:
         raise ValueError(f"eval.batch_offset must be >= 0 (got {offset})")
     if offset >= len(items):
@@ -37,7 +34,7 @@ def score_each(samples: Sequence, score: Callable[[Any], Row], record: Callable[
     the progress shows (e.g. ("correct",))."""
     rows: List[Row] = []
     hits = dict.fromkeys(rates, 0)
-    bar = progress(samples, desc=desc, unit="sample", disable=not eval_get(eval_cfg, "progress", True))
+    bar = progress(samples, desc=desc, unit="sample", disable=not config_value(eval_cfg, "progress", True))
     for sample in bar:
         row = score(sample)
         rows.append(row)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lsh_bitnet.console import progress
 from lsh_bitnet.data import windows
 from lsh_bitnet.stats import perplexity_fields
+from lsh_bitnet.config import config_value
 
 # Positions whose logits are materialised at once. Full logits at 8192 tokens and SmolLM2's 49,152-token
 # vocabulary are 1.6 GB in float32 (and the log-softmax makes another copy); 1024 positions keep it
@@ -70,7 +71,7 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
         raise ValueError(
             f"the text has {stream.ids.numel()} tokens, fewer than one window of eval.seq_len="
             f"{eval_cfg.seq_len}: lower eval.seq_len or use a longer text")
-    offset = _get(eval_cfg, "batch_offset", 0) or 0
+    offset = config_value(eval_cfg, "batch_offset", 0) or 0
     if offset >= ids.shape[0]:
         raise ValueError(f"eval.batch_offset={offset} skips every window: the text has {ids.shape[0]} windows "
                          f"of eval.seq_len={eval_cfg.seq_len}; lower eval.batch_offset")
@@ -80,7 +81,7 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
     device = next(model.parameters()).device
 
     nll_sums, predicted, n_bytes = [], [], []
-    bar = progress(batches, desc="perplexity", unit="batch", disable=not _get(eval_cfg, "progress", True))
+    bar = progress(batches, desc="perplexity", unit="batch", disable=not config_value(eval_cfg, "progress", True))
     for rows in bar:
         x = ids[rows].to(device)  # (b, T)
         window_sums = window_nll(model, x).tolist()  # (b,)
@@ -106,8 +107,3 @@ def evaluate_perplexity(model, stream, eval_cfg, sink=None, seed: int = 0) -> Di
         # Total NLL in bits over the UTF-8 bytes of the evaluated windows (SPEC section 5).
         "bits_per_byte": total_nll / math.log(2) / total_bytes if total_bytes else None,
     }
-
-
-def _get(cfg, key: str, default: Optional[Any] = None):
-    """cfg.key, or default where the config (a namespace, an older schema) lacks the field."""
-    return getattr(cfg, key) if hasattr(cfg, key) else default

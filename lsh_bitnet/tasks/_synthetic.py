@@ -24,7 +24,7 @@ def _eos_ids(model, tokenizer) -> List[int]:
     return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     # transformers renamed `past_key_values` to `cache` (5.2x); the old name still works but warns.
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -34,7 +34,7 @@ def _choice_logprob(model, cache, first_logp: torch.Tensor, ids: List[int], devi
     score = first_logp[ids[0]].item()
     if len(ids) > 1:
         x = torch.tensor([ids[:-1]], device=device)  # (1, L-1)
-        kwargs = {_cache_kwarg(model): copy.deepcopy(cache)}
+        kwargs = {cache_kwarg(model): copy.deepcopy(cache)}
         logits = model(input_ids=x, use_cache=True, **kwargs).logits[0]  # (L-1, V)
         logp = F.log_softmax(logits.float(), dim=-1)
         score += logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum().item()
