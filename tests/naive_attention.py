@@ -10,8 +10,8 @@ from fractions import Fraction
 
 import torch
 
-HASHED = ("lsh", "lsh_forest", "lsh_topk")
-VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window", "lsh_topk", "random_k")
+HASHED = ("lsh", "lsh_forest", "lsh_topk", "lsh_probe")
+VARIANTS = ("full", "lsh", "lsh_forest", "oracle_topk", "window", "lsh_topk", "random_k", "lsh_probe")
 
 
 def hash_kind(hasher_params):
@@ -124,6 +124,16 @@ def oracle_budget(n_valid, k, fraction):
     return min(n_valid, math.ceil(Fraction(repr(float(fraction))) * n_valid))
 
 
+def hamming(a, b):
+    """Number of disagreeing bits of two bit tuples."""
+    return sum(x != y for x, y in zip(a, b))
+
+
+def naive_probe_score(qbits_i, kbits_j, n_tables, radius):
+    """lsh_probe's s_ij: each table whose codes lie within Hamming distance `radius` adds radius + 1 - distance."""
+    return sum(max(0, radius + 1 - hamming(qbits_i[t], kbits_j[t])) for t in range(n_tables))
+
+
 def naive_random_rank(seed, layer_idx, head, qpos, kpos):
     """random_k's rank of the key at position kpos for the query at position qpos of query head `head`, from its
     definition (SPEC section 7.4): s = the first 4 bytes, little-endian, of
@@ -157,7 +167,7 @@ def naive_collision_prob(qv, kv_hashed, kind, n_bits, n_tables, m):
 def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_tokens=0, local_window=0,
                      n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None, fraction=None,
                      hasher_params=None, min_collisions=1, score="collisions", center=None, return_always=False,
-                     seed=0, layer_idx=0):
+                     seed=0, layer_idx=0, probe_radius=0):
     """-> (C, V): C[b][h][i] / V[b][h][i] sorted lists of key slots, None for a padding query slot.
 
     query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K) bool. Query i sits at slot K - Q + i.
@@ -217,6 +227,11 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
                         scores = [(-sum(x == y for t in range(n_tables)
                                         for x, y in zip(qbits[b][h][i][t], kbits[b][hk][j][t])), j) for j in v_set]
                     base = {j for _, j in sorted(scores)[:oracle_budget(len(v_set), k, fraction)]}
+                elif variant == "lsh_probe":  # keys some probe finds (s > 0), the budget's best by s, ties lower
+                    scored = [(-naive_probe_score(qbits[b][h][i], kbits[b][hk][j], n_tables, probe_radius), j)
+                              for j in v_set]
+                    found = sorted(x for x in scored if x[0] < 0)
+                    base = {j for _, j in found[:oracle_budget(len(v_set), k, fraction)]}
                 elif variant == "random_k":  # the budget's highest random ranks, ties to the lower slot
                     ranked = sorted(v_set, key=lambda j: (-naive_random_rank(seed, layer_idx, h, pos[s], pos[j]), j))
                     base = set(ranked[:oracle_budget(len(v_set), k, fraction)])
@@ -238,7 +253,7 @@ def naive_candidates(query, key, key_valid, *, variant, include_self=True, sink_
 def naive_sparse_attention(query, key, value, key_valid, *, variant, include_self=True, sink_tokens=0,
                            local_window=0, n_tables=1, n_trees=1, max_depth=0, min_candidates=1, k=None,
                            fraction=None, hasher_params=None, scaling=None, min_collisions=1, score="collisions",
-                           center=None, estimator="softmax", seed=0, layer_idx=0):
+                           center=None, estimator="softmax", seed=0, layer_idx=0, probe_radius=0):
     """-> (out (B, Hq, Q, Dv) float64, comparisons, full_comparisons); padding query rows are zeros.
 
     estimator="sampling": w_j = exp(scale q.k) / p_ij (naive_collision_prob), p = 1 on always-attend keys."""
@@ -246,7 +261,8 @@ def naive_sparse_attention(query, key, value, key_valid, *, variant, include_sel
                                sink_tokens=sink_tokens, local_window=local_window, n_tables=n_tables,
                                n_trees=n_trees, max_depth=max_depth, min_candidates=min_candidates, k=k,
                                fraction=fraction, hasher_params=hasher_params, min_collisions=min_collisions,
-                               score=score, center=center, return_always=True, seed=seed, layer_idx=layer_idx)
+                               score=score, center=center, return_always=True, seed=seed, layer_idx=layer_idx,
+                               probe_radius=probe_radius)
     B, Hq, Q, D = query.shape
     Hkv, Dv = key.shape[1], value.shape[-1]
     g = Hq // Hkv
@@ -299,16 +315,20 @@ def naive_hash_ops(query, key, key_valid, *, variant, hasher_params=None):
 
 
 def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n_tables=1, n_trees=1, max_depth=0,
-                        score="collisions", center=None, comparisons=0, estimator="softmax", min_collisions=1):
+                        score="collisions", center=None, comparisons=0, estimator="softmax", min_collisions=1,
+                        probe_radius=0):
     """docs/SPEC.md selection_ops, by loops: lsh counts each causal colliding (query head, query, table, key);
     lsh_topk adds one selection step per visible key (soft: L*K bit agreements + 1 per visible key); the
     forest L + ceil(log2(depth + 1)) per visible key; the oracle one per visible key, random_k two; sampling m per
-    candidate."""
+    candidate; lsh_probe, per valid (query head, query): L * #{codes within the radius} buckets visited, the keys of
+    V(i) found (one per table within the radius) and one selection step per key found at least once."""
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     g = Hq // Hkv
     valid = key_valid.tolist()
     visible = pairs = 0
+    if variant == "lsh_probe":
+        return naive_probe_ops(query, key, key_valid, hasher_params, n_tables, probe_radius, center)
     if variant in ("lsh", "lsh_topk"):
         qbits = naive_hash_bits(query, hasher_params, kv_head_of=lambda h: h // g)
         kbits = naive_hash_bits(centred(key, center), hasher_params)
@@ -336,3 +356,29 @@ def naive_selection_ops(query, key, key_valid, *, variant, hasher_params=None, n
     if variant == "random_k":  # one rank drawn and one selection step per visible key
         return 2 * visible
     return visible if variant == "oracle_topk" else 0
+
+
+def naive_probe_ops(query, key, key_valid, hasher_params, n_tables, radius, center=None):
+    """lsh_probe's selection_ops by loops (see naive_selection_ops)."""
+    B, Hq, Q, D = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    g = Hq // Hkv
+    n_bits = table_shape(hasher_params)[2]
+    visited = n_tables * sum(math.comb(n_bits, d) for d in range(min(radius, n_bits) + 1))
+    qbits = naive_hash_bits(query, hasher_params, kv_head_of=lambda h: h // g)
+    kbits = naive_hash_bits(centred(key, center), hasher_params)
+    valid = key_valid.tolist()
+    ops = 0
+    for b in range(B):
+        for h in range(Hq):
+            for i in range(Q):
+                s = K - Q + i
+                if not valid[b][s]:
+                    continue
+                ops += visited
+                for j in range(s + 1):
+                    if valid[b][j]:
+                        near = sum(hamming(qbits[b][h][i][t], kbits[b][h // g][j][t]) <= radius
+                                   for t in range(n_tables))
+                        ops += near + (near > 0)
+    return ops
