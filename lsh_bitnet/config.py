@@ -210,11 +210,34 @@ class PasskeyDatasetConfig(DatasetConfig):
     seed: int = 0
 
 
+@dataclass
+class LMEvalDatasetConfig(DatasetConfig):
+    """metric=lm_eval: the documents come from the lm-eval tasks named in metric.tasks, not from here."""
+    name: str = "lm_eval"
+
+
 # ----------------------------------------------------------------------------- metric
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # perplexity | synthetic_accuracy | passkey_accuracy
+    name: str = MISSING  # perplexity | synthetic_accuracy | passkey_accuracy | lm_eval
     max_new_tokens: int = 6  # synthetic_accuracy / passkey_accuracy: greedy answer length
+
+
+@dataclass
+class LMEvalMetricConfig(MetricConfig):
+    """EleutherAI's lm-evaluation-harness on the patched model (lsh_bitnet/bridges/lm_eval.py)."""
+    name: str = "lm_eval"
+    # lm-eval task or group names: the bundled ones (tasks/ at the repo root: lsh_lastword, lsh_choice,
+    # lsh_ruler_*), the user's (metric.include_path), or lm-eval's own (lambada_openai, hellaswag: need the hub)
+    tasks: List[str] = field(default_factory=lambda: ["lsh_lastword"])
+    num_fewshot: Optional[int] = None  # null: each task's own default (lm-eval's --num_fewshot)
+    limit: Optional[float] = None  # documents per task: a count (>= 1) or a fraction (< 1); null = all
+    batch_size: int = 1  # requests per forward (lm-eval's --batch_size); padding is counted as compared
+    include_path: Optional[str] = None  # a directory of the user's task YAMLs, searched before lm-eval's own
+    # passed to every task (lm-eval's --metadata), e.g. {target_tokens: 4096, n_samples: 20} for lsh_ruler_*
+    metadata: Any = None
+    # the task metric behind `accuracy` (e.g. acc_norm); null: acc, exact_match, score, acc_norm, ... as reported
+    primary: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------- top level
@@ -267,8 +290,9 @@ SCHEMAS = {
         "enwik8": Enwik8DatasetConfig,
         "synthetic": SyntheticDatasetConfig,
         "passkey": PasskeyDatasetConfig,
+        "lm_eval": LMEvalDatasetConfig,
     },
-    "metric": {"metric": MetricConfig},
+    "metric": {"metric": MetricConfig, "lm_eval": LMEvalMetricConfig},
 }
 
 

@@ -19,7 +19,8 @@ log = logging.getLogger("lsh_bitnet")
 LOG_EVERY_S = 30.0
 LOG_FRACTIONS = (0.25, 0.5, 0.75)
 # Primary value per metric.name; kept here (not imported from pareto) so a run never imports pandas.
-PRIMARY = {"perplexity": "perplexity", "synthetic_accuracy": "accuracy", "passkey_accuracy": "accuracy"}
+PRIMARY = {"perplexity": "perplexity", "synthetic_accuracy": "accuracy", "passkey_accuracy": "accuracy",
+           "lm_eval": "accuracy"}
 # Cost ratios named in the closing line, when the run reports them.
 RATIOS = ("comparison_ratio", "mac_ratio")
 MAX_ERROR_CHARS = 240  # a closing line stays a line; the full error is in results.json

@@ -21,6 +21,7 @@ METRIC_DATASETS = {
     "perplexity": ("wikitext103", "wikitext2", "enwik8", "text_file"),
     "synthetic_accuracy": ("synthetic_ny_adj",),
     "passkey_accuracy": ("passkey",),
+    "lm_eval": ("lm_eval",),  # the documents come from metric.tasks (metric=lm_eval selects dataset=lm_eval)
 }
 # Free-form nodes: any content is allowed below these keys (documented in config.py).
 FREE_FORM = ("extra",)
@@ -29,6 +30,8 @@ IGNORED_BY_METRIC = {
     "synthetic_accuracy": ("eval.seq_len", "dataset.max_chars"),
     "passkey_accuracy": ("eval.seq_len", "dataset.max_chars"),
     "perplexity": ("metric.max_new_tokens",),
+    # lm-eval chooses documents (metric.limit), batches (metric.batch_size) and answer lengths (each task's)
+    "lm_eval": ("eval.seq_len", "eval.batch_size", "eval.max_batches", "eval.batch_offset", "metric.max_new_tokens"),
 }
 
 
@@ -125,6 +128,10 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
+    if metric == "lm_eval":  # installed (else the install command), values sane; imports no lm-eval
+        from lsh_bitnet.bridges.lm_eval import check_metric_config
+
+        check_metric_config(cfg.metric)
     if metric in ("synthetic_accuracy", "passkey_accuracy"):
         _require(cfg.metric.max_new_tokens >= 1,
                  f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
@@ -147,7 +154,13 @@ def validate_config(cfg: DictConfig) -> List[str]:
 
 # ----------------------------------------------------------------------------- stage 2: data
 def check_data_text(cfg: DictConfig, cache_dir) -> Optional[str]:
-    """The perplexity text, read and checked before any model loads (None for generated datasets)."""
+    """The perplexity text, read and checked before any model loads (None for generated datasets). For
+    metric=lm_eval: every task known and its documents readable (a hub task offline fails here)."""
+    if cfg.metric.name == "lm_eval":
+        from lsh_bitnet.bridges.lm_eval import check_tasks
+
+        check_tasks(cfg.metric)
+        return None
     if cfg.metric.name != "perplexity":
         return None
     from lsh_bitnet.data.text import load_text

@@ -74,7 +74,8 @@ def group_seeds(ok: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- tables and report
 METRIC_VALUES = {"perplexity": ["perplexity", "bits_per_byte"],
                  "synthetic_accuracy": ["accuracy", "choice_accuracy", "n_samples"],
-                 "passkey_accuracy": ["accuracy", "n_samples"]}
+                 "passkey_accuracy": ["accuracy", "n_samples"],
+                 "lm_eval": ["accuracy", "primary_metric", "n_samples"]}
 TAIL = ["comparison_ratio", "mac_ratio", "selection_ops", "hash_ops", "wall_ratio", "recall_at_k", "mass_recall", "tokens_per_s", "wall_s",
         "compile_s", "engine", "causal", "nonfinite", "pareto"]
 # Beside the metric: the run against its baseline on the items both scored (--paired-with), and its share of

@@ -42,7 +42,8 @@ def same_item(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     if "nll" in a or "nll" in b:
         keys = ("tokens", "predicted", "bytes")  # a window: its text decides all three
         return "nll" in a and "nll" in b and all(a.get(k) == b.get(k) for k in keys)
-    keys = ("target", "prompt_tokens")  # a sample: `tokens` also counts the generated ones, which differ
+    # a sample: `tokens` also counts the generated ones, which differ; prompt_hash: lm-eval's hash of the prompt
+    keys = ("target", "prompt_tokens", "prompt_hash")
     return "correct" in a and "correct" in b and all(a.get(k) == b.get(k) for k in keys)
 
 

@@ -10,6 +10,7 @@ PRIMARY_Y: Dict[str, Tuple[str, bool]] = {
     "perplexity": ("perplexity", True),
     "synthetic_accuracy": ("accuracy", False),
     "passkey_accuracy": ("accuracy", False),
+    "lm_eval": ("accuracy", False),  # the tasks' primary metric (metrics.primary_metric says which)
 }
 # More panels beside the primary one: the synthetic task's multiple-choice score reads differently.
 EXTRA_Y: Dict[str, List[str]] = {"synthetic_accuracy": ["choice_accuracy"]}

@@ -249,6 +249,7 @@ def _evaluate(cfg: DictConfig, cache_dir: Path, record: Dict[str, Any], state: D
         watch.remove()
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
+    record["provenance"].update(metrics.pop("provenance", None) or {})  # metric=lm_eval: lm-eval, task versions
     record["metrics"] = metrics
     record["timing"] = {"load_s": loaded.info.get("load_s"), "data_s": data_s, "eval_s": eval_s,
                         "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
@@ -279,8 +280,12 @@ def _metric_data(cfg: DictConfig, tokenizer, cache_dir: Path, text: Optional[str
         from lsh_bitnet.data.passkey import make_passkey_samples
 
         return make_passkey_samples(cfg.dataset, tokenizer, stop=_stop(cfg))
+    if cfg.metric.name == "lm_eval":  # the task index; lm-eval reads the documents when it evaluates
+        from lsh_bitnet.bridges.lm_eval import resolve_tasks, task_metadata
+
+        return resolve_tasks(cfg.metric, task_metadata(cfg.metric, cfg.seed))
     raise ValueError(f"metric.name={cfg.metric.name!r} is not known: use metric=perplexity, "
-                     f"metric=synthetic_accuracy or metric=passkey_accuracy")
+                     f"metric=synthetic_accuracy, metric=passkey_accuracy or metric=lm_eval")
 
 
 def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str, Any]:
@@ -293,6 +298,10 @@ def _run_metric(cfg: DictConfig, model, tokenizer, data, sink=None) -> Dict[str,
         from lsh_bitnet.tasks.synthetic import evaluate_synthetic
 
         return evaluate_synthetic(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
+    if cfg.metric.name == "lm_eval":
+        from lsh_bitnet.tasks.lm_eval import evaluate_lm_eval
+
+        return evaluate_lm_eval(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink, seed=cfg.seed)
     from lsh_bitnet.tasks.passkey import evaluate_passkey
 
     return evaluate_passkey(model, tokenizer, data, cfg.metric, cfg.eval, sink=sink)
