@@ -180,3 +180,20 @@ def test_plain_lm_eval_command_with_the_hook(tmp_path, cache_dir):
                 "--include_path", str(REPO_ROOT / "tasks"), "--limit", "2"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "lsh_choice" in out.stdout and "comparison_ratio 1.0000" in out.stdout
+
+
+def test_generated_ruler_task_counts_prefill_and_decode(tmp_path, cache_dir):
+    from lsh_bitnet.data.ruler import MAX_NEW, NOISE
+
+    cfg = compose_config(["model=tiny_bitnet", "attention=window", "attention.local_window=16", "metric=lm_eval",
+                          "metric.tasks=[lsh_ruler_niah_single]", "metric.metadata={target_tokens:1024,n_samples:2}",
+                          "eval.progress=false"], cache_dir=cache_dir)
+    record = run(cfg, output_dir=tmp_path)
+    records = _records(tmp_path)
+    assert record["status"] == "ok" and len(records) == 2
+    assert all(isinstance(r["generated"], str) and 0.0 <= r["score"] <= 1.0 for r in records)
+    assert sum(r["comparisons"] for r in records) == record["cost"]["comparisons"] < record["cost"]["full_comparisons"]
+    budget = 1024 - MAX_NEW["niah_single"]
+    # a prompt filled to within one noise unit of the budget (the tiny tokenizer: about a token a byte), then decode
+    assert all(budget - 2 * len(NOISE) < r["tokens"] <= 1024 for r in records)
+    assert record["provenance"]["lm_eval"]["tasks"]["lsh_ruler_niah_single"]["n_samples"]["effective"] == 2
