@@ -110,3 +110,11 @@ def test_smollm2_prompts_sit_within_one_haystack_unit_of_the_budget(target):
         budget = target - MAX_NEW[family]
         assert budget - 3 * unit - 40 <= doc["length"] <= budget, (family, doc["length"], budget)
     assert ModelConfig  # imported for the cache's model names
+
+
+def test_task_files_generate_with_the_budgets_the_generator_sizes_for():
+    from conftest import REPO_ROOT
+
+    for family in FAMILIES:
+        text = (REPO_ROOT / "tasks" / f"lsh_ruler_{family}.yaml").read_text()
+        assert f"max_gen_toks: {MAX_NEW[family]} " in text, family

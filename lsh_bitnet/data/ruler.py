@@ -12,8 +12,8 @@ averaged over documents. What differs, so that nothing is downloaded:
 - every haystack is noise (RULER's niah_multikey_1 / multivalue / multiquery use Paul Graham essays);
 - common words come from a bundled list of 482 English words (RULER draws them from the `wonderwords`
   package, not a dependency here);
-- answers may be shorter: generation budgets (`MAX_NEW`) are 32 / 64 tokens for the needles, RULER's 30
-  for variable tracking and 96 for common words (RULER: 128 / 30 / 120), which the answers fit.
+- generation budgets are shorter (`MAX_NEW`: 16 / 48 tokens for one / four needles, RULER's 30 for variable
+  tracking, 64 for common words; RULER: 128 / 30 / 120): the answers fit, and CPU runs stay affordable.
 `target_tokens` is RULER's max_seq_length: prompt plus generation budget, in the model's tokens; the
 prompt is grown until one more haystack unit would pass it.
 """
@@ -26,7 +26,9 @@ from lsh_bitnet.data.lastword import OBJECTS, PLACES
 from lsh_bitnet.data.synthetic import ADJECTIVES
 
 FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
-MAX_NEW = {"niah_single": 32, "niah_multikey": 32, "niah_multivalue": 64, "niah_multiquery": 64, "vt": 30, "cwe": 96}
+# Generation budgets (lm-eval's max_gen_toks), each above its answer's length for Llama-3 style BPE (digits
+# are one token each): 7 digits; 4 x 7 digits with separators; 5 names; 10 numbered words.
+MAX_NEW = {"niah_single": 16, "niah_multikey": 16, "niah_multivalue": 48, "niah_multiquery": 48, "vt": 30, "cwe": 64}
 # (keys, values per key, keys asked) of each needle family (RULER's num_needle_k, _v, _q)
 NEEDLES = {"niah_single": (1, 1, 1), "niah_multikey": (4, 1, 1), "niah_multivalue": (1, 4, 1),
            "niah_multiquery": (4, 1, 4)}
