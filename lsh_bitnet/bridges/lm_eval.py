@@ -5,7 +5,8 @@ What `metric=lm_eval` checks, cheapest first (the runner's stages, lsh_bitnet/va
    command), the metric's values are sane (`check_metric_config`);
 2. before the model loads: every name in metric.tasks is a task, group or tag lm-eval knows, and a task
    whose documents live on the Hugging Face hub is reachable or cached; offline, a hub task fails here, in
-   seconds, with the include-path alternative (`check_tasks`).
+   seconds (a text scan of lm-eval's task files finds its config), with the include-path alternative
+   (`check_tasks`).
 
 Task lookup: the bundled tasks (tasks/ at the repo root: lsh_lastword, lsh_choice, lsh_ruler_*) and the
 user's metric.include_path are indexed first, without lm-eval's own ~10k task files; lm-eval's own index is
@@ -205,12 +206,38 @@ def hub_cached(dataset_id: str) -> bool:
     return any(p.is_dir() and any(p.iterdir()) for p in names)
 
 
+def _offline_lookup(names: List[str]) -> Optional[Dict[str, List[Dict[str, Any]]]]:
+    """Offline, the configs of lm-eval's own tasks named in `names`, found by a text scan of its task files
+    (under a second) instead of its full index (parsing ~14k YAML files: tens of seconds on a busy machine).
+    None when a name is not a plain task there (a group, a tag, a typo): the full index decides then."""
+    import re
+
+    root = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"
+    found: Dict[str, List[Dict[str, Any]]] = {}
+    files = sorted(root.rglob("*.yaml"))
+    for name in names:
+        line = re.compile(rf"^task:\s*['\"]?{re.escape(name)}['\"]?\s*$", re.M)
+        paths = [f for f in files if name in f.name or name in f.read_text(errors="ignore")]
+        paths = [f for f in paths if line.search(f.read_text(errors="ignore"))]
+        if not paths:
+            return None
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        found[name] = [load_yaml(paths[0], resolve_func=False)]
+    return found
+
+
 def check_tasks(metric) -> None:
     """Stage 2 (before the model loads): every task is known, and its documents can be read."""
-    manager = resolve_tasks(metric)
+    local = task_manager(include_paths(metric), task_metadata(metric), defaults=False)
+    missing = [n for n in metric.tasks if not local.match_tasks([n])]
+    configs = _offline_lookup(missing) if missing and not hub_reachable() else None
+    if configs is None:
+        manager = resolve_tasks(metric)
+        configs = {name: leaf_configs(manager, name) for name in metric.tasks}
     needs_hub = {}
-    for name in metric.tasks:
-        for cfg in leaf_configs(manager, name):
+    for name, leaves in configs.items():
+        for cfg in leaves:
             dataset = hub_dataset(cfg)
             if dataset is not None and not hub_cached(dataset):
                 needs_hub.setdefault(name, dataset)
