@@ -130,3 +130,37 @@ def test_metric_values_that_cannot_work_fail_at_config_time(override, message):
         pytest.skip("lm-eval is an optional extra: pip install -e '.[lm-eval]' (the check needs it installed)")
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_fast(compose_config(["metric=lm_eval", override]))
+
+
+def test_editing_a_task_file_on_the_include_path_changes_the_resume_key(tmp_path):
+    from lsh_bitnet.run.jobs import resume_key
+
+    (tmp_path / "mine.yaml").write_text("task: mine\n")
+    (tmp_path / "mine.jsonl").write_text('{"text": "a b"}\n')
+    cfg = compose_config(["model=tiny_bitnet", "metric=lm_eval", f"metric.include_path={tmp_path}"])
+    record = {"config_hash": "h", "provenance": {"code_version": "c"}}
+    before = resume_key(cfg, record, tmp_path)
+    (tmp_path / "mine.jsonl").write_text('{"text": "a c"}\n')
+    assert resume_key(cfg, record, tmp_path)["data"] != before["data"]  # the job reruns, not resumes
+
+
+def test_a_forked_worker_stops_quietly_on_sigterm():
+    """lm-eval's bootstrap pool forks workers inside a run and stops them with SIGTERM: a worker must die of
+    it, not raise the run's RunInterrupted (a traceback per worker, and code running on in the fork)."""
+    import os
+    import signal
+    import time
+
+    from lsh_bitnet.run.signals import signals_recorded
+
+    with signals_recorded({}):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                time.sleep(30)
+            finally:
+                os._exit(3)  # reached only if the signal raised instead of stopping the process
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

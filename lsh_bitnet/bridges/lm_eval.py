@@ -251,6 +251,20 @@ def check_tasks(metric) -> None:
             f"or run once online so the dataset is cached")
 
 
+def tasks_fingerprint(metric) -> Dict[str, Any]:
+    """The resume key's data part for metric=lm_eval: the content hash of every file on the include paths
+    (task YAMLs, their Python, their data files: editing one reruns the job) and lm-eval's version. Hub
+    datasets are named by id in their task configs; the bundled tasks are also in the code version."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root in include_paths(metric):
+        base = Path(root)
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"lm_eval": installed_version(), "tasks": list(metric.tasks), "include_files": digest.hexdigest()[:16]}
+
+
 # ----------------------------------------------------------------------------- generated tasks
 # The tokenizer of the model under evaluation, for generated tasks that size their prompts in its tokens
 # (lsh_ruler_*): set by whoever hands a model to lm-eval (tasks/lm_eval.py, lm_eval_model.py). A task's

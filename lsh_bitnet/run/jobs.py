@@ -63,8 +63,14 @@ def resume_key(cfg, record: Dict[str, Any], cache_dir: Path) -> Dict[str, Any]:
     from lsh_bitnet.data.text import data_fingerprint
     from lsh_bitnet.models.checks import weights_fingerprint
 
+    if cfg.metric.name == "lm_eval":  # the documents are the tasks' files (metric.include_path may be edited)
+        from lsh_bitnet.bridges.lm_eval import tasks_fingerprint
+
+        data = tasks_fingerprint(cfg.metric)
+    else:
+        data = data_fingerprint(cfg.dataset, cache_dir)
     return {"config_hash": record["config_hash"], "code_version": record["provenance"]["code_version"],
-            "data": data_fingerprint(cfg.dataset, cache_dir), "weights": weights_fingerprint(cfg.model)}
+            "data": data, "weights": weights_fingerprint(cfg.model)}
 
 
 def resume_mismatch(previous: Optional[Dict[str, Any]], current: Dict[str, Any]) -> Optional[str]:
