@@ -164,3 +164,42 @@ def test_a_forked_worker_stops_quietly_on_sigterm():
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def _sample(doc_id, metrics, resps):
+    return {"doc_id": doc_id, "target": f"t{doc_id}", "prompt_hash": f"p{doc_id}", "doc_hash": f"d{doc_id}",
+            "metrics": list(metrics), "filtered_resps": resps, **metrics}
+
+
+def test_lm_eval_results_become_our_metrics_records_and_provenance():
+    from lsh_bitnet.bridges.lm_eval_results import INDEX_STRIDE, convert
+
+    results = {
+        "results": {"a": {"alias": "a", "acc,none": 0.5, "acc_stderr,none": 0.25},
+                    "b": {"alias": "b", "score,none": 0.75, "score_stderr,none": "N/A"},
+                    "g": {"alias": "g", "acc,none": 0.6}},
+        "groups": {"g": {"acc,none": 0.6, "acc_stderr,none": "N/A"}},
+        "samples": {"a": [_sample(1, {"acc": 0}, [(-2.0, False), (-1.0, False)]),
+                          _sample(0, {"acc": 1}, [(-1.0, True), (-3.0, False)])],
+                    "b": [_sample(0, {"score": 1.0}, ["42"]), _sample(1, {"score": 0.5}, ["7"])]},
+        "configs": {"a": {"task": "a", "metadata": {"version": 1.0, "config_source": "/here/a.yaml"}}},
+        "versions": {"a": 1.0}, "lm_eval_version": "0.4.13", "config": {"random_seed": 0},
+    }
+    costs = {("a", 0): {"comparisons": 3, "full_comparisons": 5, "tokens": 2}}
+    metrics, records, provenance = convert(results, costs)
+    assert [r["index"] for r in records] == [0, 1, INDEX_STRIDE, INDEX_STRIDE + 1]
+    a0, a1, b0, b1 = records
+    assert a0["correct"] is True and a1["correct"] is False and "correct" not in b1  # b's scores are not 0/1
+    assert a0["loglikelihoods"] == [-1.0, -3.0] and a0["prediction"] == 0 and b0["generated"] == "42"
+    assert (a0["comparisons"], a0["full_comparisons"], a1["comparisons"]) == (3, 5, 0)
+    assert metrics["accuracy"] == (1 + 0 + 1 + 0.5) / 4 and metrics["n_samples"] == 4
+    assert metrics["tasks"]["a"]["acc_ci_low"] == pytest.approx(0.5 - 1.959964 * 0.25, abs=1e-6)
+    assert metrics["tasks"]["b"]["score_stderr"] is None and metrics["tasks"]["b"]["score_ci_low"] is None
+    assert metrics["groups"] == {"g": {"acc": 0.6}} and "a/acc" in metrics and "b/score" in metrics
+    moved = dict(results, configs={"a": {"task": "a", "metadata": {"version": 1.0, "config_source": "/there"}}})
+    assert convert(moved, costs)[2]["lm_eval"]["tasks"]["a"]["config_hash"] == provenance["lm_eval"]["tasks"]["a"][
+        "config_hash"]  # the same task config read from another checkout
+    single = convert(dict(results, results={"a": results["results"]["a"]}, samples={"a": results["samples"]["a"]}),
+                     costs)[0]
+    assert single["accuracy"] == 0.5 and single["primary_metric"] == "a/acc"
+    assert (single["accuracy_ci_low"], single["accuracy_ci_high"]) != (0.0, 1.0)  # Wilson over the 0/1 documents

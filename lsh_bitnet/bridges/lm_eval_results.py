@@ -8,7 +8,8 @@ metrics (results.json `metrics`, docs/RESULTS.md):
   one every accuracy of this project (and the collector's pooled rows) carries: lm-eval's normal interval
   collapses to a point at 0 of n or n of n. Otherwise it is lm-eval's stderr interval.
 - `primary_metric` ("task/metric"), `n` / `n_samples` (documents), `tokens` (fed to the model), and, with
-  several tasks, `<task>/<primary>` with its interval as flat columns for the collector.
+  several tasks, `<task>/<primary>` with its interval as flat columns for the collector; `groups`: lm-eval's
+  aggregates of group tasks (mmlu and the like), where a run has them.
 
 records (samples.jsonl, one per document): `index` (doc_id, plus task position x 1e6 when a run has several
 tasks), `task`, `doc_id`, `target`, `prompt_hash` (lm-eval's: pairing checks it), `score` (the primary
@@ -139,7 +140,12 @@ def convert(results: Dict[str, Any], doc_costs: Dict, primary: Optional[str] = N
         entry["accuracy_ci"] = _interval(scores, values[main]["value"], values[main]["stderr"])
         tasks[task] = entry
         records += task_records
-    return _metrics(tasks, records), records, provenance(results, records)
+    metrics = _metrics(tasks, records)
+    groups = {name: {m: v["value"] for m, v in task_values(values).items()}
+              for name, values in (results.get("groups") or {}).items()}
+    if groups:  # lm-eval's aggregates over a group's tasks (e.g. mmlu), as it reports them
+        metrics["groups"] = groups
+    return metrics, records, provenance(results, records)
 
 
 def _metrics(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]]) -> Dict[str, Any]:
