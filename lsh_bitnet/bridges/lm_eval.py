@@ -267,7 +267,7 @@ def tasks_fingerprint(metric) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- generated tasks
 # The tokenizer of the model under evaluation, for generated tasks that size their prompts in its tokens
-# (lsh_ruler_*): set by whoever hands a model to lm-eval (tasks/lm_eval.py, lm_eval_model.py). A task's
+# (lsh_ruler_*): set by whoever hands a model to lm-eval (tasks/_lm_eval.py, lm_eval_model.py). A task's
 # metadata `tokenizer` (a name or local path) takes precedence.
 _CURRENT: Dict[str, Any] = {}
 
