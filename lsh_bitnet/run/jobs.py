@@ -65,11 +65,12 @@ def job_busy(job_dir: Path) -> bool:
 
 
 def resume_key(cfg, record: Dict[str, Any], cache_dir: Path) -> Dict[str, Any]:
-    from lsh_bitnet.data.text import data_fingerprint
     from lsh_bitnet.models.checks import weights_fingerprint
+    from lsh_bitnet.tasks.base import task_named
 
     return {"config_hash": record["config_hash"], "code_version": record["provenance"]["code_version"],
-            "data": data_fingerprint(cfg.dataset, cache_dir), "weights": weights_fingerprint(cfg.model)}
+            "data": task_named(cfg.metric.name).data_fingerprint(cfg, cache_dir),
+            "weights": weights_fingerprint(cfg.model)}
 
 
 def resume_mismatch(previous: Optional[Dict[str, Any]], current: Dict[str, Any]) -> Optional[str]:

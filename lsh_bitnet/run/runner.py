@@ -265,6 +265,7 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
         watch.remove()
         patch.unpatch()  # the model may be reused by the next job of an in-process sweep
     tokens = metrics.get("tokens") or 0
+    record["provenance"].update(metrics.pop("provenance", None) or {})  # a task's own (Task.evaluate)
     record["metrics"] = metrics
     record["timing"] = {"load_s": loaded.info.get("load_s"), "model_cached": loaded.info.get("model_cached"),
                         "data_s": data_s, "eval_s": eval_s,

@@ -49,7 +49,11 @@ class SampleLog:
         """Items scored by one forward: the cost it added is shared evenly between them (the counters
         see the batch, not its rows; the remainder goes to the first), so records still sum to `cost`."""
         records = [dict(r) for r in records]
-        if self._cost is not None and records:
+        if self._cost is not None and records and all(k in r for r in records for k in COST_KEYS):
+            # charged already (metric=lm_eval's ledger): keep them, and start the next delta from here
+            totals = self._cost()
+            self._last = {k: int(totals[k]) for k in COST_KEYS}
+        elif self._cost is not None and records:
             totals = self._cost()
             for key in COST_KEYS:
                 delta = int(totals[key]) - self._last[key]

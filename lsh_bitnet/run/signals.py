@@ -71,7 +71,13 @@ def signals_recorded(state: Dict[str, Any]) -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def stop(signum, frame):
+        if os.getpid() != owner:  # a forked worker (lm-eval's bootstrap pool): its pool stops it, quietly
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if signum == signal.SIGINT:
             cause = "Ctrl-C or kill -INT"
         elif signum == signal.SIGHUP:

@@ -126,8 +126,18 @@ class Task:
 
     def evaluate(self, cfg, model, tokenizer, items: Any, sink=None) -> Dict[str, Any]:
         """The metrics dict of results.json (with a `tokens` count); one record of kind `record` per item to
-        `sink` (a run/samples.py SampleLog) as soon as the item is scored."""
+        `sink` (a run/samples.py SampleLog) as soon as the item is scored. A "provenance" dict among the
+        metrics (e.g. an outside harness's version and task versions) is moved to results.json provenance.
+        Records that already carry every cost key (run/samples.py COST_KEYS) keep their own charges."""
         raise NotImplementedError
+
+    def data_fingerprint(self, cfg, cache_dir: Path) -> Dict[str, Any]:
+        """What identifies the data in the resume key (run/jobs.py): a changed fingerprint reruns the job.
+        Default: the dataset's (its source file's size and hash, or its generator config); a task whose items
+        come from elsewhere (files of an outside harness) fingerprints those."""
+        from lsh_bitnet.data.text import data_fingerprint
+
+        return data_fingerprint(cfg.dataset, cache_dir)
 
 
 class GenerationTask(Task):

@@ -1,0 +1,91 @@
+"""The lm-eval bridge's overhead: metric=lm_eval's evaluation (our loaded model patched with attention=full,
+through CountingHFLM, results and per-document records converted) against a plain lm-eval `hf` run (HFLM
+loading the same checkpoint itself), same task, same documents, side by side in one process
+(docs/BENCHMARKS.md, "lm-eval bridge overhead").
+
+    nice python benchmarks/bench_lm_eval_bridge.py --task lsh_lastword --limit 20 --repeats 3
+
+After one untimed run of each (first calls pay one-off costs), each round times both, in alternating order
+so that load drifting on a shared machine hits them alike; the task index is built once before (both runs
+share it). Reported: seconds per round, the median of each and
+the ratio of medians (target <= 1.10), and the check that both scored the same (metrics, loglikelihoods).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="lsh_lastword")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="smollm2_135m", help="a model= option (its converted HF directory)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the timings here")
+    args = parser.parse_args()
+
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from omegaconf import OmegaConf
+
+    from lsh_bitnet.attention import patch_model
+    from lsh_bitnet.bridges.lm_eval import BUNDLED_TASKS, task_manager
+    from lsh_bitnet.models import load_model_cached
+    from lsh_bitnet.run.runner import default_cache_dir
+    from lsh_bitnet.tasks._lm_eval import evaluate_lm_eval
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"model={args.model}", "attention=full", "metric=lm_eval", f"metric.tasks=[{args.task}]",
+                          f"metric.limit={args.limit}"])
+    loaded = load_model_cached(cfg.model, default_cache_dir(cfg))
+    path = loaded.info["cache_path"]
+    plain_lm = HFLM(pretrained=str(path), dtype="float32", device="cpu", batch_size=1)
+    manager = task_manager([str(BUNDLED_TASKS)], {"seed": int(cfg.seed)}, defaults=False)
+
+    def plain():
+        return simple_evaluate(model=plain_lm, tasks=[args.task], limit=args.limit, task_manager=manager,
+                               log_samples=True)
+
+    def bridge():
+        patch = patch_model(loaded.model, cfg.attention, cfg.hasher)
+        try:
+            return evaluate_lm_eval(loaded.model, loaded.tokenizer, manager, cfg.metric, cfg.eval, seed=cfg.seed)
+        finally:
+            patch.unpatch()
+
+    for fn in (plain, bridge):  # untimed: first calls pay one-off costs (imports, allocator, lm-eval's caches)
+        fn()
+    times = {"plain": [], "bridge": []}
+    outputs = {}
+    for round_ in range(args.repeats):
+        order = [("plain", plain), ("bridge", bridge)]
+        for name, fn in order if round_ % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - started)
+    ours, theirs = outputs["bridge"], outputs["plain"]["results"][args.task]
+    same = all(ours["tasks"][args.task].get(k.split(",")[0]) == v for k, v in theirs.items()
+               if k.split(",")[0] in ours["tasks"][args.task] and "_stderr" not in k)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    ratio = medians["bridge"] / medians["plain"]
+    print(f"lm-eval {args.task}, {args.limit} documents, {args.model}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    for name, values in times.items():
+        print(f"  {name:6s} " + " ".join(f"{v:7.2f}s" for v in values) + f"   median {medians[name]:7.2f}s")
+    per_round = [b / p for b, p in zip(times["bridge"], times["plain"])]
+    print(f"  bridge / plain: {ratio:.3f} (medians); per round {', '.join(f'{r:.3f}' for r in per_round)}; "
+          f"same metrics: {same}")
+    if args.json:
+        args.json.write_text(json.dumps({"times": times, "ratio": ratio, "per_round": per_round, "same": same,
+                                         "task": args.task, "limit": args.limit, "model": args.model}, indent=1))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
