@@ -1,14 +1,16 @@
 """The lm-eval bridge's overhead: metric=lm_eval's evaluation (our loaded model patched with attention=full,
 through CountingHFLM, results and per-document records converted) against a plain lm-eval `hf` run (HFLM
 loading the same checkpoint itself), same task, same documents, side by side in one process
-(docs/BENCHMARKS.md, "lm-eval bridge overhead").
+(docs/BENCHMARKS.md, "lm-eval bridge overhead"). A third arm, lm-eval's HFLM on our loaded model left
+unpatched (`hf_ours`), separates the adapter's own cost from differences between two loads of the weights.
 
     nice python benchmarks/bench_lm_eval_bridge.py --task lsh_lastword --limit 20 --repeats 3
 
 After one untimed run of each (first calls pay one-off costs), each round times both, in alternating order
 so that load drifting on a shared machine hits them alike; the task index is built once before (both runs
 share it). Reported: seconds per round, the median of each and
-the ratio of medians (target <= 1.10), and the check that both scored the same (metrics, loglikelihoods).
+the ratio of medians (target <= 1.10), in wall seconds and in the process's CPU seconds (on a shared machine
+the CPU seconds leave out the time spent waiting for a core), and the check that both scored the same.
 """
 import argparse
 import json
@@ -52,6 +54,12 @@ def main() -> int:
         return simple_evaluate(model=plain_lm, tasks=[args.task], limit=args.limit, task_manager=manager,
                                log_samples=True)
 
+    same_lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1)  # our weights, unpatched
+
+    def plain_same_model():
+        return simple_evaluate(model=same_lm, tasks=[args.task], limit=args.limit, task_manager=manager,
+                               log_samples=True)
+
     def bridge():
         patch = patch_model(loaded.model, cfg.attention, cfg.hasher)
         try:
@@ -59,31 +67,39 @@ def main() -> int:
         finally:
             patch.unpatch()
 
-    for fn in (plain, bridge):  # untimed: first calls pay one-off costs (imports, allocator, lm-eval's caches)
+    arms = [("plain", plain), ("hf_ours", plain_same_model), ("bridge", bridge)]
+    for _, fn in arms:  # untimed: first calls pay one-off costs (imports, allocator, lm-eval's caches)
         fn()
-    times = {"plain": [], "bridge": []}
+    times = {name: [] for name, _ in arms}
+    cpu = {name: [] for name, _ in arms}  # process CPU seconds: what the run itself spent, waiting excluded
     outputs = {}
     for round_ in range(args.repeats):
-        order = [("plain", plain), ("bridge", bridge)]
-        for name, fn in order if round_ % 2 == 0 else order[::-1]:
-            started = time.perf_counter()
+        for name, fn in arms if round_ % 2 == 0 else arms[::-1]:
+            started, started_cpu = time.perf_counter(), time.process_time()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
     ours, theirs = outputs["bridge"], outputs["plain"]["results"][args.task]
     same = all(ours["tasks"][args.task].get(k.split(",")[0]) == v for k, v in theirs.items()
                if k.split(",")[0] in ours["tasks"][args.task] and "_stderr" not in k)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    ratio = medians["bridge"] / medians["plain"]
     print(f"lm-eval {args.task}, {args.limit} documents, {args.model}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    for name, values in times.items():
-        print(f"  {name:6s} " + " ".join(f"{v:7.2f}s" for v in values) + f"   median {medians[name]:7.2f}s")
-    per_round = [b / p for b, p in zip(times["bridge"], times["plain"])]
-    print(f"  bridge / plain: {ratio:.3f} (medians); per round {', '.join(f'{r:.3f}' for r in per_round)}; "
-          f"same metrics: {same}")
+    summary = {"same": same, "task": args.task, "limit": args.limit, "model": args.model}
+    for label, table in (("wall", times), ("cpu", cpu)):
+        medians = {k: statistics.median(v) for k, v in table.items()}
+        for name, values in table.items():
+            print(f"  {label:4s} {name:7s} " + " ".join(f"{v:7.2f}s" for v in values)
+                  + f"   median {medians[name]:7.2f}s")
+        summary[label] = {"seconds": table}
+        for base in ("plain", "hf_ours"):
+            per_round = [b / p for b, p in zip(table["bridge"], table[base])]
+            ratio = medians["bridge"] / medians[base]
+            print(f"  {label:4s} bridge / {base}: {ratio:.3f} (medians); per round "
+                  f"{', '.join(f'{r:.3f}' for r in per_round)}")
+            summary[label][f"bridge/{base}"] = {"ratio": ratio, "per_round": per_round}
+    print(f"  same metrics: {same}")
     if args.json:
-        args.json.write_text(json.dumps({"times": times, "ratio": ratio, "per_round": per_round, "same": same,
-                                         "task": args.task, "limit": args.limit, "model": args.model}, indent=1))
+        args.json.write_text(json.dumps(summary, indent=1))
     return 0 if same else 1
 
 

@@ -126,6 +126,7 @@ def test_collector_pairs_lm_eval_runs_over_documents(bridge_runs, tmp_path):
     window = table[table["attention"] == "window"].iloc[0]
     assert window["paired_n"] == LIMIT * len(TASKS) and window["paired_with"] == "full"
     assert window["comparison_ratio"] < 1 and window["accuracy_ci_low"] <= window["accuracy"]
+    assert window["data"] == f"lm-eval {', '.join(TASKS)}"  # what the plots and tables name as the data
 
 
 def test_hub_task_offline_fails_in_seconds_before_the_model_loads(tmp_path, cache_dir, monkeypatch):
@@ -227,3 +228,14 @@ def test_smollm2_full_equals_lm_eval_hf_and_the_window_changes_it(tmp_path, cach
     window, window_records = runs["window"]
     assert window["cost"]["comparison_ratio"] < 0.5
     assert any(a["loglikelihoods"] != b["loglikelihoods"] for a, b in zip(records, window_records))
+
+
+def test_batched_requests_score_the_same_and_share_their_forwards_cost(bridge_runs, tmp_path, cache_dir):
+    record = run(compose_config(TINY + ["attention=full", "metric.batch_size=3"], cache_dir=cache_dir),
+                 output_dir=tmp_path)
+    records, (_, single) = _records(tmp_path), bridge_runs["full"]
+    for a, b in zip(records, single):  # right padding after the real tokens changes nothing causal
+        assert a["index"] == b["index"] and a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+    assert sum(r["comparisons"] for r in records) == record["cost"]["comparisons"]
+    assert record["cost"]["full_comparisons"] >= sum(r["full_comparisons"] for r in single)  # padding is compared
+    assert all(r["comparisons"] > 0 for r in records) and record["metrics"]["unattributed_comparisons"] == 0
