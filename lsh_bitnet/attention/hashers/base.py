@@ -52,7 +52,8 @@ class Hasher:
     schema = HasherConfig  # its config dataclass, a subclass of config.HasherConfig
     # log p1: log of the probability that one table's codes of q and of the hashed key k' collide, a method
     # (q (B, Hkv, g, Qc, D) float32, kh (B, Hkv, 1, kc, D) float32, need (B, Hkv, g, Qc, kc) bool) -> (n_need,)
-    # float64 over the `need` entries. None: the family declares none, and attention.estimator=sampling
+    # float64 over the `need` entries, or over every entry (B, Hkv, g, Qc, kc) when need is None (CUDA: boolean
+    # indexing is a host sync). None: the family declares none, and attention.estimator=sampling
     # refuses it by name (never another family's formula).
     log_p_collision = None
 

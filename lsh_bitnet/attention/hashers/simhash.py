@@ -63,4 +63,5 @@ class SimHashHasher(Hasher):
 
         dots = torch.matmul(q, kh.transpose(-1, -2))  # (B, Hkv, g, Qc, kc)
         norms = q.norm(dim=-1, keepdim=True) * kh.norm(dim=-1).unsqueeze(-2)
-        return log_p_simhash((dots / norms.clamp(min=1e-30))[need], self.n_bits)  # (n_need,)
+        cos = dots / norms.clamp(min=1e-30)
+        return log_p_simhash(cos if need is None else cos[need], self.n_bits)  # (n_need,) or (B, Hkv, g, Qc, kc)
