@@ -90,8 +90,8 @@ class AttentionConfig:
     # Layer indices to patch; null = all layers. Unpatched layers keep full attention.
     layers: Optional[List[int]] = None
     # Queries processed per chunk when building candidate masks: bounds peak memory at
-    # O(chunk x keys) per head instead of O(keys^2).
-    query_chunk: int = 256
+    # O(chunk x keys) per head instead of O(keys^2). null: per device (cpu 256, cuda 1024; kernel.QUERY_CHUNK).
+    query_chunk: Optional[int] = None
     # Retrieval diagnostics (recall of true top-k, softmax mass covered) on a sample of queries.
     diagnostics: bool = False
     diagnostics_k: int = 32

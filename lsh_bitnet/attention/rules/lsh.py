@@ -14,6 +14,7 @@ from lsh_bitnet.registry import RULES
 # Several tables cost one flex pass (and one counting pass) each: measured slower than masked at 4096 queries,
 # faster at 8192 (docs/BENCHMARKS.md). One table: the default threshold (rules/base.py).
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192
+AUTO_FLEX_MIN_QUERIES_TABLES_CUDA = 2048  # a first guess, not measured (rules/base.py)
 
 
 @dataclass
@@ -52,8 +53,10 @@ class LSHAttention(HashedRule):
         return super().refusal(spec, engine)
 
     @classmethod
-    def auto_flex_min_queries(cls, spec) -> int:
-        return AUTO_FLEX_MIN_QUERIES_TABLES if spec.n_tables > 1 else super().auto_flex_min_queries(spec)
+    def auto_flex_min_queries(cls, spec, device_type="cpu") -> int:
+        if spec.n_tables > 1:
+            return AUTO_FLEX_MIN_QUERIES_TABLES_CUDA if device_type == "cuda" else AUTO_FLEX_MIN_QUERIES_TABLES
+        return super().auto_flex_min_queries(spec, device_type)
 
     # ------------------------------------------------------------------ per call
     @classmethod
