@@ -134,7 +134,9 @@ class Hasher:
         if self.mu is None:
             raise RuntimeError(f"hasher.center={self.center}: no mean key yet (calibration centers not loaded, "
                                f"or a decode step before any prefill)")
-        mu = self.mu.to(key.device)
+        if self.mu.device != key.device:  # moved once (calibration means load on CPU), not copied on every call
+            self.mu = self.mu.to(key.device)
+        mu = self.mu
         if mu.dim() == 3 and mu.shape[0] != key.shape[0]:
             raise RuntimeError(f"hasher.center=prompt: mean keys of {mu.shape[0]} rows, but {key.shape[0]} rows "
                                f"now; a decode step must follow the prefill of the same batch")
