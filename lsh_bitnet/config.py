@@ -25,6 +25,7 @@ class StrEnum(str, Enum):  # enum.StrEnum is Python 3.11+; we support 3.10
 
 
 class DType(StrEnum):
+    auto = "auto"  # bfloat16 on CUDA, float32 on CPU (models/checks.py resolve_dtype)
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -51,7 +52,7 @@ class ModelConfig:
     name_or_path: Optional[str] = None
     gguf_file: Optional[str] = None  # file name inside name_or_path, for GGUF checkpoints
     revision: Optional[str] = None
-    dtype: DType = DType.float32
+    dtype: DType = DType.auto  # auto: bfloat16 on CUDA (float32 there falls off fused kernels), float32 on CPU
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     trust_remote_code: bool = False
     # tiny_bitnet only: shape of the randomly initialised model (2B4T ratios at toy size)
