@@ -354,3 +354,15 @@ def test_sync_free_ways_equal_the_cpu_ways(name, Q, monkeypatch):
     tol = 1e-5 if Q == 1 or spec.estimator == "sampling" else 0.0
     assert (out - ref).abs().max() <= tol
     assert not math.isnan(out.abs().max())
+
+
+def test_gpu_check_runs_dry():
+    """benchmarks/gpu_check.py (make gpu-check) without CUDA: every CUDA stage skipped with its reason, exit 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry", "--skip", "syncs"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for stage in ("tests", "sdpa", "accuracy", "speed", "e2e"):
+        assert re.search(rf"(?m)^{stage} .*SKIP \(--dry\)$", done.stdout), done.stdout
