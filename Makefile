@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SWEEP_DIR ?= multirun/quickstart
 
-.PHONY: help setup setup-lm-eval quickstart quickstart-long test test-fast test-slow test-slurm collect clean-venv
+.PHONY: help setup setup-lm-eval quickstart quickstart-long test test-fast test-slow test-slurm gpu-check collect clean-venv
 
 help:  ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,11 @@ test-slow: setup  ## tests that load SmolLM2-135M-Instruct or run whole CLI jobs
 
 test-slurm: setup  ## tests against a SLURM cluster (scripts/slurm/start.sh starts a local one)
 	$(PY) -m pytest -m slurm
+
+# One H100, <= 10 minutes; compiled graphs cached under $$LSH_BITNET_CACHE/inductor. Without CUDA: a dry run that
+# skips the CUDA stages (and says so) and prints the CPU proxy of the host syncs.
+gpu-check: setup  ## the GPU check of benchmarks/gpu_check.py: one table, exit 1 on a wrong result
+	$(PY) benchmarks/gpu_check.py
 
 collect: setup  ## tables and plots of SWEEP_DIR again (e.g. make collect SWEEP_DIR=multirun/baselines)
 	$(PY) -m lsh_bitnet.collect $(SWEEP_DIR)

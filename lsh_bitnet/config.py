@@ -35,6 +35,7 @@ class StrEnum(str, Enum):  # enum.StrEnum is Python 3.11+; we support 3.10
 
 
 class DType(StrEnum):
+    auto = "auto"  # bfloat16 on CUDA, float32 on CPU (models/checks.py resolve_dtype)
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -66,7 +67,7 @@ class ModelConfig:
     name_or_path: Optional[str] = None
     gguf_file: Optional[str] = None  # file name inside name_or_path, for GGUF checkpoints
     revision: Optional[str] = None
-    dtype: DType = DType.float32
+    dtype: DType = DType.auto  # auto: bfloat16 on CUDA (float32 there falls off fused kernels), float32 on CPU
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     trust_remote_code: bool = False
     # tiny_bitnet only: shape of the randomly initialised model (2B4T ratios at toy size)
@@ -131,8 +132,8 @@ class AttentionConfig:
     # Layer indices to patch; null = all layers. Unpatched layers keep full attention.
     layers: Optional[List[int]] = None
     # Queries processed per chunk when building candidate masks: bounds peak memory at
-    # O(chunk x keys) per head instead of O(keys^2).
-    query_chunk: int = 256
+    # O(chunk x keys) per head instead of O(keys^2). null: per device (cpu 256, cuda 1024; kernel.QUERY_CHUNK).
+    query_chunk: Optional[int] = None
     # Retrieval diagnostics (recall of true top-k, softmax mass covered) on a sample of queries.
     diagnostics: bool = False
     diagnostics_k: int = 32

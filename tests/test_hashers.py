@@ -135,3 +135,18 @@ def test_comparison_counts_monotone_over_sweeps(name):
     assert over_tables[0] < over_tables[-1]
     over_m = [comparisons(3, 8, m) for m in range(1, 9)]
     assert all(a >= b for a, b in zip(over_m, over_m[1:])) and over_m[0] > over_m[-1], over_m
+
+
+def test_simhash_codes_are_signs_of_exact_projections():
+    """Vectors within float32 rounding of a hyperplane: the codes are the signs of the exact projections x.r
+    (math.fsum of float64 products, exact for float32 inputs). A float32 or TF32 matmul gets some of them wrong,
+    and differently on CPU and GPU: codes must not depend on the device."""
+    import math
+
+    h = build_hasher("simhash", 1, 64, 1, 1, seed=0, layer_idx=0)
+    r = h.planes[0, 0, :, 0].double()  # (D,) float32 values
+    x = torch.randn(400, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (x - (x @ r / (r @ r))[:, None] * r).float()  # on the hyperplane, up to float32 rounding
+    got = h.bits(x.view(1, 1, 400, 64))[0, 0, :, 0, 0]
+    exact = torch.tensor([math.fsum((xi.double() * r).tolist()) > 0 for xi in x])
+    assert torch.equal(got, exact)

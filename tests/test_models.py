@@ -155,7 +155,7 @@ def test_bad_dtype_is_rejected_by_the_schema_listing_the_allowed_values():
     # model.dtype is an Enum field: composition itself refuses other values (issue 11 item 5).
     from omegaconf.errors import ValidationError
 
-    with pytest.raises(ValidationError, match=r"(?s)'float64', expected one of \[float32, bfloat16, float16\].*dtype"):
+    with pytest.raises(ValidationError, match=r"(?s)'float64', expected one of \[auto, float32, bfloat16, float16\].*dtype"):
         _cfg(name="tiny_bitnet", dtype="float64")
 
 

@@ -218,7 +218,7 @@ def test_free_form_extra_and_declared_keys_pass():
     (["attention=lsh", "+attention.n_table=4"], "did you mean attention.n_tables?", True),
     (["eval.seq_len=1"], "eval.seq_len must be >= 2", True),
     (["attention=lsh", "attention.layers=[]"], "attention.layers=[] patches no layer", True),
-    (["model.dtype=fp16"], "expected one of [float32, bfloat16, float16]", False),  # refused at composition
+    (["model.dtype=fp16"], "expected one of [auto, float32, bfloat16, float16]", False),  # refused at composition
     (["attention=lsh", "hasher.n_bits=100"], "hasher.n_bits must be in [0, 62]", True),
     (["attention=lsh", "attention.engine=flex", "attention.min_collisions=2"],
      "attention.engine=flex cannot run attention.min_collisions=2", True),

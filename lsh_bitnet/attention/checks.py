@@ -33,8 +33,8 @@ def validate_attention_config(attention_cfg, hasher_cfg, head_dim: Optional[int]
                  f"{engines_for(a) + [Engine.auto.value]}")
     for key in ("sink_tokens", "local_window"):
         _require(getattr(a, key) >= 0, f"attention.{key} must be >= 0 (got {getattr(a, key)})")
-    _require(a.query_chunk >= 1, f"attention.query_chunk must be >= 1 (got {a.query_chunk}): "
-             "it is the number of queries per candidate-mask block, e.g. attention.query_chunk=256")
+    _require(a.query_chunk is None or a.query_chunk >= 1, f"attention.query_chunk must be >= 1 (got {a.query_chunk}): "
+             "it is the number of queries per candidate-mask block, e.g. attention.query_chunk=256 (null: the device's default)")
     if a.estimator == Estimator.sampling:
         _require(rule.sampling, f"attention.estimator=sampling needs a rule that defines the collision probability "
                  f"p_ij, one of {each(RULES, lambda r: r.sampling)}; got attention={a.name}: set "

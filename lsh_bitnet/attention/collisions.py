@@ -18,6 +18,8 @@ bucket lookup (cost.selection_ops), whichever way counted.
 
 import torch
 
+from lsh_bitnet.attention.hostsync import sync_free
+
 # Packed sort keys are int64 and non-negative: code and slot bits must fit in 62 bits.
 PACK_BITS = 62
 # Costs per query chunk in units of one dense (query, key, table) byte comparison (~1.15 ns at 1 thread),
@@ -128,7 +130,9 @@ class CollisionIndex:
         cost = {"dense": self.L * pairs}
         if self.onehot_ok:
             cost["onehot"] = (self.L << self.bits) * pairs / ONEHOT_MACS_PER_COMPARE
-        if self.sortable:
+        # The sorted way prices and sizes its output on the host (n.sum(), repeat_interleave, bincount): not where
+        # the host must not wait (hostsync.sync_free: CUDA, whose dense byte comparisons are cheap).
+        if self.sortable and not sync_free(q_idx.device):
             n = self.n.index_select(4, q_idx).flatten()  # collisions per (table, row, head, query)
             cost["sorted"] = SORTED_COST_PER_COLLISION * int(n.sum()) + SORTED_COST_PER_PAIR * pairs
         way = min(cost, key=cost.get)

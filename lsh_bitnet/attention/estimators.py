@@ -12,6 +12,7 @@ import torch
 
 from lsh_bitnet.attention.hashers.bit_sampling import log_p_bit_sampling  # noqa: F401 (re-exported)
 from lsh_bitnet.attention.hashers.simhash import log_p_simhash  # noqa: F401 (re-exported)
+from lsh_bitnet.attention.hostsync import sync_free
 
 # Below this, 1 - P[X < m] loses digits to cancellation (float64 keeps ~16): those entries are summed
 # from the upper terms instead.
@@ -43,6 +44,11 @@ def log_tail(log_p1: torch.Tensor, n_tables: int, m: int) -> torch.Tensor:
         lower += _log_term(i, L, log_p1, log_q1).exp()
     out = torch.log((1.0 - lower).clamp(min=0.0))
     small = (1.0 - lower) < CANCELLATION
+    if sync_free(log_p1.device):  # every entry through the upper terms: no boolean indexing (a host sync each)
+        acc = torch.full_like(log_p1, -math.inf)
+        for i in range(m, L + 1):
+            acc = torch.logaddexp(acc, _log_term(i, L, log_p1, log_q1))
+        return torch.where(small, acc, out)
     if bool(small.any()):
         lp, lq = log_p1[small], log_q1[small]
         acc = torch.full_like(lp, -math.inf)

@@ -1,8 +1,10 @@
 """The "lsh_bitnet" attention implementation, registered with transformers at import time.
 
 Two registrations under one name:
-- AttentionMaskInterface: the stock SDPA mask, but always materialised as a 4D bool (B, 1, Q, K)
-  causal+padding mask (no is_causal skip), so padding is never lost and key_valid can be read off it.
+- AttentionMaskInterface: for the plain causal mask, the key validity alone as a (B, 1, 1, K) bool (causality is
+  re-applied by the kernel): a 4D (B, 1, Q, K) mask would cost B * Q * K bytes per forward (1 GiB at 32k). Other
+  mask functions (packed sequences, overlays) get the stock SDPA mask, materialised (no is_causal skip). Either
+  way padding is never lost and key_valid is read off it.
 - AttentionInterface: reads the per-module state set by patch.py (`module._lsh_bitnet_state`) and
   runs `sparse_attention_counts`; a module without state gets full attention, uncounted.
 """
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, prepare_padding_mask, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from lsh_bitnet.attention.cost import CostMeter
@@ -36,10 +38,24 @@ class LayerState:
 
 
 def lsh_bitnet_mask(**kwargs):
-    """sdpa_mask that never returns None: a 4D bool (B, 1, Q, K) mask, True = may attend."""
-    kwargs["allow_is_causal_skip"] = False
-    kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(**kwargs)
+    """A 4D bool mask that is never None, True = may attend: (B, 1, 1, K) key validity for the plain causal mask
+    (key j is valid iff it is no padding and the last query may see it, what the (B, 1, Q, K) causal + padding
+    mask says about keys), else the stock (B, 1, Q, K) SDPA mask."""
+    if kwargs.get("mask_function", causal_mask_function) is not causal_mask_function or kwargs.get("use_vmap"):
+        kwargs["allow_is_causal_skip"] = False
+        kwargs["allow_is_bidirectional_skip"] = False
+        return sdpa_mask(**kwargs)
+    B, Q, K = kwargs["batch_size"], kwargs["q_length"], kwargs["kv_length"]
+    q_offset, kv_offset = int(kwargs.get("q_offset", 0)), int(kwargs.get("kv_offset", 0))
+    j = torch.arange(kv_offset, kv_offset + K, device=kwargs.get("device", "cpu"))  # (K,) absolute key positions
+    valid = (j <= q_offset + Q - 1).expand(B, K)  # (B, K): causally visible to the last query
+    padding = prepare_padding_mask(kwargs.get("attention_mask"), K, kv_offset)  # (B, >= kv_offset + K) or None
+    if padding is not None:
+        valid = valid & padding[:, kv_offset:kv_offset + K].to(device=j.device, dtype=torch.bool)
+    mask = valid[:, None, None, :]  # (B, 1, 1, K)
+    if padding is None:  # known without looking at the tensor: no host sync per forward
+        _CACHE.prime(mask, valid, kv_offset + K - 1 <= q_offset + Q - 1)
+    return mask
 
 
 class _KeyValidCache:
@@ -47,6 +63,10 @@ class _KeyValidCache:
 
     def __init__(self):
         self.ref, self.key_valid, self.all_valid = None, None, None
+
+    def prime(self, attention_mask: torch.Tensor, key_valid: torch.Tensor, all_valid: bool) -> None:
+        """What the mask hook knows already: key_valid (B, K) and whether it is all True."""
+        self.ref, self.key_valid, self.all_valid = weakref.ref(attention_mask), key_valid, all_valid
 
     def get(self, attention_mask: Optional[torch.Tensor], B: int, Q: int, K: int, device):
         if attention_mask is None:  # no mask at all: nothing is padding
@@ -101,8 +121,8 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     state: Optional[LayerState] = getattr(module, STATE_ATTR, None)
     spec = state.spec if state is not None else FULL_SPEC
     key_valid, all_valid = _CACHE.get(attention_mask, B, Q, K, key.device)
-    if spec.rule.dense and all_valid is None:
-        all_valid = bool(key_valid.all())  # one host sync per forward (cached), lets full skip the mask
+    if all_valid is None:  # lets full skip the mask and flex its padding lookups
+        all_valid = bool(key_valid.all())  # one host sync per forward (cached), none when the hook knew it
         _CACHE.set_all_valid(attention_mask, all_valid)
 
     observe = None

@@ -10,11 +10,18 @@ from typing import Optional, Tuple
 
 import torch
 
+from lsh_bitnet.attention.hostsync import sync_free
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_values(fraction: float, size: int) -> Tuple[int, ...]:
+    frac = Fraction(repr(float(fraction)))
+    return tuple(min(n, math.ceil(frac * n)) for n in range(size))
+
 
 @functools.lru_cache(maxsize=64)
 def _budget_table(fraction: float, size: int) -> torch.Tensor:
-    frac = Fraction(repr(float(fraction)))
-    return torch.tensor([min(n, math.ceil(frac * n)) for n in range(size)], dtype=torch.int64)
+    return torch.tensor(_budget_values(fraction, size), dtype=torch.int64)
 
 
 def fraction_budgets(fraction: float, n: int) -> torch.Tensor:
@@ -24,6 +31,12 @@ def fraction_budgets(fraction: float, n: int) -> torch.Tensor:
     repr(fraction) and multiplied exactly. Tables grow by powers of two, so decode steps hit the cache.
     """
     return _budget_table(float(fraction), 1 << max(n, 1).bit_length())
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_table_on(fraction: float, size: int, device: str) -> torch.Tensor:
+    """_budget_table copied to `device` once, not once per query chunk (a host-to-device copy waits on CUDA)."""
+    return _budget_table(fraction, size).to(device)
 
 
 def row_count(mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,10 @@ def kth_largest(s: torch.Tensor, k_i: torch.Tensor, k_max: int) -> torch.Tensor:
     """
     k_i = k_i.clamp(min=1)
     top = s.topk(k_max, dim=-1, sorted=False).values  # (..., Qc, k_max), the k_max best in no order
-    depth = k_max - int(k_i.min()) + 1 if k_i.numel() else 1
+    if sync_free(s.device):  # all k_max values: the same k_i-th best, without reading min(k_i) on the host
+        depth = k_max
+    else:
+        depth = k_max - int(k_i.min()) + 1 if k_i.numel() else 1
     low = top.topk(depth, dim=-1, largest=False).values  # ascending: low[..., j] is the (k_max - j)-th best
     return low.gather(-1, (k_max - k_i).unsqueeze(-1))
 
@@ -76,7 +92,9 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
     if folded:  # distinct scores, invalid keys (-1) below every kth of a row with k_i > 0: exactly the k_i best
         return chosen
     excess = row_count(chosen) - k_i  # > 0 only where keys tie with the k_i-th score
-    if bool((excess > 0).any()):  # float scores (the oracle) rarely tie: keep the lowest slots among the ties
+    # float scores (the oracle) rarely tie: keep the lowest slots among the ties. Without ties the tie pass keeps
+    # every tied key, so where the host must not wait for `any` (sync_free) it runs on every row.
+    if sync_free(scores.device) or bool((excess > 0).any()):
         tied = s == kth
         need = k_i.unsqueeze(-1) - row_count(s > kth).unsqueeze(-1)
         chosen = (s > kth) | (tied & (tied.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
@@ -87,5 +105,6 @@ def budgets(k, fraction, n_valid: torch.Tensor, kc: int) -> Tuple[torch.Tensor, 
     """k_i (same shape as n_valid, long) and an upper bound k_max on them, for keys [0, kc)."""
     if k is not None:
         return n_valid.clamp(max=k), min(k, kc)
-    table = fraction_budgets(fraction, kc).to(n_valid.device)  # (>= kc + 1,)
-    return table[n_valid], int(table[kc])
+    size = 1 << max(kc, 1).bit_length()  # fraction_budgets' table size
+    table = _budget_table_on(float(fraction), size, str(n_valid.device))  # (>= kc + 1,) on the device
+    return table[n_valid], _budget_values(float(fraction), size)[kc]  # k_max from host values: no device read

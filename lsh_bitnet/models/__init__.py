@@ -17,7 +17,7 @@ from typing import Any, Dict
 
 from omegaconf import OmegaConf
 
-from lsh_bitnet.models.checks import TINY_NAME, as_config, check_model_config, resolve_device
+from lsh_bitnet.models.checks import TINY_NAME, as_config, check_model_config, resolve_device, resolve_dtype
 
 __all__ = ["LoadedModel", "load_model", "load_model_cached", "clear_model_cache", "check_model_config"]
 
@@ -91,8 +91,8 @@ def load_model(model_cfg: Any, cache_dir: Path) -> LoadedModel:
     cfg = as_config(model_cfg)
     check_model_config(cfg)
     started = time.perf_counter()
-    dtype = getattr(torch, cfg.dtype)
     device = resolve_device(str(cfg.device))
+    dtype = getattr(torch, resolve_dtype(cfg.dtype, device))
     device_map = None if device == "cpu" else device  # load straight onto the GPU: 2B4T unpacked is ~5 GB
     cache_path = None
     if cfg.name == TINY_NAME:

@@ -16,7 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from lsh_bitnet.errors import ConfigError, require as _require
 from lsh_bitnet.config import config_value
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# model.dtype=auto per device type: on CUDA float32 has no flash attention and bfloat16 is what checkpoints hold;
+# on CPU bfloat16 matmuls are emulated on most machines and float32 keeps every engine exact to 1e-4.
+AUTO_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 TINY_NAME = "tiny_bitnet"
 SMOLLM2_NAME = "smollm2_135m"
@@ -99,6 +102,13 @@ def resolve_device(device: str) -> str:
         index, count = int(device.split(":")[1]), torch.cuda.device_count()
         _require(index < count, f"model.device={device} but only {count} CUDA device(s) exist: use cuda:0..cuda:{count - 1}")
     return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` -> the device type's AUTO_DTYPE (device already resolved: cpu, cuda or cuda:N); others as given."""
+    if str(dtype) != "auto":
+        return str(dtype)
+    return AUTO_DTYPE.get(str(device).split(":")[0], "float32")
 
 
 def _check_tiny(cfg: DictConfig) -> None:

@@ -238,9 +238,9 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
                                   n_layers=loaded.info.get("n_layers"))
         fit_warnings = check_seq_len(cfg, getattr(text_config, "max_position_embeddings", None), cfg.model.name)
     _warn(record, fit_warnings)
-    accelerator = torch.cuda.is_available() and next(model.parameters()).is_cuda
-    if accelerator:
-        torch.cuda.reset_peak_memory_stats()
+    accelerator = accelerator_device(model)
+    if accelerator is not None:
+        torch.cuda.reset_peak_memory_stats(accelerator)  # the model's GPU: model.device=cuda:1 is not cuda:0
 
     # mean keys for hasher.center=calibration (SPEC section 7); None otherwise
     from lsh_bitnet.attention.centering import centers_for_run
@@ -270,7 +270,8 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
     record["timing"] = {"load_s": loaded.info.get("load_s"), "model_cached": loaded.info.get("model_cached"),
                         "data_s": data_s, "eval_s": eval_s,
                         "tokens_per_s": tokens / eval_s if eval_s > 0 else None, **compile_timing}
-    record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated() if accelerator else None}
+    record["memory"] = {"peak_accelerator_bytes": torch.cuda.max_memory_allocated(accelerator)
+                        if accelerator is not None else None}
     bad = nonfinite_paths(metrics)
     if bad or watch.bad:
         where = f"metrics {', '.join(bad)} not finite" if bad else "metrics finite"
@@ -279,3 +280,11 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
             f"weights (model cache {loaded.info.get('cache_path') or cfg.model.name_or_path}: delete it to "
             f"rebuild), float16 overflow (model.dtype={cfg.model.dtype}: try bfloat16 or float32), or a bug in "
             f"attention={cfg.attention.name} (compare with attention=full)")
+
+
+def accelerator_device(model):
+    """The CUDA device holding the model's parameters (peak memory is read there), or None on CPU."""
+    import torch
+
+    device = next(model.parameters()).device
+    return device if device.type == "cuda" and torch.cuda.is_available() else None

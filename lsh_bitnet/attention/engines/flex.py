@@ -13,27 +13,33 @@ One call is a set of disjoint passes whose union is C(i):
 Block masks come from per-block min/max of codes, slots and positions (O((T/128)^2) bools per head);
 the element-wise mask_mod runs on partial blocks only. No tensor of O(T^2) elements is built.
 
-Merging passes without log-sum-exp: compiled flex on CPU cannot return the LSE (torch 2.13), so slot 0 of
+Merging passes on CUDA: flex returns each pass's float32 log-sum-exp (return_aux=AuxRequest(lse=True)); the
+passes are weighted by softmax over their lse, and a counting pass (every score 0) counts exp(lse) candidates
+per row. Slot 0 of every key block is then a dead key, masked out like padding.
+
+Merging passes without log-sum-exp (CPU): compiled flex on CPU cannot return the LSE (torch 2.13), so slot 0 of
 every key block is a *sentinel*: key 0, value e_sent, score s0(i) = scale * q_i . k_i (set by score_mod).
 Values carry two extra columns, [v | 1 | e_sent]. Every visited block adds one sentinel, m(i) in all, so
 a pass returns b = Z / (Z + m e^s0) in the ones column and a = m e^s0 / (Z + m e^s0) in the sentinel
 column: Z / e^s0 = m b / a, the weight of the pass, and v-part / b is its normalised output. The
 counts are the same trick with every score 0: |pass| = m b / a exactly (rounded; float32, counts < 2^22);
 the always pass, and lsh table 0 of a call without padding, are counted in closed form instead (no second pass).
+The sentinel columns come back at the passes' precision, so CPU runs bfloat16/float16 calls in float32.
+
+Every table (tree) of a call runs one compiled graph: the table index is a tensor argument, and the
+exclusion of earlier tables loops over all of them with `e < t` as part of the condition.
 """
 import time
 from types import SimpleNamespace
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from lsh_bitnet.attention.engines.flex_counts import always_counts, first_table_counts
 from lsh_bitnet.attention.engines.flex_forest import forest_always_overlap, forest_shifts
+from lsh_bitnet.attention.engines.flex_pass import (  # noqa: F401  (BS, REAL: re-exported)
+    BS, COUNT_DIM, LSE_COUNT_MAX_KEYS, REAL, _compiled, _device_consts, _table_index, lse_merge)
 
-BS = 128  # flex's default sparse block; the CPU kernel tiles by it
-REAL = BS - 1  # real keys per key block: slot 0 is the sentinel
-COUNT_DIM = 16  # q/k/v head dim of the counting pass: flex needs >= 16; scores are 0 anyway
 FAR = 2 ** 62  # code of padding rows: sorts last and matches nothing valid
 # One compiled graph per (padded shape, dtype, n_tables); a sweep over shapes must not fall back to eager.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
@@ -49,67 +55,6 @@ def bucket(n_blocks: int) -> int:
     cache recompiles 4 times per doubling, not once per block."""
     step = 1 << max(0, n_blocks.bit_length() - 3)
     return -(-n_blocks // step) * step
-
-
-def _make_pass(kind: str, t: int, padded: bool, counting: bool):
-    """The flex call of one pass. kind "always" (self, sinks, window), "table" (lsh table t minus earlier ones)
-    or "tree" (lsh_forest tree t minus earlier ones: codes equal above the query's shift d - x*(i)).
-
-    Flags are Python constants, so each (kind, t, padded, counting) is its own small graph: the mask does
-    only the lookups it needs. Without padding a slot's position is the slot itself, so counts are not read.
-    """
-
-    def run(q, k, v, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift, s0,
-            consts, g: int, scale: float):
-        # qslot (B, Hq, Qp) (-1: padding), kslot (B, Hkv, Kp) (FAR: padding or sentinel), sorted order;
-        # qcount/kcount likewise (read only when padded); codes (L, B, H, len); qshift (B, Hq, Qp) (trees only);
-        # consts = [self, sinks, window, K - Q, Q, K] (tensors: one graph serves every length of a bucket).
-        def mask_mod(b, h, qi, ki):
-            hk = h // g
-            if kind == "always" and not padded:  # original order, no padding: slots from indices, no lookups
-                qs = torch.where(qi < consts[4], qi + consts[3], -1)
-                ks = ki - ki // BS - 1  # REAL keys behind each block's sentinel
-                ks = torch.where((ki % BS != 0) & (ks < consts[5]), ks, 1 << 30)  # int32 indices here
-            else:
-                qs, ks = qslot[b, h, qi], kslot[b, hk, ki]
-            if padded:
-                qn, kn = qcount[b, h, qi], kcount[b, hk, ki]
-                always = ((consts[0] > 0) & (ks == qs)) | (kn <= consts[1]) | (qn - kn < consts[2])
-            else:  # position = slot
-                always = ((consts[0] > 0) & (ks == qs)) | (ks < consts[1]) | (qs - ks < consts[2])
-            cand = ks <= qs
-            if kind == "always":
-                cand = cand & always
-            elif kind == "tree":  # shared prefix of x*(i) bits: the code bits above the query's shift agree
-                sh = qshift[b, h, qi]
-                cand = cand & ~always & (((qcodes[t, b, h, qi] ^ kcodes[t, b, hk, ki]) >> sh) == 0)
-                for e in range(t):
-                    cand = cand & (((qcodes[e, b, h, qi] ^ kcodes[e, b, hk, ki]) >> sh) != 0)
-            else:
-                cand = cand & ~always & (qcodes[t, b, h, qi] == kcodes[t, b, hk, ki])
-                for e in range(t):  # disjoint passes: not already counted by an earlier table
-                    cand = cand & (qcodes[e, b, h, qi] != kcodes[e, b, hk, ki])
-            return cand | (ki % BS == 0)  # the sentinel of every visited block
-
-        def score_mod(score, b, h, qi, ki):
-            if counting:
-                return torch.where(ki % BS == 0, 0.0, score * 0.0)
-            return torch.where(ki % BS == 0, s0[b, h, qi], score)
-
-        bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BS, mask_mod=mask_mod,
-                                      seq_lengths=(q.shape[2], k.shape[2]), compute_q_blocks=False)
-        return flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, enable_gqa=g > 1)
-
-    return torch.compile(run, dynamic=False, fullgraph=True)
-
-
-_COMPILED: Dict[Tuple, object] = {}
-
-
-def _compiled(*flags):
-    if flags not in _COMPILED:
-        _COMPILED[flags] = _make_pass(*flags)
-    return _COMPILED[flags]
 
 
 def _ordered(blocks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +98,8 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
         if c.qshift0 is not None:
             # Forest: queries grouped by depth first, then code, so a query block's prefix ranges are alike. Sorted
             # by code alone, the first queries (x* = 0: every key is a candidate) would sit in every query block
-            # and make it visit every key block. Codes < 2^max_depth, so (shift, code) packs in one int64.
+            # and make it visit every key block. Codes < 2^max_depth, max_depth <= 56 (rules/lsh_forest.py
+            # FOREST_FLEX_MAX_DEPTH), so (shift, code) packs in one int64 below FAR.
             qkey = (c.qshift0[..., :Q] << int(c.bits)) | qkey
         qsrc = torch.sort(qkey.masked_fill(~qvalid[:, None], FAR), dim=-1, stable=True).indices
         ksrc = torch.sort(kc0[t, ..., :K].masked_fill(~key_valid[:, None], FAR), dim=-1, stable=True).indices
@@ -205,8 +151,9 @@ def _layout(c: SimpleNamespace, t: int) -> SimpleNamespace:
                            full_idx=full_idx, m=m)
 
 
-def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
-    """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row."""
+def _prepare(query, key, key_valid, cands, all_valid: Optional[bool] = None) -> SimpleNamespace:
+    """Original-order metadata shared by the passes; index K (keys) / Q (queries) is a dummy padding row.
+    all_valid: whether key_valid has no padding, if the caller knows (registry.py: once per forward)."""
     spec = cands.spec
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
@@ -214,7 +161,9 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
     dev = query.device
     nQb, nKb = bucket(-(-Q // BS)), bucket(-(-K // REAL))
     Qp, Kp = nQb * BS, nKb * BS
-    padded = not bool(key_valid.all())  # one host sync; without padding the mask reads slots only
+    if all_valid is None:
+        all_valid = bool(key_valid.all())  # one host sync; without padding the mask reads slots only
+    padded = not all_valid
 
     count = cands.count  # (B, K)
     slot = torch.arange(K, device=dev).expand(B, K)
@@ -245,7 +194,8 @@ def _prepare(query, key, key_valid, cands) -> SimpleNamespace:
                            B=B, Hq=Hq, Hkv=Hkv, Q=Q, K=K, g=g, dev=dev, nQb=nQb, nKb=nKb, Qp=Qp, bq=bq, hq=hq, hk=hk,
                            qvalid=qvalid, key_valid=key_valid, qc0=qc0, kc0=kc0, inc_self=inc_self, sinks=sinks, window=window,
                            qslot0=qslot0, kslot0=kslot0, qcount0=qcount0, kcount0=kcount0, passes=passes,
-                           qshift0=qshift0, forest_count=forest_count)
+                           qshift0=qshift0, forest_count=forest_count,
+                           consts=_device_consts((int(inc_self), sinks, window, K - Q, Q, K), str(dev)))
 
 
 def layouts(query, key, key_valid, cands):
@@ -254,20 +204,28 @@ def layouts(query, key, key_valid, cands):
     return [(t, _layout(c, t)) for t in c.passes]
 
 
-def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
-    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh / lsh_forest, equal to the masked engine's."""
-    c = _prepare(query, key, key_valid, cands)
+def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float, all_valid: Optional[bool] = None):
+    """Output (B, Hq, Q, Dv) and comparisons (int64 0-d) for window / lsh / lsh_forest, equal to the masked engine's.
+    all_valid: key_valid has no padding, when the caller knows it (else one host sync finds out)."""
+    out_dtype = value.dtype
+    lse = lse_merge(query.device)
+    if not lse and query.dtype in (torch.float16, torch.bfloat16):
+        # The sentinel columns would come back at the query's precision: in float16 a pass's mass underflows once
+        # its best key scores ~10 nats above s0, in bfloat16 the weights are off by up to ~0.4%. CPU runs float32.
+        query, key, value = query.float(), key.float(), value.float()
+    c = _prepare(query, key, key_valid, cands, all_valid)
     spec, B, Hq, Hkv, Q, K, D, g, dev = c.spec, c.B, c.Hq, c.Hkv, c.Q, c.K, c.D, c.g, c.dev
     Dv, nKb, Qp, Kp, padded, L, bq, hq, hk = value.shape[-1], c.nKb, c.Qp, c.Kp, c.padded, c.L, c.bq, c.hq, c.hk
     qc0, kc0, qvalid, count, sentinel = c.qc0, c.kc0, c.qvalid, c.count, c.sentinel
-    # s0(i) = scale * q_i . k_slot(i): a reference score on the scale of the row (float32)
-    s0 = (query.float() * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
-    consts = torch.tensor([int(spec.include_self), int(spec.sink_tokens), int(spec.local_window), K - Q, Q, K],
-                          dtype=torch.int64, device=dev)
+    consts = c.consts
+    if lse:
+        s0 = None  # no sentinel scores: the passes return their log-sum-exp
+    else:  # s0(i) = scale * q_i . k_slot(i): a reference score on the scale of the row (float32)
+        s0 = (query.float() * key[:, :, K - Q:].float().repeat_interleave(g, 1)).sum(-1) * scaling  # (B, Hq, Q)
     n_cmp = (always_counts(count[:, K - Q:], qvalid.to(torch.int64), spec).sum() * Hq)
     if c.forest_count is not None:  # the trees' passes counted in closed form: no counting passes
         n_cmp = n_cmp + c.forest_count
-    masses: List[torch.Tensor] = []
+    masses: List[torch.Tensor] = []  # per pass (B, Hq, Q): its softmax mass Z / e^s0 (float64), or its lse (float32)
     outs: List[torch.Tensor] = []
     for t in c.passes:
         lay = _layout(c, t)
@@ -280,53 +238,82 @@ def flex_sparse_attention(query, key, value, key_valid, cands, scaling: float):
             kx = _with_sentinels(key, nKb)
             vx = _with_sentinels(value, nKb)
             qx = torch.cat([query, query.new_zeros(B, Hq, Qp - Q, D)], 2)
-            s0x = torch.cat([s0, s0.new_zeros(B, Hq, Qp - Q)], -1)
+            s0x = None if lse else torch.cat([s0, s0.new_zeros(B, Hq, Qp - Q)], -1)
         else:
             kidx = ksrc.clamp(max=K - 1)
             kx = key[bq, hk, kidx].masked_fill(~kv[..., None], 0)  # (B, Hkv, Kp, D)
             vx = value[bq, hk, kidx].masked_fill(~kv[..., None], 0)
             qidx = qsrc.clamp(max=Q - 1)
             qx = query[bq, hq, qidx].masked_fill(~(qsrc < Q)[..., None], 0)  # (B, Hq, Qp, D)
-            s0x = s0[bq, hq, qidx]
-        vx = torch.cat([vx, kv[..., None].to(vx.dtype), sentinel.expand(B, Hkv, Kp)[..., None].to(vx.dtype)], -1)
+            s0x = None if lse else s0[bq, hq, qidx]
+        if not lse:  # [v | 1 | e_sent]
+            vx = torch.cat([vx, kv[..., None].to(vx.dtype), sentinel.expand(B, Hkv, Kp)[..., None].to(vx.dtype)], -1)
         qcodes = qc0[:, bq, hq, qsrc] if L else qslot[None]  # (L, B, Hq, Qp); unused by the always pass
         kcodes = kc0[:, bq, hk, ksrc] if L else kslot[None]
         qshift = c.qshift0[bq, hq, qsrc] if c.qshift0 is not None else qslot  # (B, Hq, Qp); unused by lsh
-        args = (kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift)
+        tix = _table_index(max(t, 0), dev)
+        args = (tix, kv_num, kv_idx, full_num, full_idx, qslot, kslot, qcount, kcount, qcodes, kcodes, qshift)
         kind = "always" if t < 0 else ("tree" if c.qshift0 is not None else "table")
-        o = _timed(("main", kind, t, padded, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
-                   _compiled(kind, max(t, 0), padded, False), qx, kx, vx, *args, s0x, consts, g, scaling)
+        res = _timed(("main", kind, padded, lse, tuple(qx.shape), tuple(kx.shape), Dv, qx.dtype, str(dev), L, scaling),
+                     _compiled(kind, padded, False, not lse), qx, kx, vx, *args,
+                     consts if s0x is None else s0x, consts, g, scaling)
+        o, pass_lse = res if lse else (res, None)
         # back to original query order; padding rows (qsrc == Q) drop out
         if t < 0:
             pos = None
             o, mq = o[:, :, :Q], m[..., :Q]
+            pass_lse = None if pass_lse is None else pass_lse[..., :Q]
         else:
             pos = torch.empty_like(qsrc).scatter_(-1, qsrc, torch.arange(Qp, device=dev).expand(B, Hq, Qp))[..., :Q]
-            o, mq = o.gather(2, pos[..., None].expand(B, Hq, Q, Dv + 2)), m.gather(2, pos)  # (B, Hq, Q, Dv + 2)
-        a, b = o[..., Dv + 1].double(), o[..., Dv].double()
-        ok = (mq > 0) & (b > 0)
-        # Z / e^s0, this pass's softmax mass (float64: a may be tiny), and its normalised output (float32)
-        masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
-        normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
-        outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
+            o, mq = o.gather(2, pos[..., None].expand(B, Hq, Q, o.shape[-1])), m.gather(2, pos)  # (B, Hq, Q, Dv [+ 2])
+            pass_lse = None if pass_lse is None else pass_lse.gather(2, pos)
+        if lse:  # each pass normalised by flex; its log-sum-exp (float32) weighs it (-inf: an empty pass)
+            ok = (mq > 0) & torch.isfinite(pass_lse)
+            masses.append(torch.where(ok, pass_lse.float(), float("-inf")))  # (B, Hq, Q)
+            outs.append(torch.where(ok[..., None], o.float(), 0.0))  # (B, Hq, Q, Dv)
+        else:
+            a, b = o[..., Dv + 1].double(), o[..., Dv].double()
+            ok = (mq > 0) & (b > 0)
+            # Z / e^s0, this pass's softmax mass (float64: a may be tiny), and its normalised output (float32)
+            masses.append(torch.where(ok, mq * b / a.clamp(min=1e-300), 0.0))  # (B, Hq, Q)
+            normed = o[..., :Dv].float() / o[..., Dv:Dv + 1].float().clamp(min=1e-30)
+            outs.append(torch.where(ok[..., None], normed, 0.0))  # (B, Hq, Q, Dv); rows of an empty pass may be NaN
         if t == 0 and not padded and kind == "table":
-            n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g)
-        elif kind == "table":  # counting pass, float32, every score 0: ones column over real keys, sentinel column
-            zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
-            vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
-            vc[..., 0], vc[..., 1] = kv.float(), sentinel.float()
-            oc = _timed(("count", kind, t, padded, tuple(zq.shape), tuple(vc.shape), str(dev), L),
-                        _compiled(kind, t, padded, True), zq, vc, vc, *args, s0x.float(), consts, g, 1.0)
-            oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
-            mq = mq.double()
-            n = torch.where((mq > 0) & (oc[..., 0] > 0), mq * oc[..., 0] / oc[..., 1].clamp(min=1e-300), 0.0)
-            n_cmp = n_cmp + torch.round(n).to(torch.int64).sum()
+            n_cmp = n_cmp + first_table_counts(qc0[0, ..., :Q], kc0[0, ..., :K], spec, g, c.bits)
+        elif kind == "table":
+            n_cmp = n_cmp + _count_pass(c, lay, args, kind, pos, lse and K <= LSE_COUNT_MAX_KEYS)
     if not outs:  # include_self=false and nothing else: every C(i) is empty
-        return value.new_zeros(B, Hq, Q, Dv), n_cmp
+        return value.new_zeros(B, Hq, Q, Dv).to(out_dtype), n_cmp
     mass = torch.stack(masses)  # (P, B, Hq, Q)
-    w = (mass / mass.sum(0).clamp(min=1e-300)).float()  # each pass's share of the softmax; 0 rows stay 0
+    if lse:  # softmax over the passes' lse: the largest gets exp(0) = 1, so no row underflows as a whole
+        top = mass.amax(0)
+        w = torch.exp(mass - torch.where(torch.isfinite(top), top, 0.0))  # exp(-inf) = 0 for empty passes
+        w = w / w.sum(0).clamp(min=1e-30)
+    else:
+        w = (mass / mass.sum(0).clamp(min=1e-300)).float()  # each pass's share of the softmax; 0 rows stay 0
     out = sum(w[p, ..., None] * outs[p] for p in range(len(outs)))
-    return out.to(value.dtype), n_cmp
+    return out.to(out_dtype), n_cmp
+
+
+def _count_pass(c, lay, args, kind, pos, lse: bool) -> torch.Tensor:
+    """|pass| summed over query heads and queries (int64 0-d), from a pass whose scores are all 0: exp(lse) per
+    row (lse: float32, exact to 2^17 keys), or the sentinel trick m b / a (float32, counts < 2^22)."""
+    B, Hq, Hkv, Q, Qp, Kp, g, dev = c.B, c.Hq, c.Hkv, c.Q, c.Qp, c.Kp, c.g, c.dev
+    zq = torch.zeros(B, Hq, Qp, COUNT_DIM, device=dev)
+    vc = torch.zeros(B, Hkv, Kp, COUNT_DIM, device=dev)
+    mq = lay.m.gather(2, pos).double()
+    if lse:
+        _, n_lse = _timed(("count", kind, c.padded, True, tuple(zq.shape), tuple(vc.shape), str(dev), c.L),
+                          _compiled(kind, c.padded, True, False), zq, vc, vc, *args, zq[..., 0], c.consts, g, 1.0)
+        n_lse = n_lse.gather(2, pos).double()
+        n = torch.where((mq > 0) & torch.isfinite(n_lse), n_lse.exp(), 0.0)
+    else:  # ones column over real keys, sentinel column
+        vc[..., 0], vc[..., 1] = lay.kv.float(), c.sentinel.float()
+        oc = _timed(("count", kind, c.padded, False, tuple(zq.shape), tuple(vc.shape), str(dev), c.L),
+                    _compiled(kind, c.padded, True, True), zq, vc, vc, *args, zq[..., 0], c.consts, g, 1.0)
+        oc = oc.gather(2, pos[..., None].expand(B, Hq, Q, COUNT_DIM)).double()
+        n = torch.where((mq > 0) & (oc[..., 0] > 0), mq * oc[..., 0] / oc[..., 1].clamp(min=1e-300), 0.0)
+    return torch.round(n).to(torch.int64).sum()
 
 
 def _timed(key, fn, *args):
@@ -335,8 +322,9 @@ def _timed(key, fn, *args):
         return fn(*args)
     start = time.perf_counter()
     out = fn(*args)
-    if out.is_cuda:
-        torch.cuda.synchronize()
+    first = out[0] if isinstance(out, tuple) else out
+    if first.is_cuda:
+        torch.cuda.synchronize(first.device)  # its own device: model.device=cuda:1 must not wait on cuda:0
     took = time.perf_counter() - start
     if key in SEEN:
         RERUN[key] = took

@@ -19,12 +19,19 @@ def always_counts(qcount: torch.Tensor, qvalid: torch.Tensor, spec) -> torch.Ten
     return n * qvalid
 
 
-def first_table_counts(qc: torch.Tensor, kc: torch.Tensor, spec, g: int) -> torch.Tensor:
+# Sort keys code * (K + 1) + slot must fit a signed int64.
+PACK_BITS = 63
+
+
+def first_table_counts(qc: torch.Tensor, kc: torch.Tensor, spec, g: int, bits: int = 62) -> torch.Tensor:
     """|pass 0| without a counting pass, for calls without padding (position = slot): the keys j <= i
     sharing the query's table-0 code, less those already in the always set. qc (B, Hq, Q), kc (B, Hkv, K)
-    int64 codes >= 0 -> int64 0-d. Memory O(Q * (W + S)) per head, W = local_window, S = sink_tokens."""
+    int64 codes >= 0 of `bits` bits -> int64 0-d. Memory O(Q * (W + S)) per head, W = local_window, S = sink_tokens."""
     B, Hq, Q = qc.shape
     K = kc.shape[-1]
+    if bits + (K + 1).bit_length() > PACK_BITS:  # code * (K + 1) would overflow: rank the codes (equality is kept)
+        _, rank = torch.unique(torch.cat([kc.flatten(), qc.flatten()]), return_inverse=True)
+        kc, qc = rank[:kc.numel()].view(kc.shape), rank[kc.numel():].view(qc.shape)
     slots = torch.arange(K - Q, K, device=qc.device)  # (Q,)
     kr = kc.repeat_interleave(g, 1)  # (B, Hq, K)
     # Same code and j <= i: a range of the keys sorted by (code, slot), found by binary search.

@@ -23,6 +23,19 @@ def _ids(kraw: torch.Tensor, qraw: torch.Tensor, bits: int, room: int) -> Tuple[
     return inv[:n].view(kraw.shape), inv[n:].view(qraw.shape), max(1, int(inv.max()).bit_length())
 
 
+def _pair_ids(k_hi: torch.Tensor, q_hi: torch.Tensor, hi_bits: int, k_lo: torch.Tensor, q_lo: torch.Tensor,
+              lo_bits: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Ids of (hi, lo) pairs, keys and queries in one space: hi << lo_bits | lo while that fits ID_BITS, else the
+    ranks of the pairs (a shift past 63 bits would wrap and merge groups). hi broadcasts to lo's shape."""
+    k_hi, q_hi = k_hi.expand_as(k_lo), q_hi.expand_as(q_lo)
+    if hi_bits + lo_bits <= ID_BITS:
+        return (k_hi << lo_bits) | k_lo, (q_hi << lo_bits) | q_lo, hi_bits + lo_bits
+    pairs = torch.stack([torch.cat([k_hi.flatten(), q_hi.flatten()]), torch.cat([k_lo.flatten(), q_lo.flatten()])], -1)
+    _, inv = torch.unique(pairs, dim=0, return_inverse=True)
+    n = k_lo.numel()
+    return inv[:n].view(k_lo.shape), inv[n:].view(q_lo.shape), max(1, int(inv.max()).bit_length())
+
+
 def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
     """d - x*(i) per query head, (B, Hq, Q) int64: x*(i) is the deepest prefix length at which the keys of V(i)
     sharing query i's prefix in at least one tree number min(min_candidates, |V(i)|) (candidates.py _forest).
@@ -70,7 +83,7 @@ def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
     for t in range(L):
         N[t, 0] = nvis[:, None]
         for x in range(1, d + 1):
-            N[t, x] = count((seg << x) | prefix(kc, t, x), (seg << x) | prefix(qc, t, x), seg_bits + x)
+            N[t, x] = count(*_pair_ids(seg, seg, seg_bits, prefix(kc, t, x), prefix(qc, t, x), x))
     # counts fall with depth, so "enough" holds on a prefix 0 .. x of depths: x* lies in [lo, hi]
     lo = (N.amax(0) >= target).sum(0) - 1  # (B, Hkv, g*Q): one tree alone already holds enough keys
     hi = (N.sum(0) >= target).sum(0) - 1  # even the sum over trees falls short deeper than hi
@@ -81,10 +94,10 @@ def forest_shifts(cands) -> Tuple[torch.Tensor, torch.Tensor]:
             top = S.bit_length() - 1
             parent = S ^ (1 << top)
             if parent == 0:
-                groups[S] = ((seg << x) | prefix(kc, top, x), (seg << x) | prefix(qc, top, x), seg_bits + x)
+                groups[S] = _pair_ids(seg, seg, seg_bits, prefix(kc, top, x), prefix(qc, top, x), x)
                 continue
             kid, qid, bits = _ids(*groups[parent], x)
-            groups[S] = ((kid << x) | prefix(kc, top, x), (qid << x) | prefix(qc, top, x), bits + x)
+            groups[S] = _pair_ids(kid, qid, bits, prefix(kc, top, x), prefix(qc, top, x), x)
             sign = 1 if bin(S).count("1") % 2 else -1
             union = union + sign * count(*groups[S])
         return union

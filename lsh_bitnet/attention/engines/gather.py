@@ -10,9 +10,19 @@ from typing import Optional, Tuple
 
 import torch
 
+from lsh_bitnet.attention.hostsync import sync_free
+
 # Above a few queries the gathered (rows x n_max x D) keys outgrow one masked SDPA call, and prefill
 # chunks already amortise the mask: the gather is for decode (1 query) and short speculative steps.
 GATHER_MAX_QUERIES = 4
+
+
+def use_gather(n_queries: int, device: torch.device) -> bool:
+    """Whether a masked-engine call of n_queries queries attends over compacted candidates (decode steps). Not
+    where host syncs are avoided (hostsync.sync_free: CUDA): the compaction sizes tensors by the candidates
+    (nonzero, bincount, the row maximum), three syncs per layer, and a GPU's masked SDPA over all K keys of a
+    decode step is cheap anyway."""
+    return n_queries <= GATHER_MAX_QUERIES and not sync_free(device)
 
 
 def gather_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cand: torch.Tensor,

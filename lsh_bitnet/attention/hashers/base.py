@@ -52,7 +52,8 @@ class Hasher:
     schema = HasherConfig  # its config dataclass, a subclass of config.HasherConfig
     # log p1: log of the probability that one table's codes of q and of the hashed key k' collide, a method
     # (q (B, Hkv, g, Qc, D) float32, kh (B, Hkv, 1, kc, D) float32, need (B, Hkv, g, Qc, kc) bool) -> (n_need,)
-    # float64 over the `need` entries. None: the family declares none, and attention.estimator=sampling
+    # float64 over the `need` entries, or over every entry (B, Hkv, g, Qc, kc) when need is None (CUDA: boolean
+    # indexing is a host sync). None: the family declares none, and attention.estimator=sampling
     # refuses it by name (never another family's formula).
     log_p_collision = None
 
@@ -133,7 +134,9 @@ class Hasher:
         if self.mu is None:
             raise RuntimeError(f"hasher.center={self.center}: no mean key yet (calibration centers not loaded, "
                                f"or a decode step before any prefill)")
-        mu = self.mu.to(key.device)
+        if self.mu.device != key.device:  # moved once (calibration means load on CPU), not copied on every call
+            self.mu = self.mu.to(key.device)
+        mu = self.mu
         if mu.dim() == 3 and mu.shape[0] != key.shape[0]:
             raise RuntimeError(f"hasher.center=prompt: mean keys of {mu.shape[0]} rows, but {key.shape[0]} rows "
                                f"now; a decode step must follow the prefill of the same batch")

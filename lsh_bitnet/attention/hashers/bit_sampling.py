@@ -64,10 +64,10 @@ class BitSamplingHasher(Hasher):
         return (x.gather(-1, idx) > 0).view(B, H, T, self.n_tables, self.n_bits)
 
     def log_p_collision(self, q, kh, need):
-        """log C(a_ij, K) / C(D, K) over the `need` entries, a_ij the coordinates where (q_c > 0) == (k'_c > 0),
-        counted by a +-1 matmul."""
+        """log C(a_ij, K) / C(D, K) over the `need` entries (need None: every entry), a_ij the coordinates where
+        (q_c > 0) == (k'_c > 0), counted by a +-1 matmul."""
         import torch
 
         sq, sk = (q > 0).float() * 2 - 1, (kh > 0).float() * 2 - 1
         agree = (q.shape[-1] + torch.matmul(sq, sk.transpose(-1, -2))) / 2
-        return log_p_bit_sampling(agree[need], self.n_bits, self.head_dim)
+        return log_p_bit_sampling(agree if need is None else agree[need], self.n_bits, self.head_dim)

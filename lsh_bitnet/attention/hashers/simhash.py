@@ -52,15 +52,19 @@ class SimHashHasher(Hasher):
 
         self._check(x)
         B, H, T, D = x.shape
-        # float32 projections: in bf16 the sign of a near-zero x.r would depend on the rounding.
-        planes = self._param(self._flat_planes, x.device)  # (Hkv, D, tables*bits)
-        proj = torch.matmul(x.float(), planes.unsqueeze(0))  # (B, Hkv, T, tables*bits)
+        # float64 projections: a float32 (or TF32) matmul rounds differently on CPU and GPU, and the sign of a
+        # near-zero x.r would then depend on the device. Products of float32 values are exact in float64 and a
+        # head dim's sum keeps ~45 bits, so codes are the signs of the exact projections but for ties at ~1e-13.
+        planes = self._param(self._flat_planes, x.device, torch.float64)  # (Hkv, D, tables*bits)
+        proj = torch.matmul(x.double(), planes.unsqueeze(0))  # (B, Hkv, T, tables*bits)
         return (proj > 0).view(B, H, T, self.n_tables, self.n_bits)
 
     def log_p_collision(self, q, kh, need):
-        """log (1 - theta_ij / pi) ** K over the `need` entries, theta_ij the angle between q_i and k'_j."""
+        """log (1 - theta_ij / pi) ** K over the `need` entries (need None: every entry), theta_ij the angle
+        between q_i and k'_j."""
         import torch
 
         dots = torch.matmul(q, kh.transpose(-1, -2))  # (B, Hkv, g, Qc, kc)
         norms = q.norm(dim=-1, keepdim=True) * kh.norm(dim=-1).unsqueeze(-2)
-        return log_p_simhash((dots / norms.clamp(min=1e-30))[need], self.n_bits)  # (n_need,)
+        cos = dots / norms.clamp(min=1e-30)
+        return log_p_simhash(cos if need is None else cos[need], self.n_bits)  # (n_need,) or (B, Hkv, g, Qc, kc)

@@ -16,6 +16,10 @@ from lsh_bitnet.errors import require
 # `auto` takes flex from this many queries on: below it (decode steps, short windows) the fixed cost of
 # sorting and block-mask building exceeds the dense product (docs/BENCHMARKS.md). A rule may ask for more.
 AUTO_FLEX_MIN_QUERIES = 2048
+# The same per device type where it differs from CPU. CUDA: a first guess, not measured (benchmarks/gpu_check.py
+# times masked and flex at 8k): there the masked engine builds a (chunk x keys) mask per chunk and runs SDPA on it
+# with K/V repeated per head, while flex's fixed costs (sorts, block masks) are a few small kernels.
+AUTO_FLEX_MIN_QUERIES_BY_DEVICE = {"cuda": 1024}
 # Codes of up to 30 bits are compared as int32: half the memory traffic of int64 on these
 # (heads x queries x keys) tensors, and 2**30 thresholds still fit.
 INT32_BITS = 30
@@ -49,9 +53,9 @@ class Rule:
         return None
 
     @classmethod
-    def auto_flex_min_queries(cls, spec) -> int:
-        """engine=auto runs flex from this many queries on (when `refusal(spec, "flex")` is None)."""
-        return AUTO_FLEX_MIN_QUERIES
+    def auto_flex_min_queries(cls, spec, device_type: str = "cpu") -> int:
+        """engine=auto runs flex from this many queries on (when `refusal(spec, "flex")` is None), on device_type."""
+        return AUTO_FLEX_MIN_QUERIES_BY_DEVICE.get(device_type, AUTO_FLEX_MIN_QUERIES)
 
     @classmethod
     def hash_shape(cls, spec) -> Tuple[Optional[int], int]:

@@ -14,6 +14,7 @@ from lsh_bitnet.registry import RULES
 # Several tables cost one flex pass (and one counting pass) each: measured slower than masked at 4096 queries,
 # faster at 8192 (docs/BENCHMARKS.md). One table: the default threshold (rules/base.py).
 AUTO_FLEX_MIN_QUERIES_TABLES = 8192
+AUTO_FLEX_MIN_QUERIES_TABLES_CUDA = 2048  # a first guess, not measured (rules/base.py)
 
 
 @dataclass
@@ -52,8 +53,10 @@ class LSHAttention(HashedRule):
         return super().refusal(spec, engine)
 
     @classmethod
-    def auto_flex_min_queries(cls, spec) -> int:
-        return AUTO_FLEX_MIN_QUERIES_TABLES if spec.n_tables > 1 else super().auto_flex_min_queries(spec)
+    def auto_flex_min_queries(cls, spec, device_type="cpu") -> int:
+        if spec.n_tables > 1:
+            return AUTO_FLEX_MIN_QUERIES_TABLES_CUDA if device_type == "cuda" else AUTO_FLEX_MIN_QUERIES_TABLES
+        return super().auto_flex_min_queries(spec, device_type)
 
     # ------------------------------------------------------------------ per call
     @classmethod
@@ -80,6 +83,7 @@ class LSHAttention(HashedRule):
         import torch
 
         from lsh_bitnet.attention import estimators
+        from lsh_bitnet.attention.hostsync import sync_free
 
         h = cands.hasher
         q = cands.query.index_select(3, q_idx).float()  # (B, Hkv, g, Qc, D)
@@ -87,6 +91,9 @@ class LSHAttention(HashedRule):
         _, _, always = cands.sets(q_idx, kc)
         shape = q.shape[:-1] + (kc,)
         need = ~always.expand(shape) if where is None else where.expand(shape) & ~always  # p = 1 on always keys
+        if sync_free(q.device):  # every entry, then a select: boolean indexing would be a host sync each
+            log_p = estimators.log_tail(h.log_p_collision(q, kh, None), spec.n_tables, spec.min_collisions)
+            return torch.where(need, estimators.sampling_bias(log_p), 0.0)  # (B, Hkv, g, Qc, kc) float32
         log_p1 = h.log_p_collision(q, kh, need)  # (n_need,) float64
         bias = torch.zeros(shape, dtype=torch.float32, device=q.device)
         bias[need] = estimators.sampling_bias(estimators.log_tail(log_p1, spec.n_tables, spec.min_collisions))

@@ -19,6 +19,11 @@ FOREST_MAX_TREES = 6
 # 4 trees x 16 bits, 64 candidates: flex 1.69x masked's time at 4096 queries, 0.98x at 8192 (the depth
 # search's sorts and one pass per tree; docs/BENCHMARKS.md).
 AUTO_FLEX_MIN_QUERIES_FOREST = 8192
+# CUDA: a first guess, not measured (rules/base.py); the depth search syncs with the host once per open depth.
+AUTO_FLEX_MIN_QUERIES_FOREST_CUDA = 4096
+# The flex engine orders a tree's queries by (shift, code) packed in one non-negative int64 below flex.FAR = 2^62:
+# max_depth + bits of max_depth <= 62. Deeper trees run on masked (which handles codes up to hasher MAX_BITS).
+FOREST_FLEX_MAX_DEPTH = 56
 
 
 @dataclass
@@ -54,11 +59,14 @@ class LSHForest(HashedRule):
         if engine == "flex" and spec.n_trees > FOREST_MAX_TREES:
             return (f"attention.n_trees={spec.n_trees} (flex resolves forest depths over all 2^n_trees tree sets: at "
                     f"most {FOREST_MAX_TREES} trees; or set attention.n_trees<={FOREST_MAX_TREES})")
+        if engine == "flex" and spec.max_depth > FOREST_FLEX_MAX_DEPTH:
+            return (f"attention.max_depth={spec.max_depth} (flex packs a query's depth and code in one int64: at most "
+                    f"{FOREST_FLEX_MAX_DEPTH}; or set attention.max_depth<={FOREST_FLEX_MAX_DEPTH})")
         return super().refusal(spec, engine)
 
     @classmethod
-    def auto_flex_min_queries(cls, spec) -> int:
-        return AUTO_FLEX_MIN_QUERIES_FOREST
+    def auto_flex_min_queries(cls, spec, device_type="cpu") -> int:
+        return AUTO_FLEX_MIN_QUERIES_FOREST_CUDA if device_type == "cuda" else AUTO_FLEX_MIN_QUERIES_FOREST
 
     # ------------------------------------------------------------------ per call
     @classmethod

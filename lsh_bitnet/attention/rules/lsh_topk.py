@@ -50,7 +50,7 @@ class LSHTopK(HashedRule):
     # ------------------------------------------------------------------ per call
     @classmethod
     def prepare(cls, cands, key_codes=None) -> None:
-        from lsh_bitnet.attention.collisions import CollisionIndex, int8_matmul
+        from lsh_bitnet.attention.collisions import CollisionIndex
 
         cands.soft = None
         if cands.spec.score == Score.soft:
@@ -61,7 +61,7 @@ class LSHTopK(HashedRule):
             hasher = cands.hasher
             B, Hkv, g, Q, D = cands.query.shape
             qflat = cands.query.reshape(B, Hkv, g * Q, D)
-            dtype = torch.int8 if int8_matmul(cands.query.device, hasher.n_bits * hasher.n_tables) else torch.float32
+            dtype = _soft_dtype(cands.query.device, hasher.n_bits * hasher.n_tables)
             cands.soft = (_plus_minus_one(hasher.bits(qflat), dtype).view(B, Hkv, g, Q, -1),
                           _plus_minus_one(hasher.key_bits(cands.key), dtype))  # (B,Hkv,g,Q,LK), (B,Hkv,K,LK)
             return
@@ -89,6 +89,25 @@ def _scores(cands, q_idx, kc):
         sq, sk = cands.soft
         return agreement_dots(sq.index_select(3, q_idx), sk[:, :, :kc])
     return cands.index.counts(q_idx, kc)
+
+
+# float16 sums of +-1 products are exact integers up to 2048 in magnitude (11-bit significand; tensor cores
+# accumulate in float32), so on CUDA the soft score of up to 2048 bits runs as a float16 matmul.
+FP16_EXACT_BITS = 2048
+
+
+def _soft_dtype(device, n_bits_total: int):
+    """The dtype of the +-1 bit vectors: int8 where CPU VNNI matmuls are exact (collisions.int8_matmul), float16
+    on CUDA up to FP16_EXACT_BITS bits, else float32 (exact to 2^24)."""
+    import torch
+
+    from lsh_bitnet.attention.collisions import int8_matmul
+
+    if int8_matmul(device, n_bits_total):
+        return torch.int8
+    if device.type == "cuda" and n_bits_total <= FP16_EXACT_BITS:
+        return torch.float16
+    return torch.float32
 
 
 def _plus_minus_one(bits, dtype):

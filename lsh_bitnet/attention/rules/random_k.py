@@ -9,6 +9,7 @@ layer, query head); the k_i highest-ranked keys of V(i) are chosen, ties to the 
 device and whatever the global RNG; the ranking of V(i) is a pseudo-random permutation, so the chosen set
 is a uniformly random k_i-subset of V(i).
 """
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Optional
@@ -39,6 +40,15 @@ def head_seed(seed: int, layer_idx: int, head: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+@functools.lru_cache(maxsize=256)
+def _head_seeds(seed: int, layer_idx: int, n_heads: int, device: str):
+    """(n_heads,) int64 s_h on `device`, copied there once per layer, not per query chunk (a host-to-device copy
+    waits on CUDA)."""
+    import torch
+
+    return torch.tensor([head_seed(seed, layer_idx, h) for h in range(n_heads)], dtype=torch.int64, device=device)
+
+
 def mix32(x):
     """Mueller's mixer on values in [0, 2^32): an int64 tensor (elementwise) or a Python int."""
     x = ((x >> 16) ^ x) * MIX & MASK
@@ -64,8 +74,8 @@ class RandomK(Rule):
         from lsh_bitnet.attention.topk import budgets, kth_largest, row_count
 
         spec, dev = cands.spec, q_idx.device
-        heads = torch.tensor([head_seed(spec.seed, cands.layer_idx, h) for h in range(cands.Hkv * cands.g)],
-                             dtype=torch.int64, device=dev).view(1, cands.Hkv, cands.g, 1, 1)  # head h = hkv*g + gi
+        heads = _head_seeds(spec.seed, cands.layer_idx, cands.Hkv * cands.g, str(dev))
+        heads = heads.view(1, cands.Hkv, cands.g, 1, 1)  # head h = hkv * g + gi
         qpos = (cands.count.index_select(1, q_idx + cands.q_offset) - 1).clamp(min=0)  # (B, Qc)
         kpos = (cands.count[:, :kc] - 1).clamp(min=0)  # (B, kc); padding slots are never in V(i)
         u = mix32(heads ^ qpos[:, None, None, :, None])  # (B, Hkv, g, Qc, 1)
