@@ -54,6 +54,7 @@ class LSHProbe(HashedRule):
     def prepare(cls, cands, key_codes=None) -> None:
         import torch
 
+        from lsh_bitnet.attention.kernel import query_chunk
         from lsh_bitnet.attention.probes import ProbeScores, n_probes
         from lsh_bitnet.attention.topk import row_count
 
@@ -61,7 +62,7 @@ class LSHProbe(HashedRule):
         spec, Q, K = cands.spec, cands.Q, cands.K
         probes = ProbeScores(cands.qcodes, cands.kcodes, cands.key_valid, cands.bits, spec.probe_radius,
                              cands.q_offset)
-        chunk = max(1, int(spec.query_chunk))
+        chunk = query_chunk(spec, cands.key.device)  # the masked engine's chunk: same rows per step
         work = torch.zeros((), dtype=torch.int64, device=cands.key.device)  # keys found + selection steps
         packed = []
         for a in range(0, Q, chunk):
