@@ -239,10 +239,11 @@ def _model_label(record: Dict[str, Any], flat: Dict[str, Any]) -> Any:
 
 def _data_label(flat: Dict[str, Any], windows: bool) -> str:
     """`wikitext2 valid.txt (test split)`: the dataset option, the file behind it, the split where text is split."""
+    task = find_task(flat.get("metric.name"))
+    own = task.data_label(flat) if task is not None else None  # e.g. metric=lm_eval: the documents are its tasks'
+    if own is not None:
+        return own
     label = str(flat.get("dataset.name"))
-    if label == "lm_eval":  # metric=lm_eval: the documents are its tasks'
-        tasks = flat.get("metric.tasks")
-        return "lm-eval " + (", ".join(json.loads(tasks)) if isinstance(tasks, str) and tasks.startswith("[") else "")
     if flat.get("dataset.path"):
         label += f" {Path(str(flat['dataset.path'])).name}"
     # A file (text_file, enwik8) is read whole; a hub dataset or a wikitext directory is read by split.

@@ -131,6 +131,11 @@ class Task:
         Records that already carry every cost key (run/samples.py COST_KEYS) keep their own charges."""
         raise NotImplementedError
 
+    def data_label(self, flat: Dict[str, Any]) -> Optional[str]:
+        """The collector's `data` column for a run of this task (flat: its config as dotted keys), or None for
+        the default: the dataset option, the file behind it and the split."""
+        return None
+
     def data_fingerprint(self, cfg, cache_dir: Path) -> Dict[str, Any]:
         """What identifies the data in the resume key (run/jobs.py): a changed fingerprint reruns the job.
         Default: the dataset's (its source file's size and hash, or its generator config); a task whose items

@@ -4,8 +4,9 @@ model, every comparison charged to its document; lm-eval's metrics per task and 
 The task, torch- and lm-eval-free at import; the checks and task lookup are lsh_bitnet/bridges/lm_eval.py,
 the evaluation lsh_bitnet/tasks/_lm_eval.py (lm-eval is an optional extra: pip install -e '.[lm-eval]').
 """
+import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from lsh_bitnet.config import LMEvalDatasetConfig, LMEvalMetricConfig
 from lsh_bitnet.registry import TASKS
@@ -62,6 +63,11 @@ class LMEval(Task):
         from lsh_bitnet.tasks._lm_eval import evaluate_lm_eval
 
         return evaluate_lm_eval(model, tokenizer, manager, cfg.metric, cfg.eval, sink=sink, seed=cfg.seed)
+
+    def data_label(self, flat: Dict[str, Any]) -> Optional[str]:
+        """`lm-eval lsh_lastword`: the documents are its tasks' (metric.tasks, a JSON list in the flat config)."""
+        tasks = flat.get("metric.tasks")
+        return "lm-eval " + (", ".join(json.loads(tasks)) if isinstance(tasks, str) and tasks.startswith("[") else "")
 
     def data_fingerprint(self, cfg, cache_dir: Path) -> Dict[str, Any]:
         """Every file on the include paths (an edited task YAML or data file reruns the job) and lm-eval's
