@@ -70,7 +70,7 @@ def decode_run(model, name, cache, last_logits, T: int, steps: int):
         timing, cost = patch.timing_summary(), patch.cost_summary()
     finally:
         patch.unpatch()
-        cache.crop(T)
+        cache.crop(-(cache.get_seq_length() - T))  # back to the prompt (a negative crop removes that many)
     return steps / took, timing["decode_attention_share"], cost["comparison_ratio"]
 
 
