@@ -113,7 +113,7 @@ class Estimator(StrEnum):  # how candidates are weighted (SPEC section 7)
 
 class ApplyTo(StrEnum):  # which queries use the rule (SPEC section 3, "Phases")
     all = "all"  # every query, the prompt's included: the stricter test
-    decode = "decode"  # generated tokens only (MagicPIG / Quest): the prompt attends fully (eval.sparse_from for perplexity)
+    decode = "decode"  # generated tokens only (MagicPIG / Quest): the prompt attends fully (+ eval.sparse_from)
 
 
 class Engine(StrEnum):  # how C(i) is computed, never what (SPEC section 8)
