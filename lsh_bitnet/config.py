@@ -112,6 +112,11 @@ class Estimator(StrEnum):  # how candidates are weighted (SPEC section 7)
     sampling = "sampling"  # MagicPIG importance weights exp(s) / p_ij (rules with a collision probability)
 
 
+class ApplyTo(StrEnum):  # which queries use the rule (SPEC section 3, "Phases")
+    all = "all"  # every query, the prompt's included: the stricter test
+    decode = "decode"  # generated tokens only (MagicPIG / Quest): the prompt attends fully (+ eval.sparse_from)
+
+
 class Engine(StrEnum):  # how C(i) is computed, never what (SPEC section 8)
     auto = "auto"  # flex where the rule can run on it and the call is long enough (the rule's threshold), else masked
     masked = "masked"  # dense masked product in query chunks: every rule
@@ -141,6 +146,9 @@ class AttentionConfig:
     # auto | masked | flex (SPEC section 8): which engines run a rule, and auto's thresholds, are the rule's
     # (lsh_bitnet/attention/rules/<name>.py; README).
     engine: Engine = Engine.auto
+    # all | decode (SPEC section 3): decode keeps the prompt's attention dense and makes only generated tokens
+    # sparse, over the full-prefill KV cache (metric=perplexity needs eval.sparse_from to say where the prompt ends)
+    apply_to: ApplyTo = ApplyTo.all
 
 
 # ----------------------------------------------------------------------------- hasher
@@ -310,6 +318,9 @@ class EvalConfig:
     # choose settings on windows 0-7 (max_batches=8), report on the next (batch_offset=8).
     batch_offset: int = 0
     progress: bool = True
+    # Perplexity under attention.apply_to=decode: positions before N attend fully (the prompt), positions N and on
+    # use the rule (teacher-forced decoding over the prompt's KV cache); in [1, seq_len). null = no split.
+    sparse_from: Optional[int] = None
 
 
 @dataclass

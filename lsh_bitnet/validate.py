@@ -153,6 +153,7 @@ def validate_fast(cfg: DictConfig) -> List[str]:
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1 (got {cfg.eval.batch_size})")
     _require(cfg.eval.max_batches is None or cfg.eval.max_batches >= 1,
              f"eval.max_batches must be >= 1 or null for all (got {cfg.eval.max_batches})")
+    task.check_protocol(cfg)  # attention.apply_to / eval.sparse_from
     task.check_config(cfg)
     layers = cfg.attention.get("layers")
     rule = RULES.find(cfg.attention.name)

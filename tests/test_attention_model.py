@@ -289,8 +289,12 @@ def test_cost_meter_adds_every_call():
     assert cost["comparison_ratio"] == 8 / 26 and cost["per_layer"]["comparisons"] == [4, 4]
     # A model split over devices keeps one table per device; per_layer adds them. A second device's table,
     # written in by hand: this machine may have one device only.
-    meter._totals["other device"] = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    # (phase, layer, field): this one's counts in the decode phase
+    meter._totals["other device"] = torch.tensor([[[0] * 4] * 2, [[1, 2, 3, 4], [5, 6, 7, 8]]])
     assert meter.per_layer() == [[5, 22, 10, 11], [9, 12, 7, 9]]
+    phases = meter.summary([True, True], is_oracle=False)["phases"]
+    assert phases["decode"] == dict(comparisons=6, full_comparisons=8, hash_ops=10, selection_ops=12)
+    assert phases["prefill"] == dict(comparisons=8, full_comparisons=26, hash_ops=7, selection_ops=8)
 
 
 def test_patched_costs_and_diagnostics_add_over_forwards():

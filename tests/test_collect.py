@@ -527,3 +527,16 @@ def test_default_plot_fits_one_column_with_a_label_on_every_point_and_none_overl
     width = int.from_bytes(png[16:20], "big")  # the IHDR chunk
     assert width <= 3.5 * 200
 
+
+
+def test_apply_to_is_a_setting_and_full_has_a_row_in_each(tmp_path):
+    """attention.apply_to is the protocol: all-sparse and dense-prefill rows never share a frontier, and full
+    attention (which reads no sparse knob) still has its own row in each protocol's setting."""
+    root = tmp_path / "protocol"
+    for protocol, ppl in (("all", 20.0), ("decode", 20.5)):
+        write(root, f"full_{protocol}", record("full", 1.0, 18.0, attn={"apply_to": protocol}))
+        write(root, f"lsh_{protocol}", record("lsh", 0.2, ppl, attn={"apply_to": protocol}))
+    ok, _ = collect_runs(root)
+    assert "attention.apply_to" in ok.attrs["swept"] and ok["setting"].nunique() == 2
+    by_setting = ok.groupby("setting")["attention"].apply(sorted)
+    assert all(names == ["full", "lsh"] for names in by_setting)

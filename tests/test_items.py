@@ -158,3 +158,17 @@ def test_a_run_in_pieces_pools_to_what_one_run_over_all_its_items_reports(tmp_pa
     assert row["paired_n"] == 6
     assert row["paired_ratio"] == pytest.approx(
         math.exp(whole["metrics"]["nll"] - full_record["metrics"]["nll"]), rel=1e-9)
+
+
+def test_pooled_decode_protocol_rows_read_the_decode_ratio_from_their_items(tmp_path):
+    """attention.apply_to=decode: the items carry the decode phase's counts, and the pooled comparison ratio is
+    theirs (as each run's cost.comparison_ratio is), not the total's with the dense prompt."""
+    root = tmp_path / "sweep"
+    for name, offset, n in (("a_0", 0, 4), ("b_4", 4, 6)):
+        piece(root, name, offset, n, lambda i: True)
+        samples(root, name, [{**r, "decode_comparisons": 1 + i, "decode_full_comparisons": 10}
+                             for i, r in enumerate(with_cost([passkey(i, True) for i in range(offset, n)]), offset)])
+    write_summary(root, plot=False, pool=True)
+    row = pd.read_csv(root / "summary_passkey_accuracy.csv").iloc[0]
+    assert row["items"] == "0-5"
+    assert row["comparison_ratio"] == pytest.approx(sum(range(1, 7)) / 60)

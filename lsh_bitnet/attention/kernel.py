@@ -140,6 +140,9 @@ def _full_attention(query, key, value, key_valid, scaling, all_valid: Optional[b
     return out.masked_fill(~q_valid[:, None, :, None], 0)
 
 
+full_attention = _full_attention  # every causal key (stock SDPA when nothing is padding): apply_to=decode's prefill
+
+
 def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor,
                             *, spec: SparseSpec, hasher=None, scaling: Optional[float] = None,
                             all_valid: Optional[bool] = None,

@@ -8,6 +8,7 @@ Two registrations under one name:
 - AttentionInterface: reads the per-module state set by patch.py (`module._lsh_bitnet_state`) and
   runs `sparse_attention_counts`; a module without state gets full attention, uncounted.
 """
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -17,7 +18,8 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 from transformers.modeling_utils import AttentionInterface
 
 from lsh_bitnet.attention.cost import CostMeter
-from lsh_bitnet.attention.kernel import SparseSpec, resolve_engine, sparse_attention_counts
+from lsh_bitnet.attention.kernel import SparseSpec, full_attention, resolve_engine, sparse_attention_counts
+from lsh_bitnet.attention.phases import DECODE, PREFILL, PhaseClock, Protocol
 from lsh_bitnet.attention.rules.full import FullAttention
 
 IMPLEMENTATION = "lsh_bitnet"
@@ -35,6 +37,8 @@ class LayerState:
     diagnostics: Optional[object] = None  # DiagnosticsMeter when attention.diagnostics is true
     engine_calls: Dict[str, int] = field(default_factory=dict)  # engine -> calls that ran on it (cost.engine)
     codecache: Optional[object] = None  # KeyCodeCache shared by the layers of one patch (rules reading codes)
+    protocol: Protocol = field(default_factory=Protocol)  # attention.apply_to / eval.sparse_from (phases.py)
+    clock: Optional[PhaseClock] = None  # per-phase wall time of the forwards and their attention calls
 
 
 def lsh_bitnet_mask(**kwargs):
@@ -119,11 +123,16 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
                          f"{key.shape[1]} KV heads")
 
     state: Optional[LayerState] = getattr(module, STATE_ATTR, None)
+    started = time.perf_counter() if state is not None and state.clock is not None else None
     spec = state.spec if state is not None else FULL_SPEC
     key_valid, all_valid = _CACHE.get(attention_mask, B, Q, K, key.device)
     if all_valid is None:  # lets full skip the mask and flex its padding lookups
         all_valid = bool(key_valid.all())  # one host sync per forward (cached), none when the hook knew it
         _CACHE.set_all_valid(attention_mask, all_valid)
+    protocol = state.protocol if state is not None else Protocol()
+    n_pre = protocol.prefill_queries(Q, K)  # leading queries in the prefill phase (phases.py)
+    # apply_to=decode: the prompt's queries attend to every causal key; the rule's state is still built here
+    dense_pre = n_pre > 0 and protocol.dense_prefill and state is not None and state.patched and not spec.rule.dense
 
     observe = None
     if state is not None and state.diagnostics is not None and state.patched:
@@ -133,23 +142,83 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     if cache is not None:
         if state.layer_idx == 0:  # layer 0 checks, once per forward, how many keys the last forward had
             cache.begin_forward(attention_mask, key, key_valid)
-        if state.patched and spec.hashed:
-            hasher = state.hasher
-            if getattr(hasher, "center", "none") == "prompt" and Q == K:  # mu must exist before keys are coded
-                hasher.set_prompt_center(key, key_valid)
-            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key,
-                                            hasher.key_codes)
-    engine = resolve_engine(spec, query, Q)
-    if state is not None and state.patched:
-        state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
-    out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec,
-                                          hasher=state.hasher if state is not None else None,
-                                          scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
-                                          key_codes=key_codes, reused_keys=reused,
-                                          layer_idx=state.layer_idx if state is not None else 0)
+    if state is not None and state.patched and spec.hashed:
+        hasher = state.hasher
+        if getattr(hasher, "center", "none") == "prompt" and Q == K and (cache is not None or dense_pre):
+            # mu must exist before keys are coded: the prompt's keys (all of them, or the dense prefill's)
+            n_mu = n_pre if dense_pre else K
+            hasher.set_prompt_center(key[:, :, :n_mu], key_valid[:, :n_mu])
+        if cache is not None:
+            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key, hasher.key_codes)
+    hasher = state.hasher if state is not None else None
+    layer_idx = state.layer_idx if state is not None else 0
+    if dense_pre:
+        out, phase_counts = _dense_prefill(query, key, value, key_valid, n_pre, state, scaling, all_valid, observe,
+                                           key_codes, reused)
+    else:
+        engine = resolve_engine(spec, query, Q)
+        if state is not None and state.patched:
+            state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
+        out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec, hasher=hasher,
+                                              scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
+                                              key_codes=key_codes, reused_keys=reused, layer_idx=layer_idx)
+        phase_counts = _split(counts, key_valid, n_pre, Q, Hq, spec)
     if state is not None:
-        state.meter.add(state.layer_idx, counts)
+        for phase, counts in phase_counts:
+            state.meter.add(state.layer_idx, counts, phase)
+        if started is not None:
+            state.clock.attention(state.layer_idx, Q, K, time.perf_counter() - started)
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights
+
+
+def _visible(key_valid: torch.Tensor, K: int, Q: int, n: int) -> torch.Tensor:
+    """Sum of |V(i)| over the first n valid queries of a call whose Q queries are the last slots of K keys."""
+    n_visible = key_valid.to(torch.int64).cumsum(-1)[:, K - Q:K - Q + n]  # (B, n)
+    return (n_visible * key_valid[:, K - Q:K - Q + n]).sum()
+
+
+def _split(counts: torch.Tensor, key_valid, n_pre: int, Q: int, Hq: int, spec):
+    """[(phase, counts (4,))] of a call run as one piece: all prefill, all decode, or a dense rule split by rows."""
+    if n_pre == 0:
+        return [(DECODE, counts)]
+    if n_pre == Q:
+        return [(PREFILL, counts)]
+    if not spec.rule.dense:  # patch_model accepts eval.sparse_from only with apply_to=decode (_dense_prefill)
+        raise ValueError(f"attention={spec.variant}: a call split into phases must run its prefill dense "
+                         f"(attention.apply_to=decode)")
+    full = _visible(key_valid, key_valid.shape[1], Q, n_pre) * Hq
+    zero = torch.zeros((), dtype=torch.int64, device=counts.device)
+    pre = torch.stack([full, full, zero, zero])
+    return [(PREFILL, pre), (DECODE, counts - pre)]
+
+
+def _dense_prefill(query, key, value, key_valid, n_pre, state, scaling, all_valid, observe, key_codes, reused):
+    """apply_to=decode in a call that starts the sequence: its first n_pre queries attend to every causal key
+    (stock SDPA), the rest (eval.sparse_from) use the rule over every key, as decode steps over the prefill's KV
+    cache would. The prefill phase is charged the key codes it leaves for the decode steps (hash_ops)."""
+    B, Hq, Q, _ = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    pre_valid = key_valid[:, :n_pre]
+    out = full_attention(query[:, :, :n_pre], key[:, :, :n_pre], value[:, :, :n_pre], pre_valid, scaling,
+                         True if all_valid else None)  # (B, Hq, n_pre, Dv)
+    full = _visible(key_valid, K, Q, n_pre) * Hq
+    zero = torch.zeros((), dtype=torch.int64, device=key.device)
+    hash_ops = zero
+    if key_codes is not None:  # hashed now for the decode steps: the prompt keys the code cache did not hold
+        hash_ops = state.hasher.ops_per_vector * key_valid[:, min(reused, n_pre):n_pre].sum() * Hkv
+    phases = [(PREFILL, torch.stack([full, full, hash_ops, zero]))]
+    if n_pre == Q:
+        return out, phases
+    spec = state.spec
+    rest = query[:, :, n_pre:]  # (B, Hq, Q - n_pre, D): teacher-forced decoding over every key
+    engine = resolve_engine(spec, rest, Q - n_pre)
+    state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
+    out_dec, counts = sparse_attention_counts(rest, key, value, key_valid, spec=spec, hasher=state.hasher,
+                                              scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
+                                              key_codes=key_codes,
+                                              reused_keys=max(reused, n_pre) if key_codes is not None else 0,
+                                              layer_idx=state.layer_idx)
+    return torch.cat([out, out_dec], dim=2), phases + [(DECODE, counts)]
 
 
 def register() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from lsh_bitnet.report.runs import ID_COLUMNS, SETTING_IGNORED, SETTING_PREFIXES, log
-from lsh_bitnet.run.samples import COST_KEYS, SAMPLES_FILE, summarize
+from lsh_bitnet.run.samples import COST_KEYS, DECODE_COST_KEYS, SAMPLES_FILE, summarize
 from lsh_bitnet.tasks.base import RecordKind, record_kind
 
 # Keys that choose which items of a dataset a run scores, not what an item is.
@@ -149,6 +149,10 @@ def _pool_group(group: pd.DataFrame, root: Path, values: Dict) -> Dict[str, Any]
     if records and all(k in r for r in records for k in COST_KEYS):
         comparisons, full = (sum(r[k] for r in records) for k in COST_KEYS)
         metrics.update(comparisons=comparisons, full_comparisons=full, comparison_ratio=comparisons / full if full else None)
+        if all(k in r for r in records for k in DECODE_COST_KEYS):  # apply_to=decode: the sparse phase's ratio
+            comparisons, full = (sum(r[k] for r in records) for k in DECODE_COST_KEYS)
+            metrics.update(decode_comparisons=comparisons, decode_full_comparisons=full,
+                           comparison_ratio=comparisons / full if full else None)
     columns = {key: col for (section, key), col in values.items() if section in ("metrics", "cost")}
     for key, value in metrics.items():
         row[columns.get(key, key)] = value

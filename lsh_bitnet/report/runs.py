@@ -29,7 +29,8 @@ ID_COLUMNS = {"model": "model.name", "attention": "attention.name", "hasher": "h
 # results.json sections whose scalar values become columns, in this order.
 VALUE_SECTIONS = ("metrics", "cost", "diagnostics", "timing", "memory")
 # Swept keys that define *what* is measured: runs differing here are never on one frontier.
-SETTING_PREFIXES = ("model.", "dataset.", "eval.", "metric.")
+# attention.apply_to is the protocol (all sparse, or dense prefill / sparse decode): a setting, not a knob.
+SETTING_PREFIXES = ("model.", "dataset.", "eval.", "metric.", "attention.apply_to")
 SETTING_IGNORED = ("eval.batch_size", "model.device")  # change speed, not the numbers
 NONFINITE_STRINGS = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
@@ -81,6 +82,8 @@ def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> boo
     """Does a run of this variant read `dotted`? `windows`: the metric cuts the text into eval.seq_len windows."""
     if dotted == "eval.seq_len":
         return windows
+    if dotted == "attention.apply_to":  # the protocol: full attention's row of each protocol is its baseline
+        return True
     if not dotted.startswith(("attention.", "hasher.")) or dotted == "attention.name":
         return True
     read = keys_read(attention)

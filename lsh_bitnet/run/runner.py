@@ -245,7 +245,8 @@ def _evaluate(cfg: DictConfig, task: Task, cache_dir: Path, record: Dict[str, An
     # mean keys for hasher.center=calibration (SPEC section 7); None otherwise
     from lsh_bitnet.attention.centering import centers_for_run
 
-    patch = patch_model(model, cfg.attention, cfg.hasher, centers=centers_for_run(cfg, loaded, cache_dir))
+    patch = patch_model(model, cfg.attention, cfg.hasher, centers=centers_for_run(cfg, loaded, cache_dir),
+                        sparse_from=cfg.eval.get("sparse_from"))
     watch = _LogitWatch(model)
     try:
         data_start = time.perf_counter()

@@ -10,7 +10,8 @@ then by the task's record kind (lsh_bitnet/tasks/_records.py): perplexity `nll` 
 `predicted` tokens), `predicted`, `bytes`; accuracies `prediction`, `target`, `correct` (+ `choice`,
 `choice_correct` for the synthetic task, `depth` for passkey). With a cost tracker, `comparisons` and `full_comparisons`
 that the item's forwards added (all layers, as in results.json `cost`; split evenly between the
-windows of one batch when eval.batch_size > 1).
+windows of one batch when eval.batch_size > 1), and under attention.apply_to=decode also `decode_comparisons`,
+`decode_full_comparisons` (the sparse phase's, whose ratio the tables read).
 """
 import json
 import os
@@ -23,6 +24,7 @@ from lsh_bitnet.tasks.base import RecordKind, record_kind
 
 SAMPLES_FILE = "samples.jsonl"
 COST_KEYS = ("comparisons", "full_comparisons")
+DECODE_COST_KEYS = ("decode_comparisons", "decode_full_comparisons")  # only in apply_to=decode runs' cost
 
 
 class SampleLog:
@@ -33,6 +35,7 @@ class SampleLog:
         self.kind = kind  # the task's record kind (None: read from the records)
         self.records: List[Dict[str, Any]] = []
         self._cost: Optional[Callable[[], Dict[str, Any]]] = None
+        self._keys = COST_KEYS  # the cumulative counts each record gets its share of
         self._last: Dict[str, int] = {}
         self._file = _fresh_file(self.path)
 
@@ -40,7 +43,8 @@ class SampleLog:
         """cost_summary() -> dict with cumulative `comparisons`, `full_comparisons` (patch.cost_summary)."""
         self._cost = cost_summary
         totals = cost_summary()
-        self._last = {k: int(totals[k]) for k in COST_KEYS}
+        self._keys = COST_KEYS + tuple(k for k in DECODE_COST_KEYS if k in totals)
+        self._last = {k: int(totals[k]) for k in self._keys}
 
     def write(self, record: Dict[str, Any]) -> None:
         self.write_batch([record])
@@ -52,10 +56,10 @@ class SampleLog:
         if self._cost is not None and records and all(k in r for r in records for k in COST_KEYS):
             # charged already (metric=lm_eval's ledger): keep them, and start the next delta from here
             totals = self._cost()
-            self._last = {k: int(totals[k]) for k in COST_KEYS}
+            self._last = {k: int(totals[k]) for k in self._keys}
         elif self._cost is not None and records:
             totals = self._cost()
-            for key in COST_KEYS:
+            for key in self._keys:
                 delta = int(totals[key]) - self._last[key]
                 self._last[key] = int(totals[key])
                 share, rest = divmod(delta, len(records))

@@ -111,6 +111,20 @@ class Task:
     def check_config(self, cfg) -> None:
         """Checks of the composed config that only this task needs; torch-free; ConfigError naming the key."""
 
+    def check_protocol(self, cfg) -> None:
+        """attention.apply_to / eval.sparse_from (SPEC section 3, "Phases"). A task that generates nothing and cuts
+        no windows has no decode phase: apply_to=decode would leave every query dense."""
+        from lsh_bitnet.config import config_value
+        from lsh_bitnet.errors import require
+
+        require(config_value(cfg.eval, "sparse_from") is None,
+                f"eval.sparse_from={cfg.eval.sparse_from} is for metric=perplexity (the prompt's end in a window); "
+                f"metric={self.name} does not cut windows: set eval.sparse_from=null")
+        require(str(config_value(cfg.attention, "apply_to", "all")) == "all",
+                f"attention.apply_to=decode makes only generated tokens sparse, and metric={self.name} generates "
+                f"nothing: every query would attend fully; set attention.apply_to=all (or use metric=perplexity "
+                f"with eval.sparse_from=N, or a generation metric such as passkey_accuracy)")
+
     def check_data(self, cfg, cache_dir: Path) -> Any:
         """The data, checked before any model loads; returns what `make_items` reads (None: nothing yet)."""
         return None
@@ -155,6 +169,16 @@ class GenerationTask(Task):
 
         require(cfg.metric.max_new_tokens >= 1,
                 f"metric.max_new_tokens must be >= 1 (got {cfg.metric.max_new_tokens}): the answer is generated")
+
+    def check_protocol(self, cfg) -> None:
+        """Either apply_to: the prompt is the prefill, the generated answer the decode phase."""
+        from lsh_bitnet.config import config_value
+        from lsh_bitnet.errors import require
+
+        require(config_value(cfg.eval, "sparse_from") is None,
+                f"eval.sparse_from={cfg.eval.sparse_from} is for metric=perplexity; metric={self.name} generates its "
+                f"answer after the prompt: set eval.sparse_from=null (attention.apply_to=decode makes the prompt "
+                f"dense and the answer sparse)")
 
     def check_positions(self, cfg, max_positions: int, model_name: str) -> List[str]:
         """A generated answer that runs past the positions is a warning: the prompt itself fits, and the last

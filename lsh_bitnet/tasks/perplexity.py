@@ -59,6 +59,24 @@ class Perplexity(Task):
                 f"eval.seq_len or use a longer text")
         return text
 
+    def check_protocol(self, cfg) -> None:
+        """eval.sparse_from=N splits each window: positions < N dense (the prompt), N on by the rule; it goes with
+        attention.apply_to=decode, both ways."""
+        from lsh_bitnet.config import config_value
+
+        n, seq_len = config_value(cfg.eval, "sparse_from"), cfg.eval.seq_len
+        decode = str(config_value(cfg.attention, "apply_to", "all")) == "decode"
+        require(n is not None or not decode,
+                f"attention.apply_to=decode with metric=perplexity needs eval.sparse_from=N, where the prompt ends "
+                f"in each window (positions < N attend fully, N on use the rule): e.g. eval.sparse_from="
+                f"{seq_len // 2} of eval.seq_len={seq_len}; or attention.apply_to=all")
+        if n is None:
+            return
+        require(decode, f"eval.sparse_from={n} needs attention.apply_to=decode (the dense-prefill protocol it "
+                        f"measures): set attention.apply_to=decode, or eval.sparse_from=null")
+        require(1 <= n < seq_len, f"eval.sparse_from must be in [1, eval.seq_len={seq_len}) (got {n}): positions "
+                                  f"before it are the prompt, at least one, and at least one position is sparse")
+
     def check_positions(self, cfg, max_positions: int, model_name: str) -> List[str]:
         """Windows past the model's positions are an error: beyond them perplexity measures RoPE extrapolation."""
         require(cfg.eval.seq_len <= max_positions,
