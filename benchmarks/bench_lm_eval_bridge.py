@@ -14,6 +14,7 @@ the CPU seconds leave out the time spent waiting for a core), and the check that
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,6 +30,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="smollm2_135m", help="a model= option (its converted HF directory)")
     parser.add_argument("--json", type=Path, default=None, help="also write the timings here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default torch's); 1 on a shared machine: the CPU seconds are then the "
+                             "work done, without other threads' spin-waiting")
     args = parser.parse_args()
 
     import torch
@@ -43,6 +47,8 @@ def main() -> int:
     from lsh_bitnet.tasks._lm_eval import evaluate_lm_eval
     from tests.conftest import compose_config
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = compose_config([f"model={args.model}", "attention=full", "metric=lm_eval", f"metric.tasks=[{args.task}]",
                           f"metric.limit={args.limit}"])
     loaded = load_model_cached(cfg.model, default_cache_dir(cfg))
@@ -68,6 +74,7 @@ def main() -> int:
             patch.unpatch()
 
     arms = [("plain", plain), ("hf_ours", plain_same_model), ("bridge", bridge)]
+    load_before = os.getloadavg()  # (1, 5, 15 min): a shared machine's load, reported beside the ratios
     for _, fn in arms:  # untimed: first calls pay one-off costs (imports, allocator, lm-eval's caches)
         fn()
     times = {name: [] for name, _ in arms}
@@ -84,7 +91,8 @@ def main() -> int:
                if k.split(",")[0] in ours["tasks"][args.task] and "_stderr" not in k)
     print(f"lm-eval {args.task}, {args.limit} documents, {args.model}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    summary = {"same": same, "task": args.task, "limit": args.limit, "model": args.model}
+    summary = {"same": same, "task": args.task, "limit": args.limit, "model": args.model,
+               "threads": torch.get_num_threads(), "load_before": load_before, "load_after": os.getloadavg()}
     for label, table in (("wall", times), ("cpu", cpu)):
         medians = {k: statistics.median(v) for k, v in table.items()}
         for name, values in table.items():
@@ -97,7 +105,7 @@ def main() -> int:
             print(f"  {label:4s} bridge / {base}: {ratio:.3f} (medians); per round "
                   f"{', '.join(f'{r:.3f}' for r in per_round)}")
             summary[label][f"bridge/{base}"] = {"ratio": ratio, "per_round": per_round}
-    print(f"  same metrics: {same}")
+    print(f"  same metrics: {same}; load average {load_before} before, {summary['load_after']} after")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0 if same else 1

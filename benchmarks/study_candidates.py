@@ -11,7 +11,10 @@ Designs (all with 4 sinks + 32 local + self, centred SimHash from the run's cali
   keys found + candidates).
 Layers 0, 3, ..., 27 and `--queries` evenly spaced queries per window. mass = mean over (query, head) of the
 full-attention softmax mass on C(i); gmass its geometric mean; mac = ratio + selection / 64 + hash (SimHash:
-(9 + 3) * 64 * L * K multiply-adds per token against 9 * 64 * (T + 1) / 2). Tuning windows only.
+(9 + 3) * 64 * L * K multiply-adds per token against 9 * 64 * (T + 1) / 2). orecall = |C(i) & O(i)| / |O(i)|, O(i)
+the oracle's C(i) at the same budget (top ceil(f |V(i)|) by q.k + the always-attend sets): how many of the oracle's
+keys the rule keeps; frecall = the same share inside the found keys (candidates + always-attend sets) before the
+budget cuts them: what the bucket filter alone lets through. Tuning windows only.
 """
 import argparse
 import math
@@ -96,12 +99,27 @@ def layer_stats(data, layer, designs, q_list):
             chosen = torch.zeros_like(cand).scatter_(-1, top, keep)
         C = chosen | always
         mass = (probs * C).sum(-1)
-        row = out.setdefault(name, [0.0, 0.0, 0, 0, 0, 0, 0])
+        O = _oracle_set(logits, valid, always, budget, cache) if budget is not None else C
+        found = (cand if d["kind"] in ("filter", "probe") else valid) | always
+        row = out.setdefault(name, [0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0])
         for i, v in enumerate((float(mass.sum()), float(mass.clamp(min=1e-9).log().sum()), int(C.sum()),
                                int(n_vis.sum()) * HKV * G, sel, mass.numel(),
-                               int(cand.sum()) if d["kind"] in ("filter", "probe") else 0)):
+                               int(cand.sum()) if d["kind"] in ("filter", "probe") else 0,
+                               int((C & O).sum()), int((found & O).sum()), int(O.sum()))):
             row[i] += v
     return out
+
+
+def _oracle_set(logits, valid, always, budget, cache):
+    """The oracle's C(i) at this budget: the top budget_i keys by q.k (ties to the lower slot) + always-attend."""
+    key = ("oracle", tuple(budget.tolist()))
+    if key not in cache:
+        j = torch.arange(logits.shape[-1])
+        s = logits.masked_fill(~valid, float("-inf")) - j.float() * 1e-7
+        top = s.topk(int(budget.max()), -1).indices
+        keep = (torch.arange(top.shape[-1]) < budget[:, None]) & (s.gather(-1, top) > float("-inf"))
+        cache[key] = torch.zeros(logits.shape, dtype=torch.bool).scatter_(-1, top, keep) | always
+    return cache[key]
 
 
 def main(argv=None):
@@ -118,16 +136,16 @@ def main(argv=None):
         q_list = [round(i * (T - 1) / (args.queries - 1)) for i in range(args.queries)]
         for layer in range(0, 30, 3):
             for name, row in layer_stats(data, layer, designs, q_list).items():
-                acc = totals.setdefault(name, [0.0] * 7)
+                acc = totals.setdefault(name, [0.0] * 10)
                 totals[name] = [a + b for a, b in zip(acc, row)]
-    print(f"| design | mass | gmass | ratio | candidates | selection / full | mac_ratio |  (T = {T})")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| design | mass | gmass | ratio | candidates | selection / full | mac_ratio | orecall | frecall |  (T = {T})")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, d in designs:
-        m, lm, comp, full, sel, cnt, cand = totals[name]
+        m, lm, comp, full, sel, cnt, cand, o_kept, o_found, o_all = totals[name]
         hashing = 12 * D * d.get("K", 0) * d.get("L", 0) / (9 * (T + 1) / 2 * D)
         ratio = comp / full
         print(f"| {name} | {m / cnt:.4f} | {math.exp(lm / cnt):.4f} | {ratio:.4f} | {cand / full:.4f} | "
-              f"{sel / full:.2f} | {ratio + sel / full / D + hashing:.3f} |")
+              f"{sel / full:.2f} | {ratio + sel / full / D + hashing:.3f} | {o_kept / o_all:.3f} | {o_found / o_all:.3f} |")
 
 
 def _grid():
@@ -140,7 +158,15 @@ def _grid():
                 for K, L, r in ((8, 32, 1), (8, 32, 2), (8, 32, 3), (8, 32, 4), (6, 32, 2), (6, 48, 2), (6, 48, 3),
                                 (8, 16, 2), (8, 16, 3), (6, 16, 2), (6, 16, 3), (6, 24, 2))
                 for f in (0.07, 0.1)]
-    return {"default": default}
+    # issue 27's choice at T = 4096 (window 0 of 4096 tokens) and at T = 1024 under mac_ratio 0.6
+    w4096 = base + [("oracle f0.085", dict(kind="oracle", f=0.085)), ("soft 8x32 f0.085", dict(kind="soft", K=8, L=32,
+                                                                                              f=0.085))]
+    w4096 += [(f"probe 8x32 r3 f{f}", dict(kind="probe", K=8, L=32, r=3, f=f)) for f in (0.07, 0.08, 0.085, 0.09)]
+    w4096 += [(f"filter {K}x32 m{m} f0.085", dict(kind="filter", K=K, L=32, m=m, f=0.085)) for K, m in ((6, 2), (5, 3))]
+    w1024 = base + [(f"oracle f{f}", dict(kind="oracle", f=f)) for f in (0.085, 0.095)]
+    w1024 += [(f"probe {K}x{L} r{r} f{f}", dict(kind="probe", K=K, L=L, r=r, f=f))
+              for K, L, r in ((6, 16, 3), (6, 16, 4), (8, 16, 3), (5, 20, 2), (5, 20, 3)) for f in (0.085, 0.095)]
+    return {"default": default, "work27_4096": w4096, "work27_1024": w1024}
 
 
 DESIGNS = _grid()

@@ -540,3 +540,36 @@ def test_apply_to_is_a_setting_and_full_has_a_row_in_each(tmp_path):
     assert "attention.apply_to" in ok.attrs["swept"] and ok["setting"].nunique() == 2
     by_setting = ok.groupby("setting")["attention"].apply(sorted)
     assert all(names == ["full", "lsh"] for names in by_setting)
+
+
+def test_schema_derived_columns_are_read_once_per_variant_not_per_run(tmp_path, monkeypatch):
+    """Issue 26 item 5: 10,010 runs took 7.3 million dataclasses.fields calls, keys_read per run and key."""
+    import lsh_bitnet.report.runs as runs
+
+    root = tmp_path / "many"
+    for seed in range(12):
+        write(root, f"{2 * seed}_full", rich("full", 1.0, 20.0 + seed, seed=seed))
+        write(root, f"{2 * seed + 1}_lsh", rich("lsh", 0.3, 26.0 + seed, seed=seed, hasher={"n_bits": 4}))
+    calls = []
+    real = runs.keys_read
+    monkeypatch.setattr(runs, "keys_read", lambda variant: calls.append(variant) or real(variant))
+    ok, _ = collect_runs(root)
+    assert len(ok) == 24 and "hasher.seed" in ok.attrs["swept"]
+    assert sorted(calls) == ["full", "lsh"]  # once per variant, whatever the number of runs and keys
+
+
+def test_group_seeds_work_grows_linearly_with_the_seeds(tmp_path, monkeypatch):
+    """Issue 26 item 5: which seed keys vary was asked once per run and key (quadratic in the seeds)."""
+    import lsh_bitnet.report.collect as collect
+
+    root = tmp_path / "seeds"
+    for seed in range(150):
+        write(root, f"{seed}_lsh", rich("lsh", 0.3, 26.0 + seed % 3, seed=seed, hasher={"n_bits": 4}))
+    ok, _ = collect_runs(root)
+    calls = []
+    real = collect.json.dumps
+    monkeypatch.setattr(collect.json, "dumps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    grouped = collect.group_seeds(ok)
+    assert len(grouped) == 1 and grouped["n_seeds"].iloc[0] == 150
+    assert grouped["seeds"].iloc[0] == "hasher.seed=" + ",".join(map(str, range(150)))
+    assert len(calls) < 10 * 150  # linear in the runs: a few keys x 150 seeds, not 150 x 150 x keys

@@ -88,7 +88,11 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
     else:
         s = scores.float().masked_fill_(~valid, float("-inf"))
     kth = kth_largest(s, k_i, k_max)  # (..., Qc, 1): the k_i-th best score
-    chosen = (s >= kth) & (k_i > 0).unsqueeze(-1)
+    # Every row has a budget (no padding query) and a k_i-th score above the invalid keys' fill: `s >= kth`
+    # then holds no invalid key and no row without a budget, so the three (rows x keys) ANDs with `valid` and
+    # `k_i > 0` change nothing and are skipped (~9% of an oracle_topk call at 4096 tokens).
+    every_row = k_i.numel() == 0 or bool(k_i.min() > 0) and (folded or bool((kth > float("-inf")).all()))
+    chosen = s >= kth if every_row else (s >= kth) & (k_i > 0).unsqueeze(-1)
     if folded:  # distinct scores, invalid keys (-1) below every kth of a row with k_i > 0: exactly the k_i best
         return chosen
     excess = row_count(chosen) - k_i  # > 0 only where keys tie with the k_i-th score
@@ -98,7 +102,7 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
         tied = s == kth
         need = k_i.unsqueeze(-1) - row_count(s > kth).unsqueeze(-1)
         chosen = (s > kth) | (tied & (tied.to(torch.int32).cumsum(-1, dtype=torch.int32) <= need))
-    return chosen & valid & (k_i > 0).unsqueeze(-1)
+    return chosen if every_row else chosen & valid & (k_i > 0).unsqueeze(-1)
 
 
 def budgets(k, fraction, n_valid: torch.Tensor, kc: int) -> Tuple[torch.Tensor, int]:

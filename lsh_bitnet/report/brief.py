@@ -45,7 +45,9 @@ def variant_parts(table: pd.DataFrame, label_cols: List[str]) -> pd.DataFrame:
     names = pd.Series([m.group(1) if isinstance(o, str) and (m := VARIANT.search(o)) else str(f)
                        for o, f in zip(overrides, table["family"])], index=table.index)
     knobs = pd.Series("", index=table.index, dtype=object)
-    for _, rows in table.groupby(names, sort=False):
+    bare = table.copy(deep=False)
+    bare.attrs = {}  # iterrows copies the frame's attrs into every row: seconds at 10,000 runs
+    for _, rows in bare.groupby(names, sort=False):
         varying = [c for c in label_cols if c in rows and rows[c].astype(str).nunique() > 1]
         for i, row in rows.iterrows():
             knobs[i] = point_label(row, varying)
@@ -63,6 +65,7 @@ def brief_table(table: pd.DataFrame, y: str, label_cols: List[str], x: str = "co
     rows = table.assign(_label=variant_labels(table, label_cols))
     cost = pd.to_numeric(rows[x], errors="coerce") if x in rows else pd.Series(float("nan"), index=rows.index)
     rows = rows.assign(_cost=cost).sort_values("_cost", ascending=False, na_position="last", kind="stable")
+    rows.attrs = {}  # iterrows below copies the attrs into every row
     n_col = next((c for c in ("n", "n_samples", "n_windows", "n_seeds") if c in rows), None)
     out = pd.DataFrame({
         "variant": rows["_label"],

@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pandas as pd
 
@@ -80,24 +80,62 @@ def _declared() -> Set[str]:
 
 def relevant(dotted: str, attention: Optional[str], windows: bool = True) -> bool:
     """Does a run of this variant read `dotted`? `windows`: the metric cuts the text into eval.seq_len windows."""
+    return _relevant(dotted, attention, windows, keys_read, _declared)
+
+
+def _relevant(dotted: str, attention: Any, windows: bool, read_of: Callable[[Any], Optional[Set[str]]],
+              declared: Callable[[], Set[str]]) -> bool:
     if dotted == "eval.seq_len":
         return windows
     if dotted == "attention.apply_to":  # the protocol: full attention's row of each protocol is its baseline
         return True
     if not dotted.startswith(("attention.", "hasher.")) or dotted == "attention.name":
         return True
-    read = keys_read(attention)
+    read = read_of(attention)
     if read is None:  # a variant no schema declares: do not hide what we cannot judge
         return True
-    if dotted not in _declared():  # a field no schema declares (an older run): shown where its group is read
+    if dotted not in declared():  # a field no schema declares (an older run): shown where its group is read
         return dotted.startswith("attention.") or any(k.startswith("hasher.") for k in read)
     return dotted in read
+
+
+class Relevance:
+    """`relevant` for one collector call: each variant's keys_read, the declared keys and every (key, variant,
+    windows) answer derived once. The collector asks for every key of every run: derived from the schemas each
+    time, 10,010 runs made 7.3 million dataclasses.fields calls. One per call, not per process: a plug-in may
+    register a variant between two calls."""
+
+    def __init__(self):
+        self._read: Dict[Any, Optional[Set[str]]] = {}
+        self._declared: Optional[Set[str]] = None
+        self._memo: Dict[Tuple[str, Any, bool], bool] = {}
+
+    def keys_read(self, variant: Any) -> Optional[Set[str]]:
+        if variant not in self._read:
+            self._read[variant] = keys_read(variant)
+        return self._read[variant]
+
+    def declared(self) -> Set[str]:
+        if self._declared is None:
+            self._declared = _declared()
+        return self._declared
+
+    def __call__(self, dotted: str, attention: Any, windows: bool = True) -> bool:
+        key = (dotted, attention, bool(windows))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = _relevant(dotted, attention, windows, self.keys_read, self.declared)
+        return hit
 
 
 def _uses_windows(record: Optional[Dict[str, Any]]) -> bool:
     """eval.seq_len matters only to a task that reads it (not in its Task.ignores); a task not registered here
     is taken to read it (what we cannot judge is shown)."""
-    task = find_task(flatten(_section(record or {}, "config")).get("metric.name"))
+    return _metric_uses_windows(flatten(_section(record or {}, "config")).get("metric.name"))
+
+
+def _metric_uses_windows(metric: Any) -> bool:
+    task = find_task(metric)
     return task is None or "eval.seq_len" not in task.ignores
 
 
@@ -130,19 +168,41 @@ def _is_nonfinite(value: Any) -> bool:
 
 def nonfinite_values(record: Dict[str, Any]) -> List[str]:
     """`section.key=value` for every NaN/inf number (or its string spelling) in the value sections."""
-    found = []
+    found: List[str] = []
     for section in VALUE_SECTIONS:
-        for key, value in flatten(_section(record, section)).items():
-            values = json.loads(value) if isinstance(value, str) and value.startswith("[") else [value]
-            bad = [v for v in values if _is_nonfinite(v)] if isinstance(values, list) else []
-            if bad:
-                found.append(f"{section}.{key}={bad[0]}")
+        _find_nonfinite(_section(record, section), f"{section}.", found)
     return found
+
+
+def _find_nonfinite(node: Dict[str, Any], prefix: str, found: List[str]) -> None:
+    """nonfinite_values over one section, walked as `flatten` walks it; a list is read as it is (flatten's
+    JSON of it, read back, is the same list), a string that opens with `[` is read as the JSON it spells."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _find_nonfinite(value, f"{prefix}{key}.", found)
+            continue
+        values = json.loads(value) if isinstance(value, str) and value.startswith("[") else \
+            value if isinstance(value, list) else [value]
+        if not isinstance(values, list) or _all_finite_numbers(values):
+            continue
+        bad = [v for v in values if _is_nonfinite(v)]
+        if bad:
+            found.append(f"{prefix}{key}={bad[0]}")
+
+
+def _all_finite_numbers(values: list) -> bool:
+    """True when every item is a finite number, from one C-level sum (a per-layer list of a diagnostic holds
+    hundreds of them); False (look item by item) for strings, None, inf/NaN or a sum that overflows."""
+    try:
+        return math.isfinite(sum(values))
+    except (TypeError, OverflowError):
+        return False
 
 
 def _missing_fields(record: Dict[str, Any], x: str) -> List[str]:
     """What an `ok` run must hold for its table row; a row without these would be silently wrong."""
-    flat = flatten(_section(record, "config"))
+    config = _section(record, "config")
+    flat = {k: _dotted(config, k) for k in ("attention.name", "metric.name")}  # as flatten(config) has them
     need = [f"config.{k}" for k in ("attention.name", "metric.name") if flat.get(k) is None]
     metric = flat.get("metric.name")
     primary = primary_y(metric)  # None for a task not registered here: its primary field is unknown
@@ -150,6 +210,15 @@ def _missing_fields(record: Dict[str, Any], x: str) -> List[str]:
         if _section(record, section).get(key) is None:
             need.append(f"{section}.{key}")
     return need
+
+
+def _dotted(node: Any, dotted: str) -> Any:
+    """flatten(node).get(dotted) without flattening the whole config (keys hold no dots)."""
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return json.dumps(node) if isinstance(node, list) else None if isinstance(node, dict) else node
 
 
 def _load(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
@@ -285,16 +354,55 @@ def _fingerprint(record: Dict[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
-def _no_effect(swept: List[str], loaded: list) -> List[str]:
+class JsonMemo:
+    """`json.dumps(value, default=str)` of config values, each distinct value encoded once per collector call
+    (10,000 runs repeat the same few hundred values), and of a config as `json.dumps(config, sort_keys=True,
+    default=str)` writes it, from those."""
+
+    def __init__(self):
+        self._memo: Dict[Any, str] = {}
+        self._pairs: Dict[int, Tuple[Dict[str, Any], Tuple[Tuple[str, str], ...]]] = {}
+
+    def value(self, value: Any) -> str:
+        try:  # floats by their repr: -0.0 == 0.0 would share one entry, and JSON writes them apart
+            key = (float, repr(value)) if isinstance(value, float) else (type(value), value)
+            hit = self._memo.get(key)
+        except TypeError:  # unhashable
+            return json.dumps(value, default=str)
+        if hit is None:
+            hit = self._memo[key] = json.dumps(value, default=str)
+        return hit
+
+    def pairs(self, flat: Dict[str, Any]) -> Tuple[Tuple[str, str], ...]:
+        """A flat config's sorted (key, JSON value) pairs, made once per config (it is kept, so its id stays its)."""
+        hit = self._pairs.get(id(flat))
+        if hit is None:
+            hit = self._pairs[id(flat)] = (flat, tuple(sorted((k, self.value(v)) for k, v in flat.items())))
+        return hit[1]
+
+    def config(self, flat: Dict[str, Any], keep: Callable[[str], bool]) -> str:
+        """json.dumps({k: v for k, v in flat.items() if keep(k)}, sort_keys=True, default=str) for string keys."""
+        return "{" + ", ".join(f"{self.value(k)}: {v}" for k, v in self.pairs(flat) if keep(k)) + "}"
+
+
+def _no_effect(swept: List[str], loaded: list, dumps: Optional[JsonMemo] = None) -> List[str]:
     """Swept keys that changed nothing measured: every pair of ok runs differing only there measured the same."""
     out = []
+    dumps = dumps or JsonMemo()
     ok = [(flat, record) for _, record, error, flat in loaded if error is None and record]
+    # Each run's config as its sorted (key, JSON value) pairs, its fingerprint and where each key sits, made once:
+    # "the same config but for `key`" is then the pairs without that key's (equal to comparing the JSON of the
+    # config without it), not one JSON dump of the whole config per swept key and run.
+    runs = []
+    for flat, record in ok:
+        pairs = dumps.pairs(flat)
+        runs.append((pairs, {k: i for i, (k, _) in enumerate(pairs)}, _fingerprint(record)))
     for key in swept:
-        groups: Dict[str, Dict[str, Set[str]]] = {}
-        for flat, record in ok:
-            rest = json.dumps({k: v for k, v in flat.items() if k != key}, sort_keys=True, default=str)
-            groups.setdefault(rest, {}).setdefault(json.dumps(flat.get(key), default=str), set()).add(
-                _fingerprint(record))
+        groups: Dict[Tuple[Tuple[str, str], ...], Dict[str, Set[str]]] = {}
+        for pairs, where, fingerprint in runs:
+            i = where.get(key)
+            rest, value = (pairs, "null") if i is None else (pairs[:i] + pairs[i + 1:], pairs[i][1])
+            groups.setdefault(rest, {}).setdefault(value, set()).add(fingerprint)
         pairs = [g for g in groups.values() if len(g) > 1]
         if pairs and all(len(set().union(*g.values())) == 1 for g in pairs):
             out.append(key)
@@ -329,14 +437,24 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
         loaded.append((str(path.parent.relative_to(root)) or ".", record, error, _flat_config(config)))
     # A key is swept when its value (missing counts as a value) differs between two readable runs whose
     # variant reads it: forest runs all at max_depth=16 beside lsh runs without one are no max_depth sweep.
-    ctx = [(flat, flat.get("attention.name"), _uses_windows(record)) for _, record, _, flat in loaded if flat]
+    relevant_ = Relevance()  # schema-derived answers once per variant, not per run and key
+    windows_of: Dict[Any, bool] = {}
+
+    def uses_windows(flat: Dict[str, Any]) -> bool:  # _uses_windows of the record whose config flat is
+        metric = flat.get("metric.name")
+        if metric not in windows_of:
+            windows_of[metric] = _metric_uses_windows(metric)
+        return windows_of[metric]
+
+    ctx = [(flat, flat.get("attention.name"), uses_windows(flat)) for _, record, _, flat in loaded if flat]
     keys = sorted({k for flat, _, _ in ctx for k in flat}, key=natural_key)
-    varied = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat, att, win in ctx
-                                      if relevant(k, att, win)}) > 1]
-    no_effect = _no_effect(varied, loaded)
+    dumps = JsonMemo()
+    varied = [k for k in keys if len({dumps.value(flat.get(k)) for flat, att, win in ctx
+                                      if relevant_(k, att, win)}) > 1]
+    no_effect = _no_effect(varied, loaded, dumps)
     swept = [k for k in varied if k not in no_effect]
     knob_keys = [k for k in keys if k.startswith(("attention.", "hasher.")) and k not in ("attention.name", "hasher.name")
-                 and any(relevant(k, att, win) for _, att, win in ctx)]
+                 and any(relevant_(k, att, win) for _, att, win in ctx)]
     knobs = _short_names(sorted(knob_keys, key=_knob_order))
     records = [r for _, r, _, _ in loaded if r]
     # after the swept keys are known, so an unresolved "${seed}" never makes a key look swept
@@ -347,17 +465,17 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
     rows, flagged = [], {}
     for run_dir, record, error, flat in loaded:
         record = record or {}
-        attention, windows = flat.get("attention.name"), _uses_windows(record)
+        attention, windows = flat.get("attention.name"), uses_windows(flat)
         row: Dict[str, Any] = {"run_dir": run_dir, "status": record.get("status", "unreadable"), "error": error}
         # Running now (its lock is held): listed apart from the failed runs, not counted as one.
         row["running"] = bool(error) and row["status"] in ("running", "missing") and job_busy(root / run_dir)
-        row.update({c: flat.get(d) if relevant(d, attention, windows) else None for c, d in ID_COLUMNS.items()})
+        row.update({c: flat.get(d) if relevant_(d, attention, windows) else None for c, d in ID_COLUMNS.items()})
         row["model"] = _model_label(record, flat) if flat else None
         row["family"] = family_of(attention, row["hasher"]) if attention else None
-        row.update({c: flat.get(d) if relevant(d, attention, windows) else None for d, c in knobs.items()})
+        row.update({c: flat.get(d) if relevant_(d, attention, windows) else None for d, c in knobs.items()})
         for key in swept + no_effect:  # other swept keys (dataset.*, eval.*, seed) get a column too
             if key not in ID_COLUMNS.values() and key not in knobs:
-                row[key] = flat.get(key) if relevant(key, attention, windows) else None
+                row[key] = flat.get(key) if relevant_(key, attention, windows) else None
         setting = [f"{c}={row[c]}" for c in ("model", "dataset", "seq_len") if row.get(c) is not None]
         extra = [f"{k}={flat.get(k)}" for k in swept if k.startswith(SETTING_PREFIXES)
                  and k not in ID_COLUMNS.values() and k not in SETTING_IGNORED]
@@ -373,8 +491,8 @@ def collect_runs(root: Path) -> Tuple[pd.DataFrame, pd.DataFrame]:
             log.warning("%s: non-finite values in results.json: %s", run_dir, ", ".join(bad))
         row["config_hash"] = record.get("config_hash")
         row["overrides"] = _section(record, "job").get("override_dirname")
-        row["_group"] = json.dumps({k: v for k, v in flat.items() if not is_seed_key(k)}, sort_keys=True, default=str)
-        row["_seeds"] = json.dumps({k: v for k, v in flat.items() if is_seed_key(k)}, sort_keys=True, default=str)
+        row["_group"] = dumps.config(flat, lambda k: not is_seed_key(k))
+        row["_seeds"] = dumps.config(flat, is_seed_key)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
