@@ -148,11 +148,15 @@ def keep_file_only_lines_off_console() -> None:
 def log_job_header(cfg: Any, job: Dict[str, Any]) -> None:
     """The first lines of a job's launch.log: what runs and where its results go (not on the console,
     where Hydra's own lines and the command say it). The model as loaded follows (log_model_loaded)."""
+    from lsh_bitnet.models.checks import resolve_dtype
+
     model = cfg.model
+    # model.dtype=auto: the dtype the device gets (the device is resolved by now, unless it is `auto` itself)
+    dtype = model.dtype if str(model.device) == "auto" else resolve_dtype(model.dtype, model.device)
     overrides = " ".join(job.get("overrides") or []) or "(none: the defaults)"
     log.info("[lsh-bitnet] job: overrides %s", overrides, extra=FILE_ONLY)
     log.info("[lsh-bitnet] job: seed %s | device %s | model %s (%s, %s) | output dir %s", cfg.seed, model.device,
-             model.name, model.get("name_or_path") or model.get("gguf_file") or "built in", model.dtype,
+             model.name, model.get("name_or_path") or model.get("gguf_file") or "built in", dtype,
              job.get("output_dir"), extra=FILE_ONLY)
 
 
