@@ -90,8 +90,10 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
     kth = kth_largest(s, k_i, k_max)  # (..., Qc, 1): the k_i-th best score
     # Every row has a budget (no padding query) and a k_i-th score above the invalid keys' fill: `s >= kth`
     # then holds no invalid key and no row without a budget, so the three (rows x keys) ANDs with `valid` and
-    # `k_i > 0` change nothing and are skipped (~9% of an oracle_topk call at 4096 tokens).
-    every_row = k_i.numel() == 0 or bool(k_i.min() > 0) and (folded or bool((kth > float("-inf")).all()))
+    # `k_i > 0` change nothing and are skipped (~9% of an oracle_topk call at 4096 tokens). Knowing it takes the
+    # host two reads: where the host must not wait (sync_free), the ANDs run instead.
+    every_row = not sync_free(s.device) and (
+        k_i.numel() == 0 or bool(k_i.min() > 0) and (folded or bool((kth > float("-inf")).all())))
     chosen = s >= kth if every_row else (s >= kth) & (k_i > 0).unsqueeze(-1)
     if folded:  # distinct scores, invalid keys (-1) below every kth of a row with k_i > 0: exactly the k_i best
         return chosen
