@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lsh_bitnet.attention import SparseSpec, build_hasher, kernel
 from lsh_bitnet.attention.kernel import sparse_attention_counts
+from test_device_paths import data as cpu_data  # tests/ is on sys.path: pytest inserts a test file's directory
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -21,13 +22,8 @@ B, HQ, HKV, D, T = 2, 4, 2, 16, 150
 
 
 def data(dtype, seed=0, pad=True, T_=T):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, h, T_, D, generator=gen) for h in (HQ, HKV, HKV))
-    valid = torch.ones(B, T_, dtype=torch.bool)
-    if pad:
-        valid[0, :9] = False
-        valid[1, 60:63] = False
-    return [x.to("cuda", dtype) for x in (q, k, v)] + [valid.cuda()]
+    """tests/test_device_paths.py's inputs (same seeds, same padding), on the GPU."""
+    return [x.cuda() for x in cpu_data(seed=seed, T_=T_, pad=pad, dtype=dtype)]
 
 
 def run(spec, q, k, v, valid, hasher=None, engine=None):
