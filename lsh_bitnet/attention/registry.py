@@ -171,10 +171,14 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, Dv), no attention weights
 
 
-def _visible(key_valid: torch.Tensor, K: int, Q: int, n: int) -> torch.Tensor:
-    """Sum of |V(i)| over the first n valid queries of a call whose Q queries are the last slots of K keys."""
+def _dense_counts(key_valid: torch.Tensor, Q: int, n: int, Hq: int, hash_ops=None) -> torch.Tensor:
+    """(4,) counts of the first n queries attending to every causal key, the call's Q queries being the last slots
+    of K keys: comparisons = full comparisons = Hq x sum of |V(i)| over those valid queries; no selection."""
+    K = key_valid.shape[1]
     n_visible = key_valid.to(torch.int64).cumsum(-1)[:, K - Q:K - Q + n]  # (B, n)
-    return (n_visible * key_valid[:, K - Q:K - Q + n]).sum()
+    full = (n_visible * key_valid[:, K - Q:K - Q + n]).sum() * Hq
+    zero = torch.zeros((), dtype=torch.int64, device=key_valid.device)
+    return torch.stack([full, full, zero if hash_ops is None else hash_ops, zero])
 
 
 def _split(counts: torch.Tensor, key_valid, n_pre: int, Q: int, Hq: int, spec):
@@ -186,9 +190,7 @@ def _split(counts: torch.Tensor, key_valid, n_pre: int, Q: int, Hq: int, spec):
     if not spec.rule.dense:  # patch_model accepts eval.sparse_from only with apply_to=decode (_dense_prefill)
         raise ValueError(f"attention={spec.variant}: a call split into phases must run its prefill dense "
                          f"(attention.apply_to=decode)")
-    full = _visible(key_valid, key_valid.shape[1], Q, n_pre) * Hq
-    zero = torch.zeros((), dtype=torch.int64, device=counts.device)
-    pre = torch.stack([full, full, zero, zero])
+    pre = _dense_counts(key_valid, Q, n_pre, Hq)
     return [(PREFILL, pre), (DECODE, counts - pre)]
 
 
@@ -196,17 +198,14 @@ def _dense_prefill(query, key, value, key_valid, n_pre, state, scaling, all_vali
     """apply_to=decode in a call that starts the sequence: its first n_pre queries attend to every causal key
     (stock SDPA), the rest (eval.sparse_from) use the rule over every key, as decode steps over the prefill's KV
     cache would. The prefill phase is charged the key codes it leaves for the decode steps (hash_ops)."""
-    B, Hq, Q, _ = query.shape
-    Hkv, K = key.shape[1], key.shape[2]
+    Hq, Q, Hkv = query.shape[1], query.shape[2], key.shape[1]
     pre_valid = key_valid[:, :n_pre]
     out = full_attention(query[:, :, :n_pre], key[:, :, :n_pre], value[:, :, :n_pre], pre_valid, scaling,
                          True if all_valid else None)  # (B, Hq, n_pre, Dv)
-    full = _visible(key_valid, K, Q, n_pre) * Hq
-    zero = torch.zeros((), dtype=torch.int64, device=key.device)
-    hash_ops = zero
+    hash_ops = None
     if key_codes is not None:  # hashed now for the decode steps: the prompt keys the code cache did not hold
         hash_ops = state.hasher.ops_per_vector * key_valid[:, min(reused, n_pre):n_pre].sum() * Hkv
-    phases = [(PREFILL, torch.stack([full, full, hash_ops, zero]))]
+    phases = [(PREFILL, _dense_counts(key_valid, Q, n_pre, Hq, hash_ops))]
     if n_pre == Q:
         return out, phases
     spec = state.spec
