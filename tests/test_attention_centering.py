@@ -5,7 +5,7 @@ import torch
 
 from conftest import compose_config
 from naive_attention import naive_prompt_center
-from test_attention_model import T, logits, padded_batch, patched, tiny_model
+from test_attention_model import T, generated_and_prefill, logits, padded_batch, patched, tiny_model
 
 RULES = {
     "lsh_m2": ({"name": "lsh", "n_tables": 4, "min_collisions": 2}, {"name": "simhash", "n_bits": 2}),
@@ -37,15 +37,11 @@ def test_decode_with_cache_matches_prefill(rule):
     centers = fixed_centers(model) if hasher.get("center") == "calibration" else None
     patch = patch_model(model, attention, hasher, centers=centers)
     try:
-        out = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, output_logits=True)
-        full_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], 1)
-        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
-        prefill = logits(model, out.sequences, full_mask, pos)
+        steps, prefill = generated_and_prefill(model, x, mask)
         cost = patch.cost_summary()
     finally:
         patch.unpatch()
-    for step, step_logits in enumerate(out.logits):
+    for step, step_logits in enumerate(steps):
         assert (step_logits - prefill[:, T - 1 + step]).abs().max().item() <= 1e-4, f"{rule} step {step}"
     assert 0 < cost["comparison_ratio"] < 1 and cost["selection_ops"] > 0 and cost["causal"] is True
 

@@ -78,6 +78,31 @@ def logits(model, x, mask=None, pos=None):
     return model(input_ids=x, attention_mask=mask, position_ids=pos).logits
 
 
+def generated_and_prefill(model, x, mask, steps=6):
+    """Greedy generation's logits per step (KV cache), and one prefill's logits of the generated sequence
+    (the model patched by the caller)."""
+    out = model.generate(x, attention_mask=mask, max_new_tokens=steps, do_sample=False, pad_token_id=0,
+                         return_dict_in_generate=True, output_logits=True)
+    full_mask = torch.cat([mask, torch.ones(mask.shape[0], steps, dtype=mask.dtype)], 1)
+    pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    return out.logits, logits(model, out.sequences, full_mask, pos)
+
+
+def padded_and_alone(model, patch, side):
+    """A padded batch's logits and costs, then row 0 alone (its real tokens) and row 1 alone, the patch reset
+    between: (batch logits, row 0's logits alone, row 0's real-token mask, costs of batch, row 0, row 1)."""
+    x, mask, pos = padded_batch(side)
+    real = mask[0].bool()
+    batch = logits(model, x, mask, pos)
+    cost_batch = patch.cost_summary()
+    patch.reset()
+    alone = logits(model, x[:1, real])
+    cost_a = patch.cost_summary()
+    patch.reset()
+    logits(model, x[1:])
+    return batch, alone, real, cost_batch, cost_a, patch.cost_summary()
+
+
 def n_heads(model):
     return model.config.num_attention_heads
 
@@ -133,12 +158,8 @@ def test_decode_with_cache_matches_prefill(variant):
     model = tiny_model("llama")
     x, mask, _ = padded_batch("left", n_pad=5)
     with patched(model, VARIANTS[variant]):
-        out = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, output_logits=True)
-        full_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], 1)
-        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
-        prefill = logits(model, out.sequences, full_mask, pos)
-    for step, step_logits in enumerate(out.logits):
+        steps, prefill = generated_and_prefill(model, x, mask)
+    for step, step_logits in enumerate(steps):
         assert (step_logits - prefill[:, T - 1 + step]).abs().max().item() <= 1e-4
 
 
@@ -211,17 +232,8 @@ def test_empty_candidate_sets_give_zero_rows():
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_padded_row_equals_row_alone(variant, side):
     model = tiny_model("llama")
-    x, mask, pos = padded_batch(side)
-    real = mask[0].bool()
     with patched(model, VARIANTS[variant]) as patch:
-        batch = logits(model, x, mask, pos)
-        cost_batch = patch.cost_summary()
-        patch.reset()
-        alone = logits(model, x[:1, real])
-        cost_a = patch.cost_summary()
-        patch.reset()
-        logits(model, x[1:])
-        cost_b = patch.cost_summary()
+        batch, alone, real, cost_batch, cost_a, cost_b = padded_and_alone(model, patch, side)
     assert (batch[0, real] - alone[0]).abs().max().item() <= 1e-5
     for key in ("comparisons", "full_comparisons", "hash_ops"):
         assert cost_batch[key] == cost_a[key] + cost_b[key]

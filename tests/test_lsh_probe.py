@@ -181,35 +181,23 @@ MODEL_HASHER = {"name": "simhash", "n_bits": 4}
 
 
 def test_decode_with_cache_matches_prefill_in_a_model():
-    from test_attention_model import T, logits, padded_batch, patched, tiny_model
+    from test_attention_model import T, generated_and_prefill, padded_batch, patched, tiny_model
 
     model = tiny_model("llama")
     x, mask, _ = padded_batch("left", n_pad=5)
     with patched(model, MODEL_CFG, MODEL_HASHER):
-        out = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, output_logits=True)
-        full_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], 1)
-        prefill = logits(model, out.sequences, full_mask, (full_mask.cumsum(-1) - 1).clamp(min=0))
-    for step, step_logits in enumerate(out.logits):
+        steps, prefill = generated_and_prefill(model, x, mask)
+    for step, step_logits in enumerate(steps):
         assert (step_logits - prefill[:, T - 1 + step]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_row_equals_row_alone(side):
-    from test_attention_model import logits, padded_batch, patched, tiny_model
+    from test_attention_model import padded_and_alone, patched, tiny_model
 
     model = tiny_model("llama")
-    x, mask, pos = padded_batch(side)
-    real = mask[0].bool()
     with patched(model, MODEL_CFG, MODEL_HASHER) as patch:
-        batch = logits(model, x, mask, pos)
-        cost_batch = patch.cost_summary()
-        patch.reset()
-        alone = logits(model, x[:1, real])
-        cost_a = patch.cost_summary()
-        patch.reset()
-        logits(model, x[1:])
-        cost_b = patch.cost_summary()
+        batch, alone, real, cost_batch, cost_a, cost_b = padded_and_alone(model, patch, side)
     assert (batch[0, real] - alone[0]).abs().max().item() <= 1e-5
     for key in ("comparisons", "full_comparisons", "hash_ops", "selection_ops"):
         assert cost_batch[key] == cost_a[key] + cost_b[key], key

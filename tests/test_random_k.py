@@ -53,16 +53,13 @@ def test_decode_draws_what_the_prefill_draws():
 
 
 def test_decode_with_cache_matches_prefill_in_a_model():
-    from test_attention_model import T, logits, padded_batch, patched, tiny_model
+    from test_attention_model import T, generated_and_prefill, padded_batch, patched, tiny_model
 
     model = tiny_model("llama")
     x, mask, _ = padded_batch("left", n_pad=5)
     with patched(model, {"name": "random_k", "fraction": 0.3, "seed": 3}):
-        out = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, output_logits=True)
-        full_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], 1)
-        prefill = logits(model, out.sequences, full_mask, (full_mask.cumsum(-1) - 1).clamp(min=0))
-    for step, step_logits in enumerate(out.logits):
+        steps, prefill = generated_and_prefill(model, x, mask)
+    for step, step_logits in enumerate(steps):
         assert (step_logits - prefill[:, T - 1 + step]).abs().max().item() <= 1e-4
 
 
