@@ -39,7 +39,7 @@ class Candidates:
 
     def __init__(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor, spec, hasher=None,
                  key_codes: Optional[torch.Tensor] = None, layer_idx: int = 0):
-        # query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K); key_codes (B, Hkv, K, L): cached (codecache.py)
+        # query (B, Hq, Q, D), key (B, Hkv, K, D), key_valid (B, K); key_codes (L, B, Hkv, K): cached (codecache.py)
         B, Hq, Q, D = query.shape
         Hkv, K = key.shape[1], key.shape[2]
         self.spec, self.hasher, self.rule = spec, hasher, spec.rule

@@ -8,6 +8,11 @@ is the same), every input of the model over that prefix is the same, hence so is
 The check compares the whole prefix of layer 0 (first/last keys only would accept a different sequence
 that shares them: a layer-0 key sees its own token only). Cost: one O(K * D) copy and comparison per
 forward, for one layer. A layer's cached codes are used only if they come from the forward right before this one.
+
+Layout: the codes are kept as the rules read them, table-major (L, B, Hkv, K) in the rule's code dtype
+(rules/base.code_dtype), in a buffer with spare capacity along K: a decode step writes its new key's codes in place
+and hands out a view, instead of concatenating and converting every cached code at every step (at 8192 keys
+and 32 tables that copy cost ~2.5x the step's SDPA call, docs/BENCHMARKS.md).
 """
 import weakref
 from typing import Dict, Optional, Tuple
@@ -22,7 +27,8 @@ class KeyCodeCache:
         self._mask_ref = None  # the attention mask object of the current forward (shared by its layers)
         self._keys: Optional[torch.Tensor] = None  # layer-0 keys of the previous forward (a copy)
         self._valid: Optional[torch.Tensor] = None
-        self._codes: Dict[int, Tuple[int, torch.Tensor]] = {}  # layer -> (epoch, codes (B, Hkv, K, L))
+        # layer -> (epoch, keys held, buffer (L, B, Hkv, capacity) table-major in the code dtype)
+        self._codes: Dict[int, Tuple[int, int, torch.Tensor]] = {}
 
     def begin_forward(self, attention_mask, key: torch.Tensor, key_valid: torch.Tensor) -> None:
         """Called by layer 0: how many leading keys equal the previous forward's."""
@@ -41,20 +47,28 @@ class KeyCodeCache:
         # as in evaluation) keep no version counter to notice it. One layer's keys, once per forward.
         self._keys, self._valid = key.detach().clone(), key_valid.clone()
 
-    def codes(self, layer_idx: int, attention_mask, key: torch.Tensor, hash_keys) -> Tuple[torch.Tensor, int]:
-        """Codes (B, Hkv, K, L) of every key of this call and how many were reused (not hashed now)."""
+    def codes(self, layer_idx: int, attention_mask, key: torch.Tensor, hash_keys,
+              dtype: torch.dtype = torch.int64) -> Tuple[torch.Tensor, int]:
+        """Codes (L, B, Hkv, K) in `dtype` of every key of this call (a view of the layer's buffer, valid for this
+        call), and how many were reused (not hashed now). hash_keys: (B, Hkv, n, D) -> (B, Hkv, n, L) int64."""
         same_forward = self._mask_ref is not None and self._mask_ref() is attention_mask
-        epoch, cached = self._codes.get(layer_idx, (-1, None))
+        epoch, held, buf = self._codes.get(layer_idx, (-1, 0, None))
         reuse = 0
-        if same_forward and cached is not None and epoch == self.epoch - 1:
-            reuse = min(self.prefix, cached.shape[2])
-        if reuse > 0:
-            codes = torch.cat([cached[:, :, :reuse], hash_keys(key[:, :, reuse:])], 2)
-        else:
-            codes = hash_keys(key)
+        if (same_forward and buf is not None and epoch == self.epoch - 1 and buf.dtype == dtype
+                and buf.shape[1:3] == key.shape[:2]):
+            reuse = min(self.prefix, held)
+        K = key.shape[2]
+        new = hash_keys(key[:, :, reuse:]).to(dtype).permute(3, 0, 1, 2)  # (L, B, Hkv, K - reuse)
+        if reuse == 0 or buf.shape[3] < K:
+            # room for as many keys again (decode steps append one each): amortised O(1) copies per key
+            grown = torch.empty(new.shape[:3] + (2 * K if reuse > 0 else K,), dtype=dtype, device=key.device)
+            if reuse > 0:
+                grown[..., :reuse] = buf[..., :reuse]
+            buf = grown
+        buf[..., reuse:K] = new
         if same_forward:
-            self._codes[layer_idx] = (self.epoch, codes)
-        return codes, reuse
+            self._codes[layer_idx] = (self.epoch, K, buf)
+        return buf[..., :K], reuse
 
     def clear(self) -> None:
         self.__init__()

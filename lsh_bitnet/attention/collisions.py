@@ -68,7 +68,7 @@ class CollisionIndex:
         # sorted ranges need (code, slot) to fit one int64, and pay off only from a few queries on
         self.sortable = n_bits + self.pos_bits <= PACK_BITS and self.Q >= SORT_MIN_QUERIES
         self._sorted = self._lo = self._n_sorted = None
-        self._key_onehot = None
+        self._key_onehot = self._small = None
         self.onehot_ok = (int8_matmul(kcodes.device, L << n_bits) and self.Q >= SORT_MIN_QUERIES
                           and B * H * K * (L << n_bits) <= ONEHOT_MAX_BYTES)
         # n: causal colliding valid keys of every (table, row, KV head, query head, query), (L, B, H, g, Q)
@@ -114,6 +114,10 @@ class CollisionIndex:
         """Causal colliding (query head, valid query, table, key) triples of all Q queries: int64 scalar."""
         if self.sortable:
             return (self.n * q_valid[None, :, None, None, :]).sum()
+        if self.Q < SORT_MIN_QUERIES:  # decode: the counts of every query once, read by counts() too
+            q_idx = torch.arange(self.Q, device=q_valid.device)
+            visible = _causal_valid(self.q_offset, q_idx, q_valid, self.K) & self.key_valid[:, None, None, None]
+            return (self._small_counts() * visible).sum(dtype=torch.int64)
         total = torch.zeros((), dtype=torch.int64, device=q_valid.device)
         q_idx = torch.arange(self.Q, device=q_valid.device)
         valid = _causal_valid(self.q_offset, q_idx, q_valid, self.K) & self.key_valid[:, None, None, None]
@@ -125,6 +129,8 @@ class CollisionIndex:
     def counts(self, q_idx: torch.Tensor, kc: int, dense_ok: bool = True):
         """c_ij for queries q_idx and key slots [0, kc): (B, Hkv, g, Qc, kc) int32 (causal keys only if sorted).
         None when the dense pass is the cheapest and dense_ok is False (the caller has a faster dense rule)."""
+        if self.Q < SORT_MIN_QUERIES:
+            return self._small_counts().index_select(3, q_idx)[..., :kc]
         Qc = q_idx.shape[0]
         pairs = self.B * self.H * self.g * Qc * kc  # (query head, query, key) entries of the chunk
         cost = {"dense": self.L * pairs}
@@ -167,6 +173,20 @@ class CollisionIndex:
         for i in range(B * H):
             torch._int_mm(q_onehot[i], self._key_onehot[i, :kc].t(), out=out[i])
         return out.view(B, H, g, Qc, kc)
+
+    def _small_counts(self) -> torch.Tensor:
+        """c_ij of all Q (< SORT_MIN_QUERIES) queries against every key slot, (B, Hkv, g, Q, K) uint8 (int16 from
+        256 tables), computed once per call: pairs() and every counts() chunk read it."""
+        if self._small is None:
+            L = self.L
+            qc = self.qcodes.unsqueeze(-1)  # (L, B, H, g, Q, 1)
+            kcodes = self.kcodes[:, :, :, None, None, :]  # (L, B, H, 1, 1, K)
+            count = torch.zeros(qc.shape[1:-1] + (self.K,), dtype=torch.uint8 if L < 256 else torch.int16,
+                                device=qc.device)
+            for t in range(L):
+                count.add_(qc[t] == kcodes[t])
+            self._small = count
+        return self._small
 
     def dense_counts(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
         qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (L, B, H, g, Qc, 1)

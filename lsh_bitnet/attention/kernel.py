@@ -154,8 +154,8 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
     (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...). `key_codes`
-    (B, Hkv, K, L): key codes computed earlier, of which the first `reused_keys` were hashed by an earlier
-    call (codecache.py) and are not counted again in hash_ops. `layer_idx`: the calling layer (rules seeded per
+    (L, B, Hkv, K) table-major in rules.base.code_dtype: key codes computed earlier, of which the first
+    `reused_keys` were hashed by an earlier call (codecache.py) and are not counted again in hash_ops. `layer_idx`: the calling layer (rules seeded per
     layer read it).
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)

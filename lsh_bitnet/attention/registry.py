@@ -20,6 +20,7 @@ from transformers.modeling_utils import AttentionInterface
 from lsh_bitnet.attention.cost import CostMeter
 from lsh_bitnet.attention.kernel import SparseSpec, full_attention, resolve_engine, sparse_attention_counts
 from lsh_bitnet.attention.phases import DECODE, PREFILL, PhaseClock, Protocol
+from lsh_bitnet.attention.rules.base import code_dtype
 from lsh_bitnet.attention.rules.full import FullAttention
 
 IMPLEMENTATION = "lsh_bitnet"
@@ -149,7 +150,8 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
             n_mu = n_pre if dense_pre else K
             hasher.set_prompt_center(key[:, :, :n_mu], key_valid[:, :n_mu])
         if cache is not None:
-            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key, hasher.key_codes)
+            key_codes, reused = cache.codes(state.layer_idx, attention_mask, key, hasher.key_codes,
+                                            code_dtype(hasher.n_bits))  # (L, B, Hkv, K), table-major
     hasher = state.hasher if state is not None else None
     layer_idx = state.layer_idx if state is not None else 0
     if dense_pre:

@@ -23,6 +23,16 @@ AUTO_FLEX_MIN_QUERIES_BY_DEVICE = {"cuda": 1024}
 # Codes of up to 30 bits are compared as int32: half the memory traffic of int64 on these
 # (heads x queries x keys) tensors, and 2**30 thresholds still fit.
 INT32_BITS = 30
+# Calls of fewer queries (decode steps) read the code cache's strided view as it is: their dense compares run
+# per table on each table's contiguous keys, and a copy of every cached code would cost more than the call.
+SMALL_CALL_QUERIES = 8
+
+
+def code_dtype(bits: int):
+    """The dtype hash codes of `bits` bits are compared in: int32 up to INT32_BITS, else int64."""
+    import torch
+
+    return torch.int32 if bits <= INT32_BITS else torch.int64
 
 
 class Rule:
@@ -149,17 +159,18 @@ class HashedRule(Rule):
 
     @classmethod
     def codes(cls, cands, key_codes=None) -> None:
-        """cands.qcodes (T, B, Hkv, g, Q) and cands.kcodes (T, B, Hkv, K): table-major and contiguous, so the
-        per-table broadcast compares run on unit strides."""
-        import torch
-
+        """cands.qcodes (T, B, Hkv, g, Q) and cands.kcodes (T, B, Hkv, K): table-major in code_dtype(bits), so the
+        per-table broadcast compares run on unit strides. key_codes: the code cache's (T, B, Hkv, K) view, already
+        in that layout (each table's keys contiguous); a call of many queries gets its own contiguous copy
+        (sorts and flat views need it; O(K) against the call's O(Q K))."""
         B, Hkv, g, Q, D = cands.query.shape
         hasher = cands.hasher
-        code_dtype = torch.int32 if cands.bits <= INT32_BITS else torch.int64
-        qflat = cands.query.reshape(B, Hkv, g * Q, D)
-        kc = hasher.key_codes(cands.key) if key_codes is None else key_codes  # decode reuses cached codes
-        cands.kcodes = kc.to(code_dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
-        qcodes = hasher.codes(qflat).to(code_dtype).view(B, Hkv, g, Q, -1)
+        dtype = code_dtype(cands.bits)
+        if key_codes is None:
+            cands.kcodes = hasher.key_codes(cands.key).to(dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
+        else:
+            cands.kcodes = key_codes.contiguous() if Q >= SMALL_CALL_QUERIES else key_codes
+        qcodes = hasher.codes(cands.query.reshape(B, Hkv, g * Q, D)).to(dtype).view(B, Hkv, g, Q, -1)
         cands.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)
 
 
