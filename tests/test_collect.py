@@ -573,3 +573,27 @@ def test_group_seeds_work_grows_linearly_with_the_seeds(tmp_path, monkeypatch):
     assert len(grouped) == 1 and grouped["n_seeds"].iloc[0] == 150
     assert grouped["seeds"].iloc[0] == "hasher.seed=" + ",".join(map(str, range(150)))
     assert len(calls) < 10 * 150  # linear in the runs: a few keys x 150 seeds, not 150 x 150 x keys
+
+
+# ----------------------------------------------------------------------------- pipe tables without tabulate
+@pytest.mark.parametrize("seed", range(6))
+def test_pipe_table_is_tabulates_layout_byte_for_byte(seed):
+    """report/markdown.pipe_table writes what DataFrame.to_markdown(disable_numparse=True) writes: widths from the
+    padded headers, cells stripped, the alignment row, unicode cells; multi-line cells go to tabulate itself."""
+    import random
+
+    from lsh_bitnet.report.markdown import pipe_table
+
+    rng = random.Random(seed)
+    alphabet = ["a", "Z", "0", "9", ".", "-", " ", "★", "–", "±", "[", "]", "\\|", "=", "_"]
+    n_cols, n_rows = rng.randint(1, 6), rng.randint(0, 7)
+    headers = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))).strip() or "h" for _ in range(n_cols)]
+    headers = [f"{h}{i}" for i, h in enumerate(headers)]  # distinct column names
+    cells = [["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(n_cols)]
+             for _ in range(n_rows)]
+    df = pd.DataFrame(cells, columns=headers) if n_rows else pd.DataFrame({h: [] for h in headers})
+    assert pipe_table(df) == df.to_markdown(index=False, disable_numparse=True)
+    align = [rng.choice(["left", "right"]) for _ in headers]
+    assert pipe_table(df, colalign=align) == df.to_markdown(index=False, disable_numparse=True, colalign=align)
+    multi = pd.DataFrame({"a": ["one\ntwo", "x"], "b": ["1", "2"]})
+    assert pipe_table(multi) == multi.to_markdown(index=False, disable_numparse=True)

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from lsh_bitnet.report.markdown import pipe_table
 from lsh_bitnet.report.pareto import is_full
 
 # (column, header): the cost ratios, each against full attention on the same tokens.
@@ -25,7 +26,7 @@ def _num(value) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e6 else f"{value:.3g}"
 
 
-def metric_cell(row: pd.Series, y: str) -> str:
+def metric_cell(row, y: str) -> str:
     """`0.967 [0.833, 0.994]`, or `0.95 ± 0.02` over seeds, or the bare value."""
     text = _num(row.get(y))
     lo, hi, sd = row.get(f"{y}_ci_low"), row.get(f"{y}_ci_high"), row.get(f"{y}_std")
@@ -44,14 +45,16 @@ def variant_parts(table: pd.DataFrame, label_cols: List[str]) -> pd.DataFrame:
     overrides = table["overrides"] if "overrides" in table else pd.Series(None, index=table.index)
     names = pd.Series([m.group(1) if isinstance(o, str) and (m := VARIANT.search(o)) else str(f)
                        for o, f in zip(overrides, table["family"])], index=table.index)
-    knobs = pd.Series("", index=table.index, dtype=object)
+    knobs = {}
     bare = table.copy(deep=False)
-    bare.attrs = {}  # iterrows copies the frame's attrs into every row: seconds at 10,000 runs
+    bare.attrs = {}
     for _, rows in bare.groupby(names, sort=False):
         varying = [c for c in label_cols if c in rows and rows[c].astype(str).nunique() > 1]
-        for i, row in rows.iterrows():
+        # rows as dicts of the varying columns: iterrows builds a Series per row and a Series item assignment
+        # per label (seconds at 10,000 runs)
+        for i, row in zip(rows.index, rows[varying].to_dict("records")):
             knobs[i] = point_label(row, varying)
-    return pd.DataFrame({"name": names, "knobs": knobs})
+    return pd.DataFrame({"name": names, "knobs": pd.Series(knobs, index=table.index, dtype=object).fillna("")})
 
 
 def variant_labels(table: pd.DataFrame, label_cols: List[str]) -> pd.Series:
@@ -65,15 +68,16 @@ def brief_table(table: pd.DataFrame, y: str, label_cols: List[str], x: str = "co
     rows = table.assign(_label=variant_labels(table, label_cols))
     cost = pd.to_numeric(rows[x], errors="coerce") if x in rows else pd.Series(float("nan"), index=rows.index)
     rows = rows.assign(_cost=cost).sort_values("_cost", ascending=False, na_position="last", kind="stable")
-    rows.attrs = {}  # iterrows below copies the attrs into every row
+    rows.attrs = {}
     n_col = next((c for c in ("n", "n_samples", "n_windows", "n_seeds") if c in rows), None)
+    cells = [c for c in (y, f"{y}_ci_low", f"{y}_ci_high", f"{y}_std") if c in rows]
     out = pd.DataFrame({
         "variant": rows["_label"],
-        f"{y} [95% CI]": [metric_cell(r, y) for _, r in rows.iterrows()],
+        f"{y} [95% CI]": [metric_cell(r, y) for r in rows[cells].to_dict("records")],  # dicts: no Series per row
         **{header: [_num(v) for v in rows[col]] if col in rows else "–" for col, header in RATIOS},
         "n": [_num(v) for v in rows[n_col]] if n_col else "–",
     })
-    return out.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * 5)
+    return pipe_table(out, colalign=["left"] + ["right"] * 5)
 
 
 def brief_lines(ok: pd.DataFrame, y_by_metric: Dict[str, tuple], label_cols: List[str],

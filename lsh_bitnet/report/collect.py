@@ -21,6 +21,7 @@ from lsh_bitnet.config import SCHEMAS, AttentionConfig
 from lsh_bitnet.report.brief import brief_lines
 from lsh_bitnet.report.gap import DEFAULT_TOLERANCE, GAP_COLUMNS, add_gap_closed, gap_lines
 from lsh_bitnet.report.items import pool_ranges
+from lsh_bitnet.report.markdown import pipe_table
 from lsh_bitnet.report.paired import PAIRED_COLUMNS, add_paired
 from lsh_bitnet.report.pareto import X_AXES, add_pareto, is_full, plot_pareto, primary_y_by_metric, y_columns
 from lsh_bitnet.run.results import RESULTS_FILE
@@ -168,7 +169,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     cells = df.astype(object).map(lambda v: _cell(v).replace("|", "\\|"))  # a bare | would split the cell
     if "pareto" in cells:
         cells["pareto"] = cells["pareto"].replace({"yes": "★", "no": ""})
-    return cells.to_markdown(index=False, disable_numparse=True)  # keep our number formatting
+    return pipe_table(cells)  # our number formatting kept (tabulate's disable_numparse layout)
 
 
 def _sorted(df: pd.DataFrame, x: str) -> pd.DataFrame:

@@ -128,8 +128,9 @@ def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def point_label(row: pd.Series, cols: List[str]) -> str:
-    """`b=8 t=4 sink=4 w=32`: the row's values of cols (in the order given), short names from ABBREV."""
+def point_label(row, cols: List[str]) -> str:
+    """`b=8 t=4 sink=4 w=32`: the row's values of cols (in the order given), short names from ABBREV; row a Series
+    or a dict."""
     return " ".join(f"{ABBREV.get(c, c.rsplit('.', 1)[-1])}={_short(row[c])}" for c in cols
                     if c in row and pd.notna(row[c]))
 
