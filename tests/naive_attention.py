@@ -21,9 +21,41 @@ def hash_kind(hasher_params):
     get = hasher_params.get if isinstance(hasher_params, dict) else (lambda n: getattr(hasher_params, n, None))
     if get("coords") is not None:
         return "bit_sampling", torch.as_tensor(get("coords")).long().tolist()
+    if get("signs") is not None:  # hadamard: hyperplanes rebuilt here from the drawn signs (naive_hadamard_planes)
+        return "simhash", naive_hadamard_planes(get("signs"), *table_shape(hasher_params)[1:],
+                                                head_dim=get("head_dim"))
     if get("planes") is not None:
         return "simhash", torch.as_tensor(get("planes")).double().tolist()
     raise ValueError("hasher_params needs .coords (bit_sampling) or .planes (simhash)")
+
+
+def sylvester(n):
+    """The n x n Walsh-Hadamard matrix (n a power of two) by Sylvester's doubling, as lists of +-1."""
+    H = [[1]]
+    while len(H) < n:
+        H = [row + row for row in H] + [row + [-x for x in row] for row in H]
+    return H
+
+
+def naive_hadamard_planes(signs, n_tables, n_bits, head_dim):
+    """planes[h][t][d][b] of hasher=hadamard from its drawn signs (Hkv, rotations, rounds, P): rotation r is
+    M = H D_R ... H D_1 (D_k = diag(signs[h][r][k])); bit b of table t is row t * n_bits + b of the rotations'
+    rows stacked, restricted to the first head_dim columns."""
+    signs = torch.as_tensor(signs).long().tolist()
+    out = []
+    for head in signs:
+        rows = []
+        for rotation in head:
+            P = len(rotation[0])
+            H = sylvester(P)
+            M = [[int(i == j) for j in range(P)] for i in range(P)]  # identity
+            for d in rotation:  # M <- H diag(d) M
+                DM = [[d[i] * M[i][j] for j in range(P)] for i in range(P)]
+                M = [[sum(H[i][k] * DM[k][j] for k in range(P)) for j in range(P)] for i in range(P)]
+            rows.extend(M)
+        out.append([[[float(rows[t * n_bits + b][d]) for b in range(n_bits)] for d in range(head_dim)]
+                    for t in range(n_tables)])
+    return out
 
 
 def table_shape(hasher_params):
@@ -32,6 +64,8 @@ def table_shape(hasher_params):
     coords = get("coords")
     if coords is not None:
         return tuple(torch.as_tensor(coords).shape)
+    if get("signs") is not None:  # hadamard: shapes only, its planes are rebuilt by naive_hadamard_planes
+        return torch.as_tensor(get("signs")).shape[0], get("n_tables"), get("n_bits")
     planes = torch.as_tensor(get("planes"))  # (Hkv, n_tables, D, n_bits)
     return planes.shape[0], planes.shape[1], planes.shape[3]
 
@@ -308,6 +342,10 @@ def naive_hash_ops(query, key, key_valid, *, variant, hasher_params=None):
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     per_vector = n_bits * n_tables * (D if kind == "simhash" else 1)
+    signs = getattr(hasher_params, "signs", None)
+    if signs is not None:  # hadamard: per rotation and round, P log2 P additions and P sign flips
+        n_rot, rounds, P = signs.shape[1:]
+        per_vector = n_rot * rounds * (P * (P.bit_length() - 1) + P)
     valid = key_valid.tolist()
     n_q = sum(1 for b in range(B) for i in range(Q) if valid[b][K - Q + i])
     n_k = sum(1 for b in range(B) for j in range(K) if valid[b][j])

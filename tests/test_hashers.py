@@ -86,7 +86,7 @@ def test_bad_arguments():
         build_hasher("bit_sampling", 17, 16, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="attention.n_tables"):
         build_hasher("simhash", 4, 16, 1, 0, 0, 0)
-    with pytest.raises(ValueError, match=r"allowed \['bit_sampling', 'simhash'\]"):
+    with pytest.raises(ValueError, match=r"allowed \['bit_sampling', 'hadamard', 'simhash'\]"):
         build_hasher("minhash", 4, 16, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="expects"):
         build_hasher("simhash", 4, 16, 2, 1, 0, 0).codes(torch.randn(1, 3, 4, 16))  # wrong KV head count
