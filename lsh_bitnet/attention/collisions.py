@@ -127,7 +127,8 @@ class CollisionIndex:
         return total
 
     def counts(self, q_idx: torch.Tensor, kc: int, dense_ok: bool = True):
-        """c_ij for queries q_idx and key slots [0, kc): (B, Hkv, g, Qc, kc) int32 (causal keys only if sorted).
+        """c_ij for queries q_idx and key slots [0, kc): (B, Hkv, g, Qc, kc) int32 (causal keys only if sorted;
+        uint8, or int16 from 256 tables, in a call of fewer than SORT_MIN_QUERIES queries).
         None when the dense pass is the cheapest and dense_ok is False (the caller has a faster dense rule)."""
         if self.Q < SORT_MIN_QUERIES:
             return self._small_counts().index_select(3, q_idx)[..., :kc]
