@@ -92,8 +92,8 @@ def unit_passkey(seq_len: int):
 
     def make(model, tokenizer):
         from lsh_bitnet.data.passkey import make_passkey_samples
-        from lsh_bitnet.tasks.passkey import score_passkey
-        from lsh_bitnet.tasks.synthetic import greedy_config
+        from lsh_bitnet.tasks._passkey import score_passkey
+        from lsh_bitnet.tasks._synthetic import greedy_config
 
         cfg = compose(overrides)
         sample = make_passkey_samples(cfg.dataset, tokenizer, 0, 1)[0]
