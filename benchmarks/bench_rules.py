@@ -39,6 +39,7 @@ RULES = {
     "ltk_collisions": "ltk_collisions_f10",
     "oracle": "oracle10_sw",
     "forest": "forest_simhash_m16_sw",
+    "lsh_probe": "work_saving_best",
 }
 # the same presets on a named engine (attention.engine; `auto` above), for --rules
 ENGINES = {f"{rule}_{engine}": (rule, engine) for rule in ("window", "forest", "lsh_union") for engine in ("masked", "flex")}
