@@ -179,17 +179,14 @@ class CollisionIndex:
         """c_ij of all Q (< SORT_MIN_QUERIES) queries against every key slot, (B, Hkv, g, Q, K) uint8 (int16 from
         256 tables), computed once per call: pairs() and every counts() chunk read it."""
         if self._small is None:
-            L = self.L
-            qc = self.qcodes.unsqueeze(-1)  # (L, B, H, g, Q, 1)
-            kcodes = self.kcodes[:, :, :, None, None, :]  # (L, B, H, 1, 1, K)
-            count = torch.zeros(qc.shape[1:-1] + (self.K,), dtype=torch.uint8 if L < 256 else torch.int16,
-                                device=qc.device)
-            for t in range(L):
-                count.add_(qc[t] == kcodes[t])
-            self._small = count
+            self._small = self._dense(torch.arange(self.Q, device=self.qcodes.device), self.K)
         return self._small
 
     def dense_counts(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
+        return self._dense(q_idx, kc).to(torch.int32)
+
+    def _dense(self, q_idx: torch.Tensor, kc: int) -> torch.Tensor:
+        """One equality per table, added up: (B, Hkv, g, Qc, kc) uint8 (int16 from 256 tables)."""
         qc = self.qcodes.index_select(4, q_idx).unsqueeze(-1)  # (L, B, H, g, Qc, 1)
         kcodes = self.kcodes[:, :, :, None, None, :kc]  # (L, B, H, 1, 1, kc)
         # uint8 holds up to 255 tables and halves the memory traffic of int16 on (Qc, kc) tensors.
@@ -197,7 +194,7 @@ class CollisionIndex:
                             device=qc.device)
         for t in range(self.L):
             count.add_(qc[t] == kcodes[t])
-        return count.to(torch.int32)
+        return count
 
 
 def _causal_valid(q_offset, q_idx, q_valid, kc):

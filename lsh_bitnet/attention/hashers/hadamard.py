@@ -91,13 +91,12 @@ class HadamardHasher(Hasher):
 
     @property
     def ops_per_vector(self) -> int:
-        P = self.padded
-        return self.n_rotations * self.rounds * (P * int(math.log2(P)) + P)  # additions + sign flips
+        return self.ops_for(self.n_bits, self.head_dim, self.n_tables, self.rounds)
 
     @classmethod
     def ops_for(cls, n_bits, head_dim, n_tables, rounds: int = 1) -> int:
         P = padded_dim(head_dim)
-        return max(1, math.ceil(n_tables * n_bits / P)) * rounds * (P * int(math.log2(P)) + P)
+        return max(1, math.ceil(n_tables * n_bits / P)) * rounds * (P * int(math.log2(P)) + P)  # additions + flips
 
     def rotate(self, x):
         """x (B, Hkv, T, D) -> (B, Hkv, T, rotations * P) float64: every rotation's coordinates."""

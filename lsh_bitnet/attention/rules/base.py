@@ -23,9 +23,6 @@ AUTO_FLEX_MIN_QUERIES_BY_DEVICE = {"cuda": 1024}
 # Codes of up to 30 bits are compared as int32: half the memory traffic of int64 on these
 # (heads x queries x keys) tensors, and 2**30 thresholds still fit.
 INT32_BITS = 30
-# Calls of fewer queries (decode steps) read the code cache's strided view as it is: their dense compares run
-# per table on each table's contiguous keys, and a copy of every cached code would cost more than the call.
-SMALL_CALL_QUERIES = 8
 
 
 def code_dtype(bits: int):
@@ -169,7 +166,11 @@ class HashedRule(Rule):
         if key_codes is None:
             cands.kcodes = hasher.key_codes(cands.key).to(dtype).permute(3, 0, 1, 2).contiguous()  # (T, B, Hkv, K)
         else:
-            cands.kcodes = key_codes.contiguous() if Q >= SMALL_CALL_QUERIES else key_codes
+            from lsh_bitnet.attention.collisions import SORT_MIN_QUERIES
+
+            # below SORT_MIN_QUERIES (decode steps) every way compares per table on each table's contiguous keys:
+            # the strided view serves, and a copy of every cached code would cost more than the call
+            cands.kcodes = key_codes.contiguous() if Q >= SORT_MIN_QUERIES else key_codes
         qcodes = hasher.codes(cands.query.reshape(B, Hkv, g * Q, D)).to(dtype).view(B, Hkv, g, Q, -1)
         cands.qcodes = qcodes.permute(4, 0, 1, 2, 3).contiguous()  # (T, B, Hkv, g, Q)
 
