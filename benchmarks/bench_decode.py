@@ -11,6 +11,10 @@ that is not timed (a hashed rule codes the T cached keys there, what its prefill
 Reported per setting: decode tokens/s, the ratio to full's, attention's share of a decode step (the patch's
 PhaseClock: attention calls over the model's forward), the decode comparison ratio, and for full the ceiling
 1 / (1 - share): the speed-up a rule whose attention cost nothing would reach.
+
+`--caches`: the KV cache the decode steps run on, `growable` (lsh_bitnet.models.kv_cache: new keys written into
+spare capacity, what the tasks use) and/or `dynamic` (transformers' default, a `torch.cat` of the whole cache per
+step and layer): each setting runs on each, side by side.
 """
 import argparse
 import os
@@ -74,6 +78,16 @@ def decode_run(model, name, cache, last_logits, T: int, steps: int):
     return steps / took, timing["decode_attention_share"], cost["comparison_ratio"]
 
 
+def _growable_copy(model, cache):
+    """The prefill's cache copied into a growable one (lsh_bitnet.models.kv_cache), layer by layer."""
+    from lsh_bitnet.models.kv_cache import growable_cache
+
+    grown = growable_cache(model)
+    for i, layer in enumerate(cache.layers):
+        grown.layers[i].update(layer.keys, layer.values)
+    return grown
+
+
 def _cache(out):
     return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
@@ -87,7 +101,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--settings", default="full,ltk_coll_l32_f05,ltk_coll_l8_f05,mp_k6_l32_m2,window_s4w96",
                     help=f"from {','.join(SETTINGS)}; the first must be full")
+    ap.add_argument("--caches", default="growable", help="growable and/or dynamic (comma-separated)")
     args = ap.parse_args()
+    caches = args.caches.split(",")
+    if not set(caches) <= {"growable", "dynamic"}:
+        raise SystemExit(f"--caches takes growable and/or dynamic (got {args.caches})")
     names = args.settings.split(",")
     if names[0] != "full":
         raise SystemExit("--settings must start with full (the reference)")
@@ -108,26 +126,30 @@ def main():
         with torch.inference_mode():
             pre = model(input_ids=ids, use_cache=True)  # dense prefill, shared by every setting
         print(f"T={T}: prefill {time.perf_counter() - start:.1f} s at {max(threads)} threads", flush=True)
+        kv = {kind: _cache(pre) if kind == "dynamic" else _growable_copy(model, _cache(pre)) for kind in caches}
         for n in threads:
             torch.set_num_threads(n)
             best = {}
             for rep in range(args.repeats):
+                for kind in caches:
+                    for name in names:
+                        r = decode_run(model, name, kv[kind], pre.logits[:, -1], T, args.new_tokens)
+                        print(f"T={T} threads={n} {kind} round {rep} {name}: {r[0]:.2f} tok/s, attention share "
+                              f"{r[1]:.3f}, decode ratio {r[2]:.4f} (load {os.getloadavg()[0]:.1f})", flush=True)
+                        if (kind, name) not in best or r[0] > best[kind, name][0]:
+                            best[kind, name] = r
+            for kind in caches:
                 for name in names:
-                    r = decode_run(model, name, _cache(pre), pre.logits[:, -1], T, args.new_tokens)
-                    print(f"T={T} threads={n} round {rep} {name}: {r[0]:.2f} tok/s, attention share {r[1]:.3f}, "
-                          f"decode ratio {r[2]:.4f} (load {os.getloadavg()[0]:.1f})", flush=True)
-                    if name not in best or r[0] > best[name][0]:
-                        best[name] = r
-            for name in names:
-                rows.append((T, n, name, *best[name], best[name][0] / best["full"][0]))
-        del pre
+                    rows.append((T, n, kind, name, *best[kind, name], best[kind, name][0] / best[kind, "full"][0]))
+        del pre, kv
     print(f"\nSmolLM2-135M, {args.new_tokens} decode steps after a dense prefill (attention.apply_to=decode), "
           f"best of {args.repeats}, load {os.getloadavg()[0]:.1f}")
-    print("| context | threads | setting | decode tok/s | x full | attention share | decode ratio | ceiling |")
-    print("|---|---|---|---|---|---|---|---|")
-    for T, n, name, tps, share, ratio, x in rows:
+    print("| context | threads | KV cache | setting | decode tok/s | x full | attention share | decode ratio | ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for T, n, kind, name, tps, share, ratio, x in rows:
         ceiling = f"{1 / (1 - share):.2f}x" if name == "full" and share is not None and share < 1 else ""
-        print(f"| {T} | {n} | {name} | {tps:.2f} | {x:.3f} | {share:.3f} | {ratio:.4f} | {ceiling} |", flush=True)
+        print(f"| {T} | {n} | {kind} | {name} | {tps:.2f} | {x:.3f} | {share:.3f} | {ratio:.4f} | {ceiling} |",
+              flush=True)
 
 
 if __name__ == "__main__":

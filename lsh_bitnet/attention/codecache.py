@@ -25,10 +25,13 @@ class KeyCodeCache:
         self.epoch = 0  # forwards seen (counted at layer 0)
         self.prefix = 0  # keys of this forward known equal to the previous forward's
         self._mask_ref = None  # the attention mask object of the current forward (shared by its layers)
-        self._keys: Optional[torch.Tensor] = None  # layer-0 keys of the previous forward (a copy)
+        self._keys: Optional[torch.Tensor] = None  # layer-0 keys of the previous forward (a copy) ...
+        self._keys_buf: Optional[torch.Tensor] = None  # ... a view of this buffer with spare capacity
         self._valid: Optional[torch.Tensor] = None
-        # layer -> (epoch, keys held, buffer (L, B, Hkv, capacity) table-major in the code dtype)
-        self._codes: Dict[int, Tuple[int, int, torch.Tensor]] = {}
+        # layer -> (epoch, keys held, buffer (L, B, Hkv, capacity) table-major in the code dtype, and the same
+        # codes byte-packed (W, B, Hkv, capacity) int64 or None)
+        self._codes: Dict[int, Tuple[int, int, torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._last_words: Dict[int, Optional[torch.Tensor]] = {}  # layer -> the packed buffer of its last call
 
     def begin_forward(self, attention_mask, key: torch.Tensor, key_valid: torch.Tensor) -> None:
         """Called by layer 0: how many leading keys equal the previous forward's."""
@@ -44,31 +47,62 @@ class KeyCodeCache:
         self.prefix = n
         self._mask_ref = weakref.ref(attention_mask) if attention_mask is not None else None
         # A copy, not a reference: a static KV cache writes in place, and inference tensors (torch.inference_mode,
-        # as in evaluation) keep no version counter to notice it. One layer's keys, once per forward.
-        self._keys, self._valid = key.detach().clone(), key_valid.clone()
+        # as in evaluation) keep no version counter to notice it. The first n keys equal the copy held already:
+        # only the new ones are written (a copy of all K keys per decode step cost as much as the comparison).
+        held = self._keys_buf if n > 0 else None
+        K = key.shape[2]
+        if held is None or held.shape[2] < K:
+            grown = torch.empty(key.shape[:2] + (2 * K if n > 0 else K,) + key.shape[3:], dtype=key.dtype,
+                                device=key.device)
+            if n > 0:
+                grown[:, :, :n] = held[:, :, :n]
+            held = grown
+        held[:, :, n:K] = key[:, :, n:]
+        self._keys_buf = held
+        self._keys, self._valid = held[:, :, :K], key_valid.clone()
 
     def codes(self, layer_idx: int, attention_mask, key: torch.Tensor, hash_keys,
-              dtype: torch.dtype = torch.int64) -> Tuple[torch.Tensor, int]:
+              dtype: torch.dtype = torch.int64, words: bool = False) -> Tuple[torch.Tensor, int]:
         """Codes (L, B, Hkv, K) in `dtype` of every key of this call (a view of the layer's buffer, valid for this
-        call), and how many were reused (not hashed now). hash_keys: (B, Hkv, n, D) -> (B, Hkv, n, L) int64."""
+        call), and how many were reused (not hashed now). hash_keys: (B, Hkv, n, D) -> (B, Hkv, n, L) int64.
+        words=True (codes of <= 8 bits, packed.packable) keeps them byte-packed as well: `words(layer_idx)`."""
         same_forward = self._mask_ref is not None and self._mask_ref() is attention_mask
-        epoch, held, buf = self._codes.get(layer_idx, (-1, 0, None))
+        epoch, held, buf, wbuf = self._codes.get(layer_idx, (-1, 0, None, None))
         reuse = 0
         if (same_forward and buf is not None and epoch == self.epoch - 1 and buf.dtype == dtype
-                and buf.shape[1:3] == key.shape[:2]):
+                and buf.shape[1:3] == key.shape[:2] and (wbuf is not None or not words)):
             reuse = min(self.prefix, held)
         K = key.shape[2]
-        new = hash_keys(key[:, :, reuse:]).to(dtype).permute(3, 0, 1, 2)  # (L, B, Hkv, K - reuse)
-        if reuse == 0 or buf.shape[3] < K:
-            # room for as many keys again (decode steps append one each): amortised O(1) copies per key
-            grown = torch.empty(new.shape[:3] + (2 * K if reuse > 0 else K,), dtype=dtype, device=key.device)
-            if reuse > 0:
-                grown[..., :reuse] = buf[..., :reuse]
-            buf = grown
-        buf[..., reuse:K] = new
+        hashed = hash_keys(key[:, :, reuse:])  # (B, Hkv, K - reuse, L) int64
+        buf = _append(buf, hashed.to(dtype).permute(3, 0, 1, 2), reuse, K)  # (L, B, Hkv, >= K)
+        if words:
+            from lsh_bitnet.attention.packed import word_major
+
+            wbuf = _append(wbuf, word_major(hashed), reuse, K)  # (W, B, Hkv, >= K)
+        else:
+            wbuf = None
+        self._last_words[layer_idx] = wbuf
         if same_forward:
-            self._codes[layer_idx] = (self.epoch, K, buf)
+            self._codes[layer_idx] = (self.epoch, K, buf, wbuf)
         return buf[..., :K], reuse
+
+    def words(self, layer_idx: int, K: int) -> Optional[torch.Tensor]:
+        """The packed codes (W, B, Hkv, K) int64 of the layer's last `codes(..., words=True)` call, else None."""
+        wbuf = self._last_words.get(layer_idx)
+        return None if wbuf is None else wbuf[..., :K]
 
     def clear(self) -> None:
         self.__init__()
+
+
+def _append(buf: Optional[torch.Tensor], new: torch.Tensor, reuse: int, K: int) -> torch.Tensor:
+    """buf (..., capacity) holding `reuse` valid entries along its last dim, with `new` (..., K - reuse) written
+    after them: in place where it fits, else in a new buffer with room for as many keys again (decode steps append
+    one each: amortised O(1) copies per key)."""
+    if reuse == 0 or buf.shape[-1] < K:
+        grown = torch.empty(new.shape[:-1] + (2 * K if reuse > 0 else K,), dtype=new.dtype, device=new.device)
+        if reuse > 0:
+            grown[..., :reuse] = buf[..., :reuse]
+        buf = grown
+    buf[..., reuse:K] = new
+    return buf

@@ -148,15 +148,17 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
                             all_valid: Optional[bool] = None,
                             observe: Optional[Callable[[Candidates, float], None]] = None,
                             engine: Optional[str] = None, key_codes: Optional[torch.Tensor] = None,
-                            reused_keys: int = 0, layer_idx: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                            reused_keys: int = 0, layer_idx: int = 0,
+                            key_words: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, Hq, Q, Dv) and int64 counts [comparisons, full_comparisons, hash_ops, selection_ops] (4,).
 
     `all_valid` (optional) says key_valid has no padding, letting `full` skip the mask without a
     host sync. `observe(candidates, scaling)` is called once with the per-call candidate builder
     (retrieval diagnostics). `engine` (masked | flex) overrides resolve_engine(spec, ...). `key_codes`
     (L, B, Hkv, K) table-major in rules.base.code_dtype: key codes computed earlier, of which the first
-    `reused_keys` were hashed by an earlier call (codecache.py) and are not counted again in hash_ops. `layer_idx`: the calling layer (rules seeded per
-    layer read it).
+    `reused_keys` were hashed by an earlier call (codecache.py) and are not counted again in hash_ops; `key_words`
+    (W, B, Hkv, K) int64: the same codes byte-packed (packed.py), for rules that read them (Rule.packs_key_codes).
+    `layer_idx`: the calling layer (rules seeded per layer read it).
     """
     B, Hq, Q, D = query.shape  # query (B, Hq, Q, D); key, value (B, Hkv, K, D)
     Hkv, K = key.shape[1], key.shape[2]
@@ -182,6 +184,16 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
+    engine = engine or resolve_engine(spec, query, Q)
+    if Q == 1 and observe is None and engine == "masked" and use_gather(Q, key.device):
+        if all_valid is None:
+            all_valid = bool(key_valid.all())  # the gather path syncs anyway (its compaction's sizes)
+        fast = rule.one_query_call(spec, hasher, query, key, value, scaling, key_codes, key_words, full) \
+            if all_valid else None
+        if fast is not None:  # a decode step without a (heads x keys) candidate mask
+            out, comparisons, selection_ops = fast
+            return out, torch.stack([comparisons, full, hash_ops, selection_ops])
+
     cands = Candidates(query, key, key_valid, spec, hasher, key_codes=key_codes, layer_idx=layer_idx)
     selection_ops = cands.selection_ops(full)
     if observe is not None:
@@ -190,7 +202,7 @@ def sparse_attention_counts(query: torch.Tensor, key: torch.Tensor, value: torch
         out = _full_attention(query, key, value, key_valid, scaling, all_valid)
         return out, torch.stack([full, full, hash_ops, selection_ops])
 
-    if (engine or resolve_engine(spec, query, Q)) == "flex":
+    if engine == "flex":
         from lsh_bitnet.attention.engines.flex import flex_sparse_attention
 
         out, comparisons = flex_sparse_attention(query, key, value, key_valid, cands, scaling, all_valid=all_valid)

@@ -138,7 +138,7 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
     observe = None
     if state is not None and state.diagnostics is not None and state.patched:
         observe = lambda cands, s: state.diagnostics.observe(state.layer_idx, cands, s)  # noqa: E731
-    key_codes, reused = None, 0
+    key_codes, key_words, reused = None, None, 0
     cache = state.codecache if state is not None else None
     if cache is not None:
         if state.layer_idx == 0:  # layer 0 checks, once per forward, how many keys the last forward had
@@ -150,8 +150,10 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
             n_mu = n_pre if dense_pre else K
             hasher.set_prompt_center(key[:, :, :n_mu], key_valid[:, :n_mu])
         if cache is not None:
+            packs = spec.rule.packs_key_codes(spec, hasher.n_bits)
             key_codes, reused = cache.codes(state.layer_idx, attention_mask, key, hasher.key_codes,
-                                            code_dtype(hasher.n_bits))  # (L, B, Hkv, K), table-major
+                                            code_dtype(hasher.n_bits), words=packs)  # (L, B, Hkv, K), table-major
+            key_words = cache.words(state.layer_idx, K) if packs else None  # (W, B, Hkv, K) byte-packed
     hasher = state.hasher if state is not None else None
     layer_idx = state.layer_idx if state is not None else 0
     if dense_pre:
@@ -163,7 +165,8 @@ def lsh_bitnet_attention(module, query, key, value, attention_mask, dropout: flo
             state.engine_calls[engine] = state.engine_calls.get(engine, 0) + 1
         out, counts = sparse_attention_counts(query, key, value, key_valid, spec=spec, hasher=hasher,
                                               scaling=scaling, all_valid=all_valid, observe=observe, engine=engine,
-                                              key_codes=key_codes, reused_keys=reused, layer_idx=layer_idx)
+                                              key_codes=key_codes, reused_keys=reused, layer_idx=layer_idx,
+                                              key_words=key_words)
         phase_counts = _split(counts, key_valid, n_pre, Q, Hq, spec)
     if state is not None:
         for phase, counts in phase_counts:

@@ -107,6 +107,13 @@ def top_k_mask(scores: torch.Tensor, valid: torch.Tensor, k_i: torch.Tensor, k_m
     return chosen if every_row else chosen & valid & (k_i > 0).unsqueeze(-1)
 
 
+def budget_of(k, fraction, n_visible: int) -> int:
+    """k_i of one query that sees n_visible keys, on the host (what budgets gives it)."""
+    if k is not None:
+        return min(k, n_visible)
+    return _budget_values(float(fraction), 1 << max(n_visible, 1).bit_length())[n_visible]
+
+
 def budgets(k, fraction, n_valid: torch.Tensor, kc: int) -> Tuple[torch.Tensor, int]:
     """k_i (same shape as n_valid, long) and an upper bound k_max on them, for keys [0, kc)."""
     if k is not None:

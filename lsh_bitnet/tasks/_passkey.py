@@ -8,6 +8,8 @@ from typing import Any, Dict, Sequence
 
 import torch
 
+from lsh_bitnet.models.kv_cache import cache_arg
+
 from lsh_bitnet.data.passkey import PasskeySample, extract_key
 from lsh_bitnet.tasks._loop import prompt_token_fields, score_each, select
 from lsh_bitnet.tasks._synthetic import greedy_config
@@ -18,7 +20,9 @@ from lsh_bitnet.stats import accuracy_fields
 def score_passkey(model, tokenizer, sample: PasskeySample, gen_cfg) -> Dict[str, Any]:
     device = next(model.parameters()).device
     prompt = tokenizer(sample.prompt, return_tensors="pt").input_ids.to(device)  # (1, P)
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg)
+    # a KV cache written in place (models/kv_cache.py): decode steps do not copy the whole cache
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg,
+                         **cache_arg(model))
     new_ids = out.sequences[0, prompt.shape[1]:]  # (G,)
     generated = tokenizer.decode(new_ids, skip_special_tokens=True)
     prediction = extract_key(generated)

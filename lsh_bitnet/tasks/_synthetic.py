@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from lsh_bitnet.data.synthetic import SyntheticSample, normalize_answer
+from lsh_bitnet.models.kv_cache import cache_arg
 from lsh_bitnet.tasks._loop import prompt_token_fields, score_each, select
 from lsh_bitnet.stats import accuracy_fields
 
@@ -47,7 +48,9 @@ def score_sample(model, tokenizer, sample: SyntheticSample, gen_cfg: GenerationC
     # The prompt is the start of a document: the tokenizer's own special tokens (a BOS for Llama-3).
     prompt = tokenizer(sample.prompt, return_tensors="pt").input_ids.to(device)  # (1, P)
     n_prompt = prompt.shape[1]
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg)
+    # a KV cache written in place (models/kv_cache.py): decode steps do not copy the whole cache
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg,
+                         **cache_arg(model))
     new_ids = out.sequences[0, n_prompt:]  # (G,)
     generated = tokenizer.decode(new_ids, skip_special_tokens=True)
     # float32: bf16 logits would blur the small gaps between competing adjectives.

@@ -75,6 +75,11 @@ class Rule:
         return cls.hashed
 
     @classmethod
+    def packs_key_codes(cls, spec, n_bits: int) -> bool:
+        """Whether the code cache also keeps the keys' codes byte-packed (packed.py) for `one_query_call`."""
+        return False
+
+    @classmethod
     def family(cls, hasher: Optional[str]) -> str:
         """The family one frontier is drawn over in tables and plots (hashed rules: one per hasher)."""
         return cls.name
@@ -107,6 +112,15 @@ class Rule:
         import torch
 
         return torch.zeros((), dtype=torch.int64, device=visible.device)
+
+    @classmethod
+    def one_query_call(cls, spec, hasher, query, key, value, scaling: float, key_codes, key_words, visible):
+        """A call of one query per row over keys that are all valid (a decode step), run without the masked
+        engine's (heads x keys) candidate mask: (output (B, Hq, 1, Dv), comparisons, selection_ops) with the
+        masked engine's outputs and counts, or None to leave it to the masked engine. key_codes (L, B, Hkv, K)
+        and key_words (W, B, Hkv, K): the code cache's codes and packed codes (packs_key_codes), or None;
+        visible: the call's full comparisons."""
+        return None
 
     @classmethod
     def weighting_ops(cls, spec, comparisons):

@@ -47,6 +47,12 @@ class LSHTopK(HashedRule):
     def reuses_key_codes(cls, spec) -> bool:
         return spec.score != Score.soft  # the soft score re-reads the keys' bits, not their codes
 
+    @classmethod
+    def packs_key_codes(cls, spec, n_bits: int) -> bool:
+        from lsh_bitnet.attention.packed import packable
+
+        return spec.score == Score.collisions and packable(n_bits)
+
     # ------------------------------------------------------------------ per call
     @classmethod
     def prepare(cls, cands, key_codes=None) -> None:
@@ -79,6 +85,30 @@ class LSHTopK(HashedRule):
         if cands.soft is not None:  # L*K bit agreements per (query head, visible key), then the selection
             return visible * (cands.soft[0].shape[-1] + 1)
         return cands.index.pairs(cands.key_valid[:, cands.q_offset:]) + visible
+
+
+    @classmethod
+    def one_query_call(cls, spec, hasher, query, key, value, scaling, key_codes, key_words, visible):
+        """Decode steps by collisions over codes of <= 8 bits: engines/decode_topk.py (top-k indices, no mask)."""
+        from lsh_bitnet.attention import packed
+        from lsh_bitnet.attention.engines.decode_topk import always_slots, topk_collision_attention
+        from lsh_bitnet.attention.topk import budget_of
+
+        K = key.shape[2]
+        if (spec.score != Score.collisions or not packed.packable(hasher.n_bits)
+                or (spec.n_tables + 1) * K >= packed.ORDER_LIMIT):
+            return None
+        B, Hq, _, D = query.shape
+        Hkv = key.shape[1]
+        if key_words is None:  # not from the code cache: from the codes given, else the keys' codes now
+            codes = hasher.key_codes(key) if key_codes is None else key_codes.permute(1, 2, 3, 0)  # (B, Hkv, K, L)
+            key_words = packed.word_major(codes)
+        q_words = packed.word_major(hasher.codes(query.reshape(B, Hkv, Hq // Hkv, D)))  # (W, B, Hkv, g)
+        k_i = budget_of(spec.k, spec.fraction, K)
+        always = always_slots(K, spec.sink_tokens, spec.local_window, spec.include_self)
+        out, comparisons, pairs = topk_collision_attention(query, key, value, q_words, key_words, spec.n_tables, k_i,
+                                                           always, scaling)
+        return out, comparisons, pairs + visible
 
 
 def _scores(cands, q_idx, kc):
