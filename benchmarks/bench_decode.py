@@ -4,8 +4,9 @@ per second of SmolLM2-135M after a prompt of T tokens, full attention against th
     nice python benchmarks/bench_decode.py --text PATH/wikitext-2/valid.txt --contexts 2048,4096,8192 --threads 1,2
 
 Per context T: one dense prefill of the first T tokens of the text (every setting's prefill is full attention
-under apply_to=decode, so it is shared), then per thread count and setting: patch the model, run one decode step
-that is not timed (a hashed rule codes the T cached keys there, what its prefill would have done), then time
+under apply_to=decode, so it is shared), then per thread count and setting: patch the model, run two decode steps
+that are not timed (in the first a hashed rule codes the T cached keys, what its prefill would have done; the
+second is a decode step like the timed ones, where compiled code meets its shapes once), then time
 `--new-tokens` greedy decode steps over the cache, and crop the cache back to T. Settings run in rounds
 (`--repeats`, best round kept), interleaved so that load drifting on a shared machine hits them alike.
 Reported per setting: decode tokens/s, the ratio to full's, attention's share of a decode step (the patch's
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the offline default model's weights (conf/model/smollm2_135m.yaml)
 SW = {"sink_tokens": 4, "local_window": 32}
+WARMUP_STEPS = 2  # untimed decode steps per setting: the first codes the cached keys, the second is a decode step
 SETTINGS = {  # name -> (attention config, hasher config); apply_to=decode is added to each
     "full": ({"name": "full"}, None),
     "window_s4w96": ({"name": "window", "sink_tokens": 4, "local_window": 96}, None),
@@ -36,6 +38,11 @@ SETTINGS = {  # name -> (attention config, hasher config); apply_to=decode is ad
                          {"name": "simhash", "n_bits": 8, "seed": 0}),
     "ltk_coll_l8_f05": ({"name": "lsh_topk", "n_tables": 8, "score": "collisions", "fraction": 0.05, **SW},
                         {"name": "simhash", "n_bits": 8, "seed": 0}),
+    # the same with keys centred on the prompt's mean key (hasher.center=prompt, set from the cached prompt)
+    "ltk_coll_l8_f05_pc": ({"name": "lsh_topk", "n_tables": 8, "score": "collisions", "fraction": 0.05, **SW},
+                           {"name": "simhash", "n_bits": 8, "seed": 0, "center": "prompt"}),
+    "mp_k6_l32_m2_pc": ({"name": "lsh", "n_tables": 32, "min_collisions": 2, **SW},
+                        {"name": "simhash", "n_bits": 6, "seed": 0, "center": "prompt"}),
     # the soft score rehashes every key at every step (no code cache): 256 bits per key
     "ltk_soft_l32_f03": ({"name": "lsh_topk", "n_tables": 32, "score": "soft", "fraction": 0.03, **SW},
                          {"name": "simhash", "n_bits": 8, "seed": 0}),
@@ -54,7 +61,7 @@ def prompt_of(tok, text: str, T: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def decode_run(model, name, cache, last_logits, T: int, steps: int):
-    """(tokens/s, attention share, decode comparison ratio) of `steps` greedy steps after one untimed step."""
+    """(tokens/s, attention share, decode comparison ratio) of `steps` greedy steps after WARMUP_STEPS untimed ones."""
     from lsh_bitnet.attention import patch_model
     from lsh_bitnet.tasks._synthetic import cache_kwarg
 
@@ -63,8 +70,14 @@ def decode_run(model, name, cache, last_logits, T: int, steps: int):
     attention, hasher = SETTINGS[name]
     patch = patch_model(model, dict(attention, apply_to="decode"), hasher)
     try:
+        if hasher is not None and hasher.get("center") == "prompt":  # mu as the patched prefill would set it
+            for state, layer in zip(patch.states, cache.layers):
+                keys = layer.keys[:, :, :T]
+                state.hasher.set_prompt_center(keys, torch.ones(keys.shape[0], T, dtype=torch.bool))
         tok = last_logits.argmax(-1, keepdim=True)  # (1, 1)
         out = model(input_ids=tok, use_cache=True, **{kw: cache})  # untimed: codes the cached keys
+        for _ in range(WARMUP_STEPS - 1):  # untimed: compiled code (packed.differing_tables) sees its shapes
+            out = model(input_ids=out.logits[:, -1].argmax(-1, keepdim=True), use_cache=True, **{kw: _cache(out)})
         patch.reset()
         start = time.perf_counter()
         for _ in range(steps):

@@ -1,21 +1,26 @@
-"""Decode steps of lsh_topk by collisions without a candidate mask (engines/decode_topk.py, packed.py): the same
-outputs, bit for bit, and the same counts as the masked engine, the loop reference's candidates and costs, and
-the code cache's packed codes kept in step with its codes."""
+"""Decode steps over byte-packed codes (packed.py): lsh_topk by collisions without a candidate mask
+(engines/decode_topk.py) and m-of-L / union buckets from packed collision counts, each with the masked engine's
+outputs (to float32 rounding) and counts, the loop reference's candidates and costs; the code cache's packed
+codes kept in step with its codes."""
 import pytest
 import torch
 
 from lsh_bitnet.attention import packed
-from lsh_bitnet.attention.engines import decode_topk
 from lsh_bitnet.attention.hashers import build_hasher
 from lsh_bitnet.attention.kernel import SparseSpec, sparse_attention, sparse_attention_counts
+from lsh_bitnet.attention.rules.lsh import LSHAttention
 from lsh_bitnet.attention.rules.lsh_topk import LSHTopK
 from naive_attention import naive_selection_ops, naive_sparse_attention
 
 D = 16
 
 
-@pytest.mark.parametrize("n_tables", [1, 5, 8, 9, 17])
-def test_differing_tables_counts_every_table_whose_code_differs(n_tables):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+@pytest.mark.parametrize("n_tables", [1, 5, 8, 9, 17, 255])
+def test_differing_tables_counts_every_table_whose_code_differs(n_tables, compiled, monkeypatch):
+    monkeypatch.setattr(packed, "COMPILE", compiled)
+    if not compiled:  # the compiled function must not run
+        monkeypatch.setattr(packed, "_fused", lambda *a: pytest.fail("compiled path taken with COMPILE = False"))
     gen = torch.Generator().manual_seed(n_tables)
     kcodes = torch.randint(0, 256, (2, 3, 50, n_tables), generator=gen)  # (B, Hkv, K, L): high bits set too
     qcodes = kcodes[:, :, [0, 7, 49]].clone()  # (B, Hkv, g=3, L): some keys' own codes, then perturbed
@@ -24,6 +29,22 @@ def test_differing_tables_counts_every_table_whose_code_differs(n_tables):
     expected = (qcodes[:, :, :, None, :] != kcodes[:, :, None, :, :]).sum(-1)  # (B, Hkv, g, K)
     got = packed.differing_tables(packed.word_major(qcodes), packed.word_major(kcodes))
     assert got.dtype == torch.int32 and torch.equal(got.long(), expected)
+    assert not compiled or packed._fused not in (None, False)  # compiled where asked
+
+
+def test_differing_tables_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no C++ compiler here")
+        return run
+
+    monkeypatch.setattr(packed, "_fused", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    codes = torch.randint(0, 256, (1, 2, 9, 8), generator=torch.Generator().manual_seed(0))
+    words = packed.word_major(codes)
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        got = packed.differing_tables(words[..., :1], words)
+    assert torch.equal(got, packed._differing(words[..., :1], words)) and packed._fused is False
 
 
 def _inputs(seed, B, Hq, Hkv, K):
@@ -53,8 +74,8 @@ def test_a_decode_step_equals_the_masked_engine_and_the_reference(case, hasher, 
     spec = SparseSpec("lsh_topk", n_tables=n_tables, include_self=include_self, sink_tokens=sinks,
                       local_window=window, score="collisions", **budget)
     calls = []
-    real = decode_topk.differing_tables
-    monkeypatch.setattr(decode_topk, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed.differing_tables
+    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
     out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
     assert calls, "the decode step did not take the packed-code path"
     monkeypatch.setattr(LSHTopK, "one_query_call", classmethod(lambda *a: None))
@@ -70,21 +91,61 @@ def test_a_decode_step_equals_the_masked_engine_and_the_reference(case, hasher, 
                                                  score="collisions")
 
 
-def test_padding_soft_scores_and_wide_codes_keep_the_masked_engine(monkeypatch):
-    """Where the packed path does not apply (a padding key, score=soft, codes of 9+ bits) the masked engine runs,
-    and still matches the reference."""
+BUCKET_CASES = [  # (n_bits, n_tables, min_collisions, include_self, sink_tokens, local_window, K)
+    (8, 8, 1, True, 4, 8, 300),  # the union
+    (6, 32, 2, True, 2, 3, 60),  # four words per key
+    (3, 4, 3, False, 0, 0, 24),
+    (8, 12, 2, True, 1, 30, 20),  # the window covers every key
+    (2, 3, 3, False, 0, 0, 9),  # rows with no candidate: zeros
+]
+
+
+@pytest.mark.parametrize("case", BUCKET_CASES, ids=[str(i) for i in range(len(BUCKET_CASES))])
+@pytest.mark.parametrize("hasher", ["simhash", "bit_sampling"])
+def test_a_bucket_decode_step_equals_the_masked_engine_and_the_reference(case, hasher, monkeypatch):
+    n_bits, n_tables, m, include_self, sinks, window, K = case
+    B, Hq, Hkv = 2, 6, 2
+    q, k, v, kv = _inputs(K + n_tables + m, B, Hq, Hkv, K)
+    h = build_hasher(hasher, n_bits, D, Hkv, n_tables, 5, 0)
+    spec = SparseSpec("lsh", n_tables=n_tables, min_collisions=m, include_self=include_self, sink_tokens=sinks,
+                      local_window=window)
     calls = []
-    real = decode_topk.differing_tables
-    monkeypatch.setattr(decode_topk, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed.differing_tables
+    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+    assert calls, "the decode step did not take the packed-code path"
+    monkeypatch.setattr(LSHAttention, "one_query_call", classmethod(lambda *a: None))
+    masked, masked_counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+    assert torch.equal(out, masked) and torch.equal(counts, masked_counts)  # the same gather of the same set
+    ref, comparisons, full = naive_sparse_attention(q, k, v, kv, variant="lsh", hasher_params=h, scaling=0.3,
+                                                    n_tables=n_tables, min_collisions=m, include_self=include_self,
+                                                    sink_tokens=sinks, local_window=window)
+    assert float((out.double() - ref).abs().max()) <= 1e-5
+    assert counts[:2].tolist() == [comparisons, full]
+    assert int(counts[3]) == naive_selection_ops(q, k, kv, variant="lsh", hasher_params=h, n_tables=n_tables,
+                                                 min_collisions=m)
+
+
+def test_padding_soft_scores_and_wide_codes_keep_the_masked_engine(monkeypatch):
+    """Where the packed path does not apply (a padding key, score=soft, sampling weights, codes of 9+ bits) the
+    masked engine runs, and still matches the reference."""
+    calls = []
+    real = packed.differing_tables
+    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
     q, k, v, kv = _inputs(0, 2, 4, 2, 30)
     kv[1, :3] = False
-    for n_bits, score, valid in ((8, "collisions", kv), (8, "soft", torch.ones_like(kv)),
-                                 (9, "collisions", torch.ones_like(kv))):
+    every = torch.ones_like(kv)
+    for variant, n_bits, knobs, valid in (("lsh_topk", 8, dict(k=5, score="collisions"), kv),
+                                          ("lsh_topk", 8, dict(k=5, score="soft"), every),
+                                          ("lsh_topk", 9, dict(k=5, score="collisions"), every),
+                                          ("lsh", 8, dict(min_collisions=2), kv),
+                                          ("lsh", 4, dict(min_collisions=2, estimator="sampling"), every),
+                                          ("lsh", 9, dict(min_collisions=2), every)):
         h = build_hasher("simhash", n_bits, D, 2, 4, 0, 0)
-        spec = SparseSpec("lsh_topk", n_tables=4, k=5, score=score, sink_tokens=1)
+        spec = SparseSpec(variant, n_tables=4, sink_tokens=1, **knobs)
         out, cost = sparse_attention(q, k, v, valid, spec=spec, hasher=h)
-        ref, comparisons, _ = naive_sparse_attention(q, k, v, valid, variant="lsh_topk", hasher_params=h, n_tables=4,
-                                                     k=5, score=score, sink_tokens=1)
+        ref, comparisons, _ = naive_sparse_attention(q, k, v, valid, variant=variant, hasher_params=h, n_tables=4,
+                                                     sink_tokens=1, **knobs)
         qv = valid[:, -1:][:, None, :, None]
         assert float(((out.double() - ref) * qv).abs().max()) <= 1e-5 and cost.comparisons == comparisons
     assert not calls
@@ -110,7 +171,11 @@ def test_the_code_cache_keeps_packed_codes_in_step_with_its_codes():
     assert len(set(pointers[1:])) == 1  # decode steps write in place
 
 
-def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(monkeypatch):
+@pytest.mark.parametrize("attention", [
+    {"name": "lsh_topk", "n_tables": 8, "fraction": 0.2, "score": "collisions", "sink_tokens": 2, "local_window": 4},
+    {"name": "lsh", "n_tables": 12, "min_collisions": 2, "sink_tokens": 2, "local_window": 4},
+], ids=["lsh_topk", "m_of_l"])
+def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(attention, monkeypatch):
     """Greedy decode steps with the KV cache (codes cached, packed) give the logits of a prefill over the same
     tokens, with the packed path taken at every step."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -122,11 +187,9 @@ def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(monk
                       num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaForCausalLM(cfg).eval()
     calls = []
-    real = decode_topk.differing_tables
-    monkeypatch.setattr(decode_topk, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed.differing_tables
+    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
     ids = torch.randint(0, 64, (1, 36))
-    attention = {"name": "lsh_topk", "n_tables": 8, "fraction": 0.2, "score": "collisions", "sink_tokens": 2,
-                 "local_window": 4}
     patch = patch_model(model, attention, {"name": "simhash", "n_bits": 6, "seed": 0})
     try:
         with torch.inference_mode():

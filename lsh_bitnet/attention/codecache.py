@@ -78,7 +78,9 @@ class KeyCodeCache:
         if words:
             from lsh_bitnet.attention.packed import word_major
 
-            wbuf = _append(wbuf, word_major(hashed), reuse, K)  # (W, B, Hkv, >= K)
+            # always with spare capacity: the compiled count (packed.differing_tables) then sees one stride pattern
+            # from the prefill on, not a contiguous buffer first and a recompilation at the first decode step
+            wbuf = _append(wbuf, word_major(hashed), reuse, K, slack=True)  # (W, B, Hkv, >= K)
         else:
             wbuf = None
         self._last_words[layer_idx] = wbuf
@@ -95,12 +97,13 @@ class KeyCodeCache:
         self.__init__()
 
 
-def _append(buf: Optional[torch.Tensor], new: torch.Tensor, reuse: int, K: int) -> torch.Tensor:
+def _append(buf: Optional[torch.Tensor], new: torch.Tensor, reuse: int, K: int, slack: bool = False) -> torch.Tensor:
     """buf (..., capacity) holding `reuse` valid entries along its last dim, with `new` (..., K - reuse) written
     after them: in place where it fits, else in a new buffer with room for as many keys again (decode steps append
-    one each: amortised O(1) copies per key)."""
+    one each: amortised O(1) copies per key; a call that hashes every key gets no spare room unless `slack`)."""
     if reuse == 0 or buf.shape[-1] < K:
-        grown = torch.empty(new.shape[:-1] + (2 * K if reuse > 0 else K,), dtype=new.dtype, device=new.device)
+        room = 2 * K if reuse > 0 or slack else K
+        grown = torch.empty(new.shape[:-1] + (room,), dtype=new.dtype, device=new.device)
         if reuse > 0:
             grown[..., :reuse] = buf[..., :reuse]
         buf = grown

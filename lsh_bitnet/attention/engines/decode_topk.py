@@ -14,7 +14,7 @@ from typing import List, Tuple
 import torch
 
 from lsh_bitnet.attention.engines.gather import attend_rows
-from lsh_bitnet.attention.packed import differing_tables
+from lsh_bitnet.attention import packed
 
 
 def always_slots(K: int, sink_tokens: int, local_window: int, include_self: bool) -> List[int]:
@@ -37,7 +37,7 @@ def topk_collision_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     B, Hq, _, _ = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     R = query.shape[0] * Hq  # rows (b, kv head, group member)
-    differ = differing_tables(q_words, k_words)  # (B, Hkv, g, K) int32 in [0, n_tables]
+    differ = packed.differing_tables(q_words, k_words)  # (B, Hkv, g, K) int32 in [0, n_tables]
     pairs = n_tables * R * K - differ.sum(dtype=torch.int64)
     # fewest differing tables (most collisions) first, then the lower slot: distinct int32, smallest first
     order = torch.add(torch.arange(K, dtype=torch.int32, device=key.device), differ.view(R, K), alpha=K)

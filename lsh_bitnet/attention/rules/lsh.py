@@ -58,6 +58,12 @@ class LSHAttention(HashedRule):
             return AUTO_FLEX_MIN_QUERIES_TABLES_CUDA if device_type == "cuda" else AUTO_FLEX_MIN_QUERIES_TABLES
         return super().auto_flex_min_queries(spec, device_type)
 
+    @classmethod
+    def packs_key_codes(cls, spec, n_bits: int) -> bool:
+        from lsh_bitnet.attention.packed import packable
+
+        return spec.estimator == "softmax" and packable(n_bits, spec.n_tables)
+
     # ------------------------------------------------------------------ per call
     @classmethod
     def prepare(cls, cands, key_codes=None) -> None:
@@ -102,6 +108,29 @@ class LSHAttention(HashedRule):
     @classmethod
     def selection_ops(cls, cands, visible):
         return cands.index.pairs(cands.key_valid[:, cands.q_offset:])  # a bucket lookup touches each collision
+
+    @classmethod
+    def one_query_call(cls, spec, hasher, query, key, value, scaling, key_codes, key_words, visible):
+        """Decode steps with softmax weights over codes of <= 8 bits: a key is a candidate where at most
+        L - m tables differ, counted on byte-packed codes (packed.py), then the gather engine attends over them."""
+        from lsh_bitnet.attention import packed
+        from lsh_bitnet.attention.engines.decode_topk import always_slots
+        from lsh_bitnet.attention.engines.gather import gather_attention
+
+        if spec.estimator != "softmax" or not packed.packable(hasher.n_bits, spec.n_tables):
+            return None
+        import torch
+
+        q_words, key_words = packed.call_words(hasher, query, key, key_codes, key_words)
+        differ = packed.differing_tables(q_words, key_words)  # (B, Hkv, g, K) int32
+        B, Hkv, g, K = differ.shape
+        pairs = spec.n_tables * B * Hkv * g * K - differ.sum(dtype=torch.int64)  # causal colliding triples
+        cand = differ <= spec.n_tables - spec.min_collisions
+        always = always_slots(K, spec.sink_tokens, spec.local_window, spec.include_self)
+        if always:
+            cand.index_fill_(-1, torch.tensor(always, device=key.device), True)
+        out, comparisons = gather_attention(query, key, value, cand.unsqueeze(3), None, scaling)
+        return out, comparisons, pairs
 
     @classmethod
     def weighting_ops(cls, spec, comparisons):

@@ -51,7 +51,7 @@ class LSHTopK(HashedRule):
     def packs_key_codes(cls, spec, n_bits: int) -> bool:
         from lsh_bitnet.attention.packed import packable
 
-        return spec.score == Score.collisions and packable(n_bits)
+        return spec.score == Score.collisions and packable(n_bits, spec.n_tables)
 
     # ------------------------------------------------------------------ per call
     @classmethod
@@ -95,15 +95,10 @@ class LSHTopK(HashedRule):
         from lsh_bitnet.attention.topk import budget_of
 
         K = key.shape[2]
-        if (spec.score != Score.collisions or not packed.packable(hasher.n_bits)
+        if (spec.score != Score.collisions or not packed.packable(hasher.n_bits, spec.n_tables)
                 or (spec.n_tables + 1) * K >= packed.ORDER_LIMIT):
             return None
-        B, Hq, _, D = query.shape
-        Hkv = key.shape[1]
-        if key_words is None:  # not from the code cache: from the codes given, else the keys' codes now
-            codes = hasher.key_codes(key) if key_codes is None else key_codes.permute(1, 2, 3, 0)  # (B, Hkv, K, L)
-            key_words = packed.word_major(codes)
-        q_words = packed.word_major(hasher.codes(query.reshape(B, Hkv, Hq // Hkv, D)))  # (W, B, Hkv, g)
+        q_words, key_words = packed.call_words(hasher, query, key, key_codes, key_words)
         k_i = budget_of(spec.k, spec.fraction, K)
         always = always_slots(K, spec.sink_tokens, spec.local_window, spec.include_self)
         out, comparisons, pairs = topk_collision_attention(query, key, value, q_words, key_words, spec.n_tables, k_i,
