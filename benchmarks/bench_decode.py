@@ -43,6 +43,8 @@ SETTINGS = {  # name -> (attention config, hasher config); apply_to=decode is ad
                            {"name": "simhash", "n_bits": 8, "seed": 0, "center": "prompt"}),
     "mp_k6_l32_m2_pc": ({"name": "lsh", "n_tables": 32, "min_collisions": 2, **SW},
                         {"name": "simhash", "n_bits": 6, "seed": 0, "center": "prompt"}),
+    "mp_k6_l32_m3_pc": ({"name": "lsh", "n_tables": 32, "min_collisions": 3, **SW},
+                        {"name": "simhash", "n_bits": 6, "seed": 0, "center": "prompt"}),
     # the soft score rehashes every key at every step (no code cache): 256 bits per key
     "ltk_soft_l32_f03": ({"name": "lsh_topk", "n_tables": 32, "score": "soft", "fraction": 0.03, **SW},
                          {"name": "simhash", "n_bits": 8, "seed": 0}),

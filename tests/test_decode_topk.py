@@ -19,18 +19,24 @@ D = 16
 @pytest.mark.parametrize("n_tables", [1, 5, 8, 9, 17, 255])
 def test_differing_tables_counts_every_table_whose_code_differs(n_tables, compiled, monkeypatch):
     monkeypatch.setattr(packed, "COMPILE", compiled)
-    if not compiled:  # the compiled function must not run
-        monkeypatch.setattr(packed, "_fused", lambda *a: pytest.fail("compiled path taken with COMPILE = False"))
+    if not compiled:  # no compiled function may run
+        monkeypatch.setattr(packed, "_COMPILED", {})
+        monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled with COMPILE = False"))
     gen = torch.Generator().manual_seed(n_tables)
     kcodes = torch.randint(0, 256, (2, 3, 50, n_tables), generator=gen)  # (B, Hkv, K, L): high bits set too
     qcodes = kcodes[:, :, [0, 7, 49]].clone()  # (B, Hkv, g=3, L): some keys' own codes, then perturbed
     qcodes[..., 1, : n_tables // 2] ^= 0x80  # the byte's top bit (the word's sign bit in its last byte)
     qcodes[..., 2, :] = 255 - qcodes[..., 2, :]
     expected = (qcodes[:, :, :, None, :] != kcodes[:, :, None, :, :]).sum(-1)  # (B, Hkv, g, K)
-    got = packed.differing_tables(packed.word_major(qcodes), packed.word_major(kcodes))
+    qw, kw = packed.word_major(qcodes), packed.word_major(kcodes)
+    got = packed.differing_tables(qw, kw)
     assert got.dtype == torch.int32 and torch.equal(got.long(), expected)
-    assert not compiled or packed._fused not in (None, False)  # compiled where asked
-
+    assert not compiled or packed._COMPILED.get(packed._differing) not in (None, False)  # compiled where asked
+    K = kcodes.shape[2]
+    order, differing = packed.collision_order(qw, kw)
+    assert torch.equal(order.long(), expected * K + torch.arange(K)) and int(differing) == int(expected.sum())
+    cand, differing = packed.collision_candidates(qw, kw, n_tables // 2)
+    assert torch.equal(cand, expected <= n_tables // 2) and int(differing) == int(expected.sum())
 
 def test_differing_tables_falls_back_to_eager_when_compilation_fails(monkeypatch):
     def broken(fn, **kw):
@@ -38,13 +44,14 @@ def test_differing_tables_falls_back_to_eager_when_compilation_fails(monkeypatch
             raise RuntimeError("no C++ compiler here")
         return run
 
-    monkeypatch.setattr(packed, "_fused", None)
+    monkeypatch.setattr(packed, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", broken)
     codes = torch.randint(0, 256, (1, 2, 9, 8), generator=torch.Generator().manual_seed(0))
     words = packed.word_major(codes)
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
         got = packed.differing_tables(words[..., :1], words)
-    assert torch.equal(got, packed._differing(words[..., :1], words)) and packed._fused is False
+    assert torch.equal(got, packed._differing(words[..., :1], words))
+    assert packed._COMPILED[packed._differing] is False
 
 
 def _inputs(seed, B, Hq, Hkv, K):
@@ -74,8 +81,8 @@ def test_a_decode_step_equals_the_masked_engine_and_the_reference(case, hasher, 
     spec = SparseSpec("lsh_topk", n_tables=n_tables, include_self=include_self, sink_tokens=sinks,
                       local_window=window, score="collisions", **budget)
     calls = []
-    real = packed.differing_tables
-    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed._run  # every packed count goes through it
+    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
     out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
     assert calls, "the decode step did not take the packed-code path"
     monkeypatch.setattr(LSHTopK, "one_query_call", classmethod(lambda *a: None))
@@ -110,8 +117,8 @@ def test_a_bucket_decode_step_equals_the_masked_engine_and_the_reference(case, h
     spec = SparseSpec("lsh", n_tables=n_tables, min_collisions=m, include_self=include_self, sink_tokens=sinks,
                       local_window=window)
     calls = []
-    real = packed.differing_tables
-    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed._run  # every packed count goes through it
+    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
     out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
     assert calls, "the decode step did not take the packed-code path"
     monkeypatch.setattr(LSHAttention, "one_query_call", classmethod(lambda *a: None))
@@ -130,8 +137,8 @@ def test_padding_soft_scores_and_wide_codes_keep_the_masked_engine(monkeypatch):
     """Where the packed path does not apply (a padding key, score=soft, sampling weights, codes of 9+ bits) the
     masked engine runs, and still matches the reference."""
     calls = []
-    real = packed.differing_tables
-    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed._run  # every packed count goes through it
+    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
     q, k, v, kv = _inputs(0, 2, 4, 2, 30)
     kv[1, :3] = False
     every = torch.ones_like(kv)
@@ -187,8 +194,8 @@ def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(atte
                       num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaForCausalLM(cfg).eval()
     calls = []
-    real = packed.differing_tables
-    monkeypatch.setattr(packed, "differing_tables", lambda *a: calls.append(1) or real(*a))
+    real = packed._run  # every packed count goes through it
+    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
     ids = torch.randint(0, 64, (1, 36))
     patch = patch_model(model, attention, {"name": "simhash", "n_bits": 6, "seed": 0})
     try:
@@ -201,3 +208,26 @@ def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(atte
     assert len(calls) == 4 * cfg.num_hidden_layers  # the 4 decode steps after the prompt's, every layer
     for i, logits in enumerate(out.logits):
         torch.testing.assert_close(logits, whole[:, 35 + i], atol=1e-5, rtol=0)
+
+
+def test_compile_seconds_of_the_packed_count_leave_out_the_run(monkeypatch):
+    """As the flex engine's: per graph (word count) the first call less the second, the whole first call of a graph
+    that ran once; only graphs compiled after `start`; and a patch's timing reports them in compile_s."""
+    monkeypatch.setattr(packed, "_FIRST", {1: 5.0, 4: 2.0})  # keys stand for (function, word count)
+    monkeypatch.setattr(packed, "_SECOND", {1: 0.5})
+    monkeypatch.setattr(packed, "COMPILED", [1, 4])
+    assert packed.compile_stats(0) == {"compile_s": pytest.approx(6.5), "compiles": 2}
+    assert packed.compile_stats(1) == {"compile_s": pytest.approx(2.0), "compiles": 1}
+    monkeypatch.setattr(packed, "COMPILED", [1])
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lsh_bitnet.attention import patch_model
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    patch = patch_model(model, {"name": "lsh_topk", "n_tables": 2, "k": 2}, {"name": "simhash", "n_bits": 2})
+    try:
+        packed.COMPILED.append(4)  # compiled while patched
+        assert patch.timing_summary()["compile_s"] == pytest.approx(2.0)
+    finally:
+        patch.unpatch()

@@ -40,8 +40,11 @@ class KeyCodeCache:
                 and prev.shape[2] <= key.shape[2] and prev.shape[3] == key.shape[3] and prev.dtype == key.dtype
                 and prev.device == key.device):
             n = prev.shape[2]
-            same = (key[:, :, :n] == prev).all() & (key_valid[:, :n] == self._valid).all()
-            if not bool(same):  # one host sync per forward (two torch.equal calls would be two)
+            if key.device.type == "cpu":  # torch.equal: half the time of an elementwise == and all() (no bool tensor)
+                same = torch.equal(key[:, :, :n], prev) and torch.equal(key_valid[:, :n], self._valid)
+            else:  # one host sync per forward (two torch.equal calls would be two)
+                same = bool((key[:, :, :n] == prev).all() & (key_valid[:, :n] == self._valid).all())
+            if not same:
                 n = 0
         self.epoch += 1
         self.prefix = n

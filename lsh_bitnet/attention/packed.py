@@ -9,6 +9,8 @@ Bytes are laid out by a dtype view of (..., 8 W) uint8 as (..., W) int64, so the
 is the machine's byte order; queries and keys are packed the same way, which is all a comparison needs. Table
 slots past L in the last word are 0 for both, so they never differ.
 """
+import time
+
 import torch
 
 # Codes of up to this many bits fit one byte.
@@ -19,12 +21,15 @@ LOW7 = 0x7F7F7F7F7F7F7F7F  # every byte's low seven bits
 LOW_BITS = 0x0101010101010101  # every byte's lowest bit
 # (differing tables) * K + slot orders a decode step's keys in one int32 (engines/decode_topk.py)
 ORDER_LIMIT = 1 << 31
-# differing_tables compiled (Inductor's C++ backend on CPU): the XOR, the byte tests and the popcount of every word
-# in one loop instead of ~9 passes over (heads x keys) int64 tensors per word. At 8192 keys, 9 query heads, 1
-# thread: 62 us against 263 eager for one word (8 tables), 109 against 1,087 for four (32 tables); compiled once
-# per process and word count (~3 s), key counts dynamic. False: eager (tests compare the two).
+# The counts compiled (Inductor's C++ backend on CPU): the XOR, the byte tests, the popcount of every word and what
+# the rule reads of them in one loop instead of ~9 passes over (heads x keys) int64 tensors per word. At 8192 keys,
+# 9 query heads, 1 thread: 62 us against 263 eager for one word (8 tables), 109 against 1,087 for four (32 tables);
+# compiled once per process, function and word count (~1-3 s), key counts dynamic. False: eager (tests compare).
 COMPILE = True
-_fused = None  # the compiled function; False once compilation failed
+_COMPILED = {}  # function -> its compiled form, or False once compilation failed
+# Compilation seconds, as the flex engine reports them (engines/flex.compile_stats): per graph (function, word
+# count), the first call's seconds less the second's. COMPILED lists the graphs in the order they compiled.
+_FIRST, _SECOND, COMPILED = {}, {}, []
 
 
 def packable(n_bits: int, n_tables: int) -> bool:
@@ -52,20 +57,64 @@ def word_major(codes: torch.Tensor) -> torch.Tensor:
 
 def differing_tables(q_words: torch.Tensor, k_words: torch.Tensor) -> torch.Tensor:
     """Tables whose codes differ, per (query head, key): q_words (W, B, Hkv, g), k_words (W, B, Hkv, K) ->
-    (B, Hkv, g, K) int32 in [0, L]. The collisions are L minus it. Compiled where it can be (COMPILE)."""
-    global _fused
-    if COMPILE and _fused is not False and q_words.device.type == "cpu":
+    (B, Hkv, g, K) int32 in [0, L]. The collisions are L minus it."""
+    return _run(_differing, q_words, k_words)
+
+
+def collision_order(q_words: torch.Tensor, k_words: torch.Tensor):
+    """(differing tables x K + slot (B, Hkv, g, K) int32: the keys in lsh_topk's order, most collisions first and
+    then the lower slot, as smallest first; the differing (query head, table, key) triples, int64 0-d)."""
+    return _run(_order, q_words, k_words)
+
+
+def collision_candidates(q_words: torch.Tensor, k_words: torch.Tensor, max_differing: int):
+    """(keys where at most max_differing tables differ (B, Hkv, g, K) bool; the differing triples, int64 0-d)."""
+    return _run(_candidates, q_words, k_words, max_differing)
+
+
+def _run(fn, q_words: torch.Tensor, *args):
+    """fn compiled where it can be (COMPILE, CPU), else eager."""
+    if COMPILE and _COMPILED.get(fn) is not False and q_words.device.type == "cpu":
         try:
-            if _fused is None:
-                _fused = torch.compile(_differing, dynamic=True)
-            return _fused(q_words, k_words)
+            if fn not in _COMPILED:
+                _COMPILED[fn] = torch.compile(fn, dynamic=True)
+            return _timed_call(fn, q_words, *args)
         except Exception as err:  # no C++ compiler, an unsupported torch: eager from now on, said once
             import warnings
 
-            warnings.warn(f"packed.differing_tables runs eagerly (torch.compile failed: {type(err).__name__}: "
-                          f"{str(err)[:200]})", RuntimeWarning)
-            _fused = False
-    return _differing(q_words, k_words)
+            warnings.warn(f"packed.{fn.__name__.strip('_')} runs eagerly (torch.compile failed: "
+                          f"{type(err).__name__}: {str(err)[:200]})", RuntimeWarning)
+            _COMPILED[fn] = False
+    return fn(q_words, *args)
+
+
+def _timed_call(fn, q_words: torch.Tensor, *args):
+    key = (fn.__name__, q_words.shape[0])  # one graph per function and word count
+    if key in _SECOND:
+        return _COMPILED[fn](q_words, *args)
+    start = time.perf_counter()
+    out = _COMPILED[fn](q_words, *args)
+    (_SECOND if key in _FIRST else _FIRST)[key] = time.perf_counter() - start
+    if key not in COMPILED:
+        COMPILED.append(key)
+    return out
+
+
+def compile_stats(start: int = 0) -> dict:
+    """{"compile_s", "compiles"} of the graphs compiled after the first `start` (flex.compile_stats' rule)."""
+    keys = COMPILED[start:]
+    return {"compile_s": sum(_FIRST[k] - min(_SECOND.get(k, 0.0), _FIRST[k]) for k in keys), "compiles": len(keys)}
+
+
+def _order(q_words: torch.Tensor, k_words: torch.Tensor):
+    differ = _differing(q_words, k_words)
+    K = differ.shape[-1]
+    return differ * K + torch.arange(K, dtype=torch.int32, device=differ.device), differ.sum(dtype=torch.int64)
+
+
+def _candidates(q_words: torch.Tensor, k_words: torch.Tensor, max_differing: int):
+    differ = _differing(q_words, k_words)
+    return differ <= max_differing, differ.sum(dtype=torch.int64)
 
 
 def _differing(q_words: torch.Tensor, k_words: torch.Tensor) -> torch.Tensor:

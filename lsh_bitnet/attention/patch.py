@@ -49,6 +49,9 @@ class AttentionPatch:
         self.active = True
         flex = _flex_engine()
         self._compiled_before = len(flex.COMPILED) if flex is not None else 0
+        from lsh_bitnet.attention import packed
+
+        self._packed_before = len(packed.COMPILED)
 
     def reset(self) -> None:
         """Zero the counters and diagnostics (e.g. after a warm-up batch)."""
@@ -110,11 +113,15 @@ class AttentionPatch:
         return work / full if full > 0 else None
 
     def timing_summary(self) -> dict:
-        """{"compile_s": compilation seconds of every flex graph compiled since patching (its first call less
-        its second; the whole first call for a graph that ran once; 0 on the masked engine), "compiles": how
-        many}: the runner merges it into `timing`."""
+        """{"compile_s": compilation seconds of every flex graph and packed collision count (packed.py) compiled
+        since patching (its first call less its second; the whole first call for a graph that ran once; 0 where
+        nothing compiled), "compiles": how many}: the runner merges it into `timing`."""
+        from lsh_bitnet.attention import packed
+
         flex = _flex_engine()
         out = flex.compile_stats(self._compiled_before) if flex is not None else {"compile_s": 0.0, "compiles": 0}
+        more = packed.compile_stats(self._packed_before)
+        out = {"compile_s": out["compile_s"] + more["compile_s"], "compiles": out["compiles"] + more["compiles"]}
         if self.clock is not None:  # per-phase seconds, decode tokens/s and attention's share (phases.PhaseClock)
             out.update(self.clock.summary())
         return out

@@ -34,21 +34,19 @@ def topk_collision_attention(query: torch.Tensor, key: torch.Tensor, value: torc
 
     Returns the output (B, Hq, 1, Dv), the comparisons (query heads x candidates) and the colliding
     (query head, table, key) triples, both int64 0-d."""
-    B, Hq, _, _ = query.shape
-    Hkv, K = key.shape[1], key.shape[2]
-    R = query.shape[0] * Hq  # rows (b, kv head, group member)
-    differ = packed.differing_tables(q_words, k_words)  # (B, Hkv, g, K) int32 in [0, n_tables]
-    pairs = n_tables * R * K - differ.sum(dtype=torch.int64)
+    R, K = query.shape[0] * query.shape[1], key.shape[2]  # rows (b, kv head, group member), keys
     # fewest differing tables (most collisions) first, then the lower slot: distinct int32, smallest first
-    order = torch.add(torch.arange(K, dtype=torch.int32, device=key.device), differ.view(R, K), alpha=K)
+    order, differing = packed.collision_order(q_words, k_words)  # (B, Hkv, g, K), int64 0-d
+    order = order.view(R, K)
+    pairs = n_tables * R * K - differing
     top = order.topk(k_i, dim=-1, largest=False, sorted=False)  # (R, k_i) in no particular order
-    slots, n = top.indices, None
+    slots = top.indices
     if always:
         a = torch.tensor(always, dtype=torch.int64, device=key.device)  # (n_a,)
         chosen = order.index_select(1, a) <= top.values.max(-1, keepdim=True).values  # (R, n_a): in the top-k
         slots = torch.cat([slots, a.expand(R, -1)], -1)  # (R, k_i + n_a): an always slot the top-k holds pads
         keep = torch.cat([torch.ones(R, k_i, dtype=torch.bool, device=key.device), ~chosen], -1)
-        comparisons = R * k_i + (~chosen).sum()
+        comparisons = R * (k_i + len(always)) - chosen.sum()
     else:
         keep = torch.ones(slots.shape, dtype=torch.bool, device=key.device)
         comparisons = torch.tensor(R * k_i, dtype=torch.int64, device=key.device)

@@ -122,10 +122,9 @@ class LSHAttention(HashedRule):
         import torch
 
         q_words, key_words = packed.call_words(hasher, query, key, key_codes, key_words)
-        differ = packed.differing_tables(q_words, key_words)  # (B, Hkv, g, K) int32
-        B, Hkv, g, K = differ.shape
-        pairs = spec.n_tables * B * Hkv * g * K - differ.sum(dtype=torch.int64)  # causal colliding triples
-        cand = differ <= spec.n_tables - spec.min_collisions
+        cand, differing = packed.collision_candidates(q_words, key_words, spec.n_tables - spec.min_collisions)
+        B, Hkv, g, K = cand.shape
+        pairs = spec.n_tables * B * Hkv * g * K - differing  # causal colliding triples (every key is visible)
         always = always_slots(K, spec.sink_tokens, spec.local_window, spec.include_self)
         if always:
             cand.index_fill_(-1, torch.tensor(always, device=key.device), True)
