@@ -41,6 +41,8 @@ SETTINGS = {  # name -> (attention config, hasher config); apply_to=decode is ad
     # the same with keys centred on the prompt's mean key (hasher.center=prompt, set from the cached prompt)
     "ltk_coll_l8_f05_pc": ({"name": "lsh_topk", "n_tables": 8, "score": "collisions", "fraction": 0.05, **SW},
                            {"name": "simhash", "n_bits": 8, "seed": 0, "center": "prompt"}),
+    "ltk_coll_l32b6_f05_pc": ({"name": "lsh_topk", "n_tables": 32, "score": "collisions", "fraction": 0.05, **SW},
+                              {"name": "simhash", "n_bits": 6, "seed": 0, "center": "prompt"}),
     "mp_k6_l32_m2_pc": ({"name": "lsh", "n_tables": 32, "min_collisions": 2, **SW},
                         {"name": "simhash", "n_bits": 6, "seed": 0, "center": "prompt"}),
     "mp_k6_l32_m3_pc": ({"name": "lsh", "n_tables": 32, "min_collisions": 3, **SW},

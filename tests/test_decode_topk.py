@@ -61,6 +61,23 @@ def _inputs(seed, B, Hq, Hkv, K):
     return q, k, v, torch.ones(B, K, dtype=torch.bool)
 
 
+def packed_calls(monkeypatch):
+    """A list that grows by one per packed count (every one goes through packed._run)."""
+    calls, real = [], packed._run
+    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def fast_and_masked(rule, spec, h, inputs, monkeypatch):
+    """(out, counts) of the packed decode path, asserted taken, then of the masked engine (the path switched off)."""
+    q, k, v, kv = inputs
+    calls = packed_calls(monkeypatch)
+    out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+    assert calls, "the decode step did not take the packed-code path"
+    monkeypatch.setattr(rule, "one_query_call", classmethod(lambda *a: None))
+    return (out, counts), sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+
+
 CASES = [  # (n_bits, n_tables, budget, include_self, sink_tokens, local_window, K)
     (8, 8, dict(fraction=0.05), True, 4, 8, 300),
     (8, 12, dict(fraction=0.3), True, 2, 3, 40),  # two words per key, the second half full
@@ -80,13 +97,7 @@ def test_a_decode_step_equals_the_masked_engine_and_the_reference(case, hasher, 
     h = build_hasher(hasher, n_bits, D, Hkv, n_tables, 3, 0)
     spec = SparseSpec("lsh_topk", n_tables=n_tables, include_self=include_self, sink_tokens=sinks,
                       local_window=window, score="collisions", **budget)
-    calls = []
-    real = packed._run  # every packed count goes through it
-    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
-    out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
-    assert calls, "the decode step did not take the packed-code path"
-    monkeypatch.setattr(LSHTopK, "one_query_call", classmethod(lambda *a: None))
-    masked, masked_counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+    (out, counts), (masked, masked_counts) = fast_and_masked(LSHTopK, spec, h, (q, k, v, kv), monkeypatch)
     torch.testing.assert_close(out, masked, atol=1e-6, rtol=0)  # the same keys, summed in another order
     assert torch.equal(counts, masked_counts)
     ref, comparisons, full = naive_sparse_attention(q, k, v, kv, variant="lsh_topk", hasher_params=h, scaling=0.3,
@@ -116,13 +127,7 @@ def test_a_bucket_decode_step_equals_the_masked_engine_and_the_reference(case, h
     h = build_hasher(hasher, n_bits, D, Hkv, n_tables, 5, 0)
     spec = SparseSpec("lsh", n_tables=n_tables, min_collisions=m, include_self=include_self, sink_tokens=sinks,
                       local_window=window)
-    calls = []
-    real = packed._run  # every packed count goes through it
-    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
-    out, counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
-    assert calls, "the decode step did not take the packed-code path"
-    monkeypatch.setattr(LSHAttention, "one_query_call", classmethod(lambda *a: None))
-    masked, masked_counts = sparse_attention_counts(q, k, v, kv, spec=spec, hasher=h, scaling=0.3)
+    (out, counts), (masked, masked_counts) = fast_and_masked(LSHAttention, spec, h, (q, k, v, kv), monkeypatch)
     assert torch.equal(out, masked) and torch.equal(counts, masked_counts)  # the same gather of the same set
     ref, comparisons, full = naive_sparse_attention(q, k, v, kv, variant="lsh", hasher_params=h, scaling=0.3,
                                                     n_tables=n_tables, min_collisions=m, include_self=include_self,
@@ -136,9 +141,7 @@ def test_a_bucket_decode_step_equals_the_masked_engine_and_the_reference(case, h
 def test_padding_soft_scores_and_wide_codes_keep_the_masked_engine(monkeypatch):
     """Where the packed path does not apply (a padding key, score=soft, sampling weights, codes of 9+ bits) the
     masked engine runs, and still matches the reference."""
-    calls = []
-    real = packed._run  # every packed count goes through it
-    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
+    calls = packed_calls(monkeypatch)
     q, k, v, kv = _inputs(0, 2, 4, 2, 30)
     kv[1, :3] = False
     every = torch.ones_like(kv)
@@ -193,9 +196,7 @@ def test_decode_steps_of_a_model_take_the_packed_path_and_match_the_prefill(atte
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128)
     model = LlamaForCausalLM(cfg).eval()
-    calls = []
-    real = packed._run  # every packed count goes through it
-    monkeypatch.setattr(packed, "_run", lambda *a: calls.append(1) or real(*a))
+    calls = packed_calls(monkeypatch)
     ids = torch.randint(0, 64, (1, 36))
     patch = patch_model(model, attention, {"name": "simhash", "n_bits": 6, "seed": 0})
     try:
