@@ -19,6 +19,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from lsh_bitnet.attention.hostsync import sync_free
+
 
 class KeyCodeCache:
     def __init__(self):
@@ -40,7 +42,7 @@ class KeyCodeCache:
                 and prev.shape[2] <= key.shape[2] and prev.shape[3] == key.shape[3] and prev.dtype == key.dtype
                 and prev.device == key.device):
             n = prev.shape[2]
-            if key.device.type == "cpu":  # torch.equal: half the time of an elementwise == and all() (no bool tensor)
+            if not sync_free(key.device):  # torch.equal: half the time of == and all() (no bool tensor), two syncs
                 same = torch.equal(key[:, :, :n], prev) and torch.equal(key_valid[:, :n], self._valid)
             else:  # one host sync per forward (two torch.equal calls would be two)
                 same = bool((key[:, :, :n] == prev).all() & (key_valid[:, :n] == self._valid).all())
