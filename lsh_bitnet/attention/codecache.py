@@ -54,17 +54,9 @@ class KeyCodeCache:
         # A copy, not a reference: a static KV cache writes in place, and inference tensors (torch.inference_mode,
         # as in evaluation) keep no version counter to notice it. The first n keys equal the copy held already:
         # only the new ones are written (a copy of all K keys per decode step cost as much as the comparison).
-        held = self._keys_buf if n > 0 else None
         K = key.shape[2]
-        if held is None or held.shape[2] < K:
-            grown = torch.empty(key.shape[:2] + (2 * K if n > 0 else K,) + key.shape[3:], dtype=key.dtype,
-                                device=key.device)
-            if n > 0:
-                grown[:, :, :n] = held[:, :, :n]
-            held = grown
-        held[:, :, n:K] = key[:, :, n:]
-        self._keys_buf = held
-        self._keys, self._valid = held[:, :, :K], key_valid.clone()
+        self._keys_buf = _append(self._keys_buf, key[:, :, n:], n, K, dim=2)  # (B, Hkv, >= K, D)
+        self._keys, self._valid = self._keys_buf[:, :, :K], key_valid.clone()
 
     def codes(self, layer_idx: int, attention_mask, key: torch.Tensor, hash_keys,
               dtype: torch.dtype = torch.int64, words: bool = False) -> Tuple[torch.Tensor, int]:
@@ -102,15 +94,17 @@ class KeyCodeCache:
         self.__init__()
 
 
-def _append(buf: Optional[torch.Tensor], new: torch.Tensor, reuse: int, K: int, slack: bool = False) -> torch.Tensor:
-    """buf (..., capacity) holding `reuse` valid entries along its last dim, with `new` (..., K - reuse) written
-    after them: in place where it fits, else in a new buffer with room for as many keys again (decode steps append
-    one each: amortised O(1) copies per key; a call that hashes every key gets no spare room unless `slack`)."""
-    if reuse == 0 or buf.shape[-1] < K:
+def _append(buf: Optional[torch.Tensor], new: torch.Tensor, reuse: int, K: int, slack: bool = False,
+            dim: int = -1) -> torch.Tensor:
+    """buf holding `reuse` valid entries along `dim`, with `new` (K - reuse along dim) written after them: in place
+    where it fits, else in a new buffer with room for as many keys again (decode steps append one each: amortised
+    O(1) copies per key; a call that writes every key gets no spare room unless `slack`)."""
+    dim = dim % new.dim()
+    if reuse == 0 or buf.shape[dim] < K:
         room = 2 * K if reuse > 0 or slack else K
-        grown = torch.empty(new.shape[:-1] + (room,), dtype=new.dtype, device=new.device)
+        grown = new.new_empty(new.shape[:dim] + (room,) + new.shape[dim + 1:])
         if reuse > 0:
-            grown[..., :reuse] = buf[..., :reuse]
+            grown.narrow(dim, 0, reuse).copy_(buf.narrow(dim, 0, reuse))
         buf = grown
-    buf[..., reuse:K] = new
+    buf.narrow(dim, reuse, K - reuse).copy_(new)
     return buf
