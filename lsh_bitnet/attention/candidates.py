@@ -8,7 +8,7 @@ class holds what every rule shares, V(i) and the always-attend sets. Masks that 
 (full, window) keep shape (B, 1, 1, Qc, kc) and broadcast.
 `bias(q_idx, kc)` is the estimator's additive score term (sampling: -log p_ij), None for softmax.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -32,6 +32,15 @@ def agreement_dots(sq: torch.Tensor, sk: torch.Tensor) -> torch.Tensor:
     for i in range(B * Hkv):
         torch._int_mm(a[i], b[i].t(), out=out[i])
     return out.view(B, Hkv, g, Qc, kc)
+
+
+def always_slots(K: int, sink_tokens: int, local_window: int, include_self: bool) -> List[int]:
+    """The always-attend slots of the last of K valid keys' query (Candidates.sets, no padding): decode steps
+    that build no masks (Rule.one_query_call)."""
+    slots = set(range(min(sink_tokens, K))) | set(range(max(0, K - local_window), K))
+    if include_self:
+        slots.add(K - 1)
+    return sorted(slots)
 
 
 class Candidates:

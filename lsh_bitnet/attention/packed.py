@@ -19,8 +19,6 @@ BYTES_PER_WORD = 8
 MAX_TABLES = 255  # the count of differing tables must fit one byte
 LOW7 = 0x7F7F7F7F7F7F7F7F  # every byte's low seven bits
 LOW_BITS = 0x0101010101010101  # every byte's lowest bit
-# (differing tables) * K + slot orders a decode step's keys in one int32 (engines/decode_topk.py)
-ORDER_LIMIT = 1 << 31
 # The counts compiled (Inductor's C++ backend on CPU): the XOR, the byte tests, the popcount of every word and what
 # the rule reads of them in one loop instead of ~9 passes over (heads x keys) int64 tensors per word. At 8192 keys,
 # 9 query heads, 1 thread: 62 us against 263 eager for one word (8 tables), 109 against 1,087 for four (32 tables);

@@ -117,7 +117,7 @@ def budget_of(k, fraction, n_visible: int) -> int:
 def budgets(k, fraction, n_valid: torch.Tensor, kc: int) -> Tuple[torch.Tensor, int]:
     """k_i (same shape as n_valid, long) and an upper bound k_max on them, for keys [0, kc)."""
     if k is not None:
-        return n_valid.clamp(max=k), min(k, kc)
+        return n_valid.clamp(max=k), budget_of(k, None, kc)
     size = 1 << max(kc, 1).bit_length()  # fraction_budgets' table size
     table = _budget_table_on(float(fraction), size, str(n_valid.device))  # (>= kc + 1,) on the device
-    return table[n_valid], _budget_values(float(fraction), size)[kc]  # k_max from host values: no device read
+    return table[n_valid], budget_of(None, fraction, kc)  # k_max from host values: no device read

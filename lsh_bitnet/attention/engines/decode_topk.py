@@ -13,16 +13,8 @@ from typing import List, Tuple
 
 import torch
 
-from lsh_bitnet.attention.engines.gather import attend_rows
 from lsh_bitnet.attention import packed
-
-
-def always_slots(K: int, sink_tokens: int, local_window: int, include_self: bool) -> List[int]:
-    """The always-attend slots of the last of K valid keys' query (candidates.Candidates.sets, no padding)."""
-    slots = set(range(min(sink_tokens, K))) | set(range(max(0, K - local_window), K))
-    if include_self:
-        slots.add(K - 1)
-    return sorted(slots)
+from lsh_bitnet.attention.engines.gather import attend_rows
 
 
 def topk_collision_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_words: torch.Tensor,

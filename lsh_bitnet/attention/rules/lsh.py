@@ -113,14 +113,14 @@ class LSHAttention(HashedRule):
     def one_query_call(cls, spec, hasher, query, key, value, scaling, key_codes, key_words, visible):
         """Decode steps with softmax weights over codes of <= 8 bits: a key is a candidate where at most
         L - m tables differ, counted on byte-packed codes (packed.py), then the gather engine attends over them."""
+        import torch
+
         from lsh_bitnet.attention import packed
-        from lsh_bitnet.attention.engines.decode_topk import always_slots
+        from lsh_bitnet.attention.candidates import always_slots
         from lsh_bitnet.attention.engines.gather import gather_attention
 
         if spec.estimator != "softmax" or not packed.packable(hasher.n_bits, spec.n_tables):
             return None
-        import torch
-
         q_words, key_words = packed.call_words(hasher, query, key, key_codes, key_words)
         cand, differing = packed.collision_candidates(q_words, key_words, spec.n_tables - spec.min_collisions)
         B, Hkv, g, K = cand.shape

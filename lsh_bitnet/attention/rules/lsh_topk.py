@@ -86,17 +86,17 @@ class LSHTopK(HashedRule):
             return visible * (cands.soft[0].shape[-1] + 1)
         return cands.index.pairs(cands.key_valid[:, cands.q_offset:]) + visible
 
-
     @classmethod
     def one_query_call(cls, spec, hasher, query, key, value, scaling, key_codes, key_words, visible):
         """Decode steps by collisions over codes of <= 8 bits: engines/decode_topk.py (top-k indices, no mask)."""
         from lsh_bitnet.attention import packed
-        from lsh_bitnet.attention.engines.decode_topk import always_slots, topk_collision_attention
-        from lsh_bitnet.attention.topk import budget_of
+        from lsh_bitnet.attention.candidates import always_slots
+        from lsh_bitnet.attention.engines.decode_topk import topk_collision_attention
+        from lsh_bitnet.attention.topk import INT32_FOLD_LIMIT, budget_of
 
-        K = key.shape[2]
+        K = key.shape[2]  # (differing tables) x K + slot must fit int32, as topk's folded scores do
         if (spec.score != Score.collisions or not packed.packable(hasher.n_bits, spec.n_tables)
-                or (spec.n_tables + 1) * K >= packed.ORDER_LIMIT):
+                or (spec.n_tables + 1) * K > INT32_FOLD_LIMIT):
             return None
         q_words, key_words = packed.call_words(hasher, query, key, key_codes, key_words)
         k_i = budget_of(spec.k, spec.fraction, K)
